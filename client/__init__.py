@@ -1,0 +1,1 @@
+"""Python client, CLI and generated stubs for the distill-serve gRPC API."""

@@ -1,0 +1,135 @@
+"""The model bundle contract: ``manifest.json`` and hashed graph files (no torch needed).
+
+The export stage writes a bundle; the server reads it with :func:`load_bundle`, which
+refuses a wrong format version, a missing file or a hash mismatch, naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+ROLES = ("decoder", "bridge", "vocoder", "resampler")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be served; the message names the file and what to do."""
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    """One graph file of a bundle."""
+
+    path: str
+    role: str
+    format: str  # "onnx" or "torchscript"
+    sha256: str
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    rate: int | None = None  # output rate, for resamplers
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BundleFile:
+        return cls(
+            path=str(d["path"]),
+            role=str(d["role"]),
+            format=str(d["format"]),
+            sha256=str(d["sha256"]),
+            inputs=list(d.get("inputs", [])),
+            outputs=list(d.get("outputs", [])),
+            rate=d.get("rate"),
+        )
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle directory and its manifest."""
+
+    root: Path
+    manifest: dict[str, Any]
+    files: tuple[BundleFile, ...]
+
+    def graph(self, role: str, fmt: str = "onnx", rate: int | None = None) -> Path:
+        """Path of the graph with ``role`` (and output ``rate`` for resamplers)."""
+        for f in self.files:
+            if f.role == role and f.format == fmt and (rate is None or f.rate == rate):
+                return self.root / f.path
+        raise BundleError(
+            f"{self.root / MANIFEST_NAME}: no {fmt} {role} graph"
+            + (f" for {rate} Hz" if rate else "")
+            + "; re-export the bundle with that format"
+        )
+
+    @property
+    def bundle_id(self) -> str:
+        return str(self.manifest["bundle_id"])
+
+
+def bundle_id_for(files: list[BundleFile]) -> str:
+    """A short id derived from every file's hash (changes when any graph changes)."""
+    digest = hashlib.sha256("".join(sorted(f.sha256 for f in files)).encode()).hexdigest()
+    return digest[:16]
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
+    path = root / MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def load_bundle(root: str | Path, verify_hashes: bool = True) -> Bundle:
+    """Read ``manifest.json`` and check format version, files and hashes.
+
+    Raises:
+        BundleError: naming the manifest or the file that is missing, altered or unknown.
+    """
+    root = Path(root)
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise BundleError(
+            f"{manifest_path}: not found; pass a directory written by `distill-serve export`"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{manifest_path}: expected a JSON object")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path}: format_version {version!r} is not supported "
+            f"(this server reads {FORMAT_VERSION}); re-export the bundle with this version"
+        )
+    try:
+        files = tuple(BundleFile.from_dict(d) for d in manifest["files"])
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"{manifest_path}: malformed 'files' list ({exc})") from exc
+    for f in files:
+        if f.role not in ROLES:
+            raise BundleError(f"{manifest_path}: unknown role {f.role!r} for {f.path}")
+        path = root / f.path
+        if not path.is_file():
+            raise BundleError(f"{path}: listed in the manifest but missing")
+        if verify_hashes and sha256_file(path) != f.sha256:
+            raise BundleError(
+                f"{path}: sha256 does not match the manifest; the file was altered or "
+                "corrupted, re-export the bundle"
+            )
+    if manifest.get("bundle_id") != bundle_id_for(list(files)):
+        raise BundleError(f"{manifest_path}: bundle_id does not match the listed file hashes")
+    return Bundle(root=root, manifest=manifest, files=files)

@@ -1,0 +1,405 @@
+"""``distill-serve export``: checkpoint + vocoder -> verified, hashed bundle directory."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from tqdm import tqdm
+
+from distill_serve import __version__
+from distill_serve.bundle import (
+    FORMAT_VERSION,
+    BundleFile,
+    bundle_id_for,
+    sha256_file,
+    write_manifest,
+)
+from distill_serve.export.bridge import MelBridge, VocoderMelConfig
+from distill_serve.export.checkpoint import DistillCheckpoint, load_checkpoint
+from distill_serve.export.graphs import export_onnx, export_torchscript, onnx_io
+from distill_serve.export.parity import ParityResult, check_parity
+from distill_serve.export.resampler import PolyphaseResampler, reference_resample
+from distill_serve.export.vocoder import LoadedVocoder, load_vocoder
+from distill_serve.geometry import FrameGeometry
+from distill_serve.server.resample import ResamplerGeometry, resample_whole
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RATES = (16000, 22050, 24000, 32000, 44100, 48000, 96000)
+FORMATS = ("onnx", "torchscript", "both")
+PEAK_TARGET = 0.891
+MAX_FRAMES = 1 << 20
+
+
+class ExportError(RuntimeError):
+    """An export that failed a check (parity below threshold, bad options)."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Options of ``distill-serve export``.
+
+    Attributes:
+        checkpoint: the ``.distill`` file.
+        vocoder: a Hugging Face id or a local BigVGAN dir.
+        out: the bundle directory to write.
+        format: "onnx", "torchscript" or "both" (ONNX is always written: the server runs it).
+        rates: output sample rates to offer (a resampler graph each).
+        parity_long_frames: vocoder frames of the long parity case.
+        seed: seed of the random parity inputs.
+    """
+
+    checkpoint: Path
+    vocoder: str
+    out: Path
+    format: str = "onnx"
+    rates: tuple[int, ...] = DEFAULT_RATES
+    parity_long_frames: int = 430
+    seed: int = 0
+    progress: bool = True
+    extra_metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+        bad = [r for r in self.rates if not 8000 <= r <= 192000]
+        if bad or not self.rates:
+            raise ValueError(f"rates must be in [8000, 192000] Hz, got {list(self.rates)}")
+
+
+def _versions() -> dict[str, str]:
+    out = {"distill_serve": __version__}
+    for pkg in ("torch", "torchaudio", "onnx", "onnxscript", "onnxruntime-gpu", "onnxruntime",
+                "bigvgan"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _ort_runner(path: Path) -> Callable[..., np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def run(*inputs: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, dict(zip(names, inputs)))[0])
+
+    return run
+
+
+def _torch_runner(fn: Callable[..., torch.Tensor]) -> Callable[..., np.ndarray]:
+    def run(*inputs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return fn(*(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs)).numpy()
+
+    return run
+
+
+def measure_receptive_field(vocoder: torch.nn.Module, n_mels: int, hop: int) -> int:
+    """Mel frames on either side that can change one output sample (exact, by autograd)."""
+    frames = 96
+    x = torch.zeros(1, n_mels, frames, requires_grad=True)
+    y = vocoder(x - 5.0)
+    centre = frames // 2
+    y[0, 0, centre * hop + hop // 2].backward()
+    assert x.grad is not None
+    touched = torch.nonzero(x.grad.abs().sum(dim=1)[0] > 0).flatten()
+    reach = int(max(centre - touched.min().item(), touched.max().item() - centre))
+    if reach >= centre - 1:
+        log.warning("vocoder receptive field reaches the probe edge (%d frames)", reach)
+    return reach
+
+
+class _Stage:
+    """Progress over the export's long steps (a tqdm bar on stderr)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self._bar = tqdm(total=total, disable=not enabled, unit="step", desc="export")
+
+    def step(self, label: str) -> None:
+        self._bar.set_description(label)
+        self._bar.update(0)
+
+    def done(self) -> None:
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def export_bundle(config: ExportConfig) -> dict[str, Any]:
+    """Export every graph, check parity, hash the files and write ``manifest.json``.
+
+    Returns:
+        The manifest that was written.
+
+    Raises:
+        CheckpointError, VocoderError: bad inputs (see their messages).
+        ExportError: a graph missed its parity threshold; the bundle is not usable.
+    """
+    started = time.perf_counter()
+    ckpt = load_checkpoint(config.checkpoint)
+    vocoder = load_vocoder(config.vocoder)
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(config.seed)
+    want_ts = config.format in ("torchscript", "both")
+    vmel = VocoderMelConfig.from_config(vocoder.config)
+    geometry = FrameGeometry(
+        ckpt.spectrogram.sample_rate, ckpt.spectrogram.hop_length, vmel.sample_rate, vmel.hop_size
+    )
+    rates = tuple(sorted(set(config.rates)))
+    resample_rates = [r for r in rates if r != vmel.sample_rate]
+    n_graphs = 3 + len(resample_rates)
+    stage = _Stage(total=n_graphs * (2 if want_ts else 1) + 1, enabled=config.progress)
+    files: list[BundleFile] = []
+    parity: dict[str, ParityResult] = {}
+    timings: dict[str, float] = {}
+
+    def add(path: Path, role: str, fmt: str, rate: int | None = None) -> None:
+        inputs, outputs = onnx_io(path) if fmt == "onnx" else ([], [])
+        files.append(
+            BundleFile(path.name, role, fmt, sha256_file(path), inputs, outputs, rate)
+        )
+
+    try:
+        # --- decoder ---------------------------------------------------------------------
+        decoder = ckpt.build_decoder()
+        dec_cases = [
+            (f"batch{b}", [rng.standard_normal((b, ckpt.latent_dim)).astype(np.float32)])
+            for b in (1, 8)
+        ] + [("batch8_large", [(3 * rng.standard_normal((8, ckpt.latent_dim))).astype(np.float32)])]
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        _export_graph(
+            "decoder", decoder, [torch.zeros(2, ckpt.latent_dim)], ["z"], ["mel"],
+            [{0: batch}], out, want_ts, dec_cases, add, parity, stage, timings,
+        )
+        # --- bridge ----------------------------------------------------------------------
+        bridge = MelBridge(ckpt.spectrogram, vmel).eval()
+        with torch.no_grad():
+            dec_mel = decoder(torch.from_numpy(dec_cases[1][1][0])).numpy()
+
+        def bridge_case(name: str, mel: np.ndarray, t_voc: int) -> tuple[str, list[np.ndarray]]:
+            positions = geometry.bridge_positions(t_voc)
+            return name, [mel[:, :, : geometry.decoder_frames_needed(t_voc)], positions]
+
+        long_dec = np.concatenate([dec_mel] * 6, axis=2)
+        bridge_cases = [
+            bridge_case("batch1_short", dec_mel[:1], 2),
+            bridge_case("batch8_1s", dec_mel, 80),
+            bridge_case("batch1_long", long_dec[:1], 480),
+        ]
+        t_dec = torch.export.Dim("t_dec", min=2, max=MAX_FRAMES)
+        t_voc = torch.export.Dim("t_voc", min=1, max=MAX_FRAMES)
+        _export_graph(
+            "bridge", bridge, [torch.rand(2, ckpt.spectrogram.n_mels, 20), torch.arange(15.0)],
+            ["mel_dec", "positions"], ["mel_voc"], [{0: batch, 2: t_dec}, {0: t_voc}], out,
+            want_ts, bridge_cases, add, parity, stage, timings, script=True,
+        )
+        # --- vocoder ---------------------------------------------------------------------
+        with torch.no_grad():
+            voc_in = bridge(
+                torch.from_numpy(long_dec[:1]), torch.from_numpy(geometry.bridge_positions(480))
+            ).numpy()
+        long_t = config.parity_long_frames
+        voc_cases = [
+            ("shortest_1frame", [voc_in[:, :, :1]]),
+            ("bridged_86frames", [voc_in[:, :, :86]]),
+            (f"random_{long_t}frames", [
+                (rng.standard_normal((1, vmel.num_mels, long_t)) * 2 - 4).astype(np.float32)
+            ]),
+            ("silence_8frames", [np.full((1, vmel.num_mels, 8), math.log(1e-5), np.float32)]),
+        ]
+        frames = torch.export.Dim("frames", min=1, max=MAX_FRAMES)
+        _export_graph(
+            "vocoder", vocoder.model, [torch.randn(1, vmel.num_mels, 40)], ["mel"], ["audio"],
+            [{2: frames}], out, want_ts, voc_cases, add, parity, stage, timings,
+        )
+        # --- resamplers --------------------------------------------------------------------
+        resamplers: dict[str, Any] = {}
+        test = _resampler_test_signal(vmel.sample_rate, rng)
+        for rate in resample_rates:
+            module = PolyphaseResampler(vmel.sample_rate, rate).eval()
+            spec = module.spec
+            name = f"resample_{vmel.sample_rate}_{rate}"
+            stage.step(f"export {name}")
+            length = torch.export.Dim("length", min=spec.kernel_size, max=1 << 26)
+            channels = torch.export.Dim("channels", min=1, max=16)
+            path = export_onnx(
+                module, [torch.zeros(2, spec.kernel_size + 3 * spec.orig)], ["x"], ["y"],
+                [{0: channels, 1: length}], out / f"{name}.onnx",
+            )
+            geo = ResamplerGeometry.from_manifest(spec.to_manifest())  # type: ignore[arg-type]
+            run = _ort_runner(path)
+            parity[path.name] = check_parity(
+                path.name, "resampler", [("tones_chirp_noise_2ch", [test])],
+                lambda x, r=rate: reference_resample(torch.from_numpy(x), vmel.sample_rate, r).numpy(),
+                lambda x, run=run, geo=geo: resample_whole(run, geo, x),
+            )
+            add(path, "resampler", "onnx", rate)
+            stage.done()
+            if want_ts:
+                ts = export_torchscript(module, [torch.zeros(1, spec.kernel_size)], out / f"{name}.pt")
+                add(ts, "resampler", "torchscript", rate)
+                stage.done()
+            resamplers[str(rate)] = {**spec.to_manifest(), "file": path.name}
+        # --- receptive field ---------------------------------------------------------------
+        stage.step("measure vocoder receptive field")
+        reach = measure_receptive_field(vocoder.model, vmel.num_mels, vmel.hop_size)
+        stage.done()
+    finally:
+        stage.close()
+
+    failed = [r for r in parity.values() if not r.passed]
+    manifest = _manifest(config, ckpt, vocoder, geometry, rates, resamplers, reach, files, parity)
+    manifest["export_seconds"] = round(time.perf_counter() - started, 1)
+    manifest["graph_export_seconds"] = timings
+    write_manifest(out, manifest)
+    if failed:
+        lines = ", ".join(
+            f"{r.graph} (worst {r.worst().name}: {r.worst().snr_db:.1f} dB, max abs "
+            f"{r.worst().max_abs:.2e}; needs {r.threshold.min_snr_db} dB)"
+            for r in failed
+        )
+        raise ExportError(f"parity check failed for {lines}; see {out / 'manifest.json'}")
+    return manifest
+
+
+def _resampler_test_signal(rate: int, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(0.5 * rate)) / rate
+    tones = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 7000 * t)
+    chirp = 0.2 * np.sin(2 * np.pi * (50 * t + 20000 * t**2))
+    noise = 0.1 * rng.standard_normal(t.size)
+    return np.stack([tones + chirp, noise]).astype(np.float32)
+
+
+def _export_graph(
+    role: str,
+    module: torch.nn.Module,
+    example: Sequence[torch.Tensor],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic: Sequence[dict[int, Any]],
+    out: Path,
+    want_ts: bool,
+    cases: Sequence[tuple[str, Sequence[np.ndarray]]],
+    add: Callable[..., None],
+    parity: dict[str, ParityResult],
+    stage: _Stage,
+    timings: dict[str, float],
+    script: bool = False,
+) -> None:
+    reference = _torch_runner(module)
+    stage.step(f"export {role}.onnx")
+    t0 = time.perf_counter()
+    path = export_onnx(module, example, input_names, output_names, dynamic, out / f"{role}.onnx")
+    timings[path.name] = round(time.perf_counter() - t0, 2)
+    stage.step(f"parity {role}.onnx")
+    parity[path.name] = check_parity(path.name, role, cases, reference, _ort_runner(path))
+    add(path, role, "onnx")
+    stage.done()
+    if want_ts:
+        stage.step(f"export {role}.pt")
+        t0 = time.perf_counter()
+        ts_path = export_torchscript(module, example, out / f"{role}.pt", script=script)
+        timings[ts_path.name] = round(time.perf_counter() - t0, 2)
+        graph = torch.jit.load(str(ts_path))
+        parity[ts_path.name] = check_parity(ts_path.name, role, cases, reference, _torch_runner(graph))
+        add(ts_path, role, "torchscript")
+        stage.done()
+
+
+def _manifest(
+    config: ExportConfig,
+    ckpt: DistillCheckpoint,
+    vocoder: LoadedVocoder,
+    geometry: FrameGeometry,
+    rates: tuple[int, ...],
+    resamplers: dict[str, Any],
+    reach: int,
+    files: list[BundleFile],
+    parity: dict[str, ParityResult],
+) -> dict[str, Any]:
+    spec = ckpt.spectrogram
+    return {
+        "format_version": FORMAT_VERSION,
+        "bundle_id": bundle_id_for(files),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "exporter": _versions(),
+        "source": {
+            "checkpoint": ckpt.path.name,
+            "checkpoint_sha256": sha256_file(ckpt.path),
+            "checkpoint_version": ckpt.version,
+            "checkpoint_metadata": _jsonable(ckpt.metadata),
+            "vocoder": vocoder.source,
+            **config.extra_metadata,
+        },
+        "latent_dim": ckpt.latent_dim,
+        "chunk": {
+            "chunk_duration_s": ckpt.chunk_duration_s,
+            "chunk_frames": ckpt.chunk_frames,
+            "hop_frames": ckpt.chunk_frames // 2,
+            "decoder_frames": 16 * ckpt.width,
+            "min_chunk_frames": 8,
+        },
+        "decoder_mel": {
+            "sample_rate": spec.sample_rate, "n_fft": spec.n_fft, "hop_length": spec.hop_length,
+            "n_mels": spec.n_mels, "f_min": spec.f_min, "f_max": spec.f_max, "power": spec.power,
+            "mel_scale": "htk", "normalisation": "log1p", "center": True,
+        },
+        "vocoder_mel": {
+            "sample_rate": vocoder.sample_rate, "n_fft": int(vocoder.config["n_fft"]),
+            "hop_size": vocoder.hop_size, "win_size": int(vocoder.config["win_size"]),
+            "num_mels": int(vocoder.config["num_mels"]), "fmin": vocoder.config["fmin"],
+            "fmax": vocoder.config.get("fmax"), "mel_scale": "slaney", "norm": "slaney",
+            "normalisation": "log(clamp(magnitude_mel, 1e-5))",
+        },
+        "geometry": {
+            "decoder_rate": geometry.decoder_rate, "decoder_hop": geometry.decoder_hop,
+            "vocoder_rate": geometry.vocoder_rate, "vocoder_hop": geometry.vocoder_hop,
+        },
+        "bridge": {"method": "ridge-lstsq HTK inverse, bin interpolation, sqrt, Slaney", "ridge": 0.1},
+        "vocoder": {
+            "config": vocoder.config,
+            "num_parameters": vocoder.num_parameters,
+            "receptive_field_frames": reach,
+            "context_frames": reach + 2,
+            "batch": 1,
+        },
+        "sample_rates": list(rates),
+        "default_sample_rate": geometry.vocoder_rate,
+        "resamplers": resamplers,
+        "postprocess": {"peak_target": PEAK_TARGET, "antialias_cutoff_hz": 20000.0,
+                        "antialias_order": 8},
+        "sliders": ckpt.sliders.to_manifest() if ckpt.sliders is not None else None,
+        "files": [f.__dict__ for f in files],
+        "parity": {name: r.to_dict() for name, r in parity.items()},
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)

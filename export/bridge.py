@@ -9,9 +9,8 @@ import librosa
 import numpy as np
 import torch
 import torchaudio
-from torch import nn
-
 from distill_serve.export.checkpoint import SpectrogramConfig
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -108,9 +107,10 @@ class MelBridge(nn.Module):
         frac = positions - base
         i0 = base.long().clamp(0, n - 1)
         i1 = (i0 + 1).clamp(max=n - 1)
-        power = torch.index_select(power, 2, i0) * (1.0 - frac) + torch.index_select(
-            power, 2, i1
-        ) * frac
+        power = (
+            torch.index_select(power, 2, i0) * (1.0 - frac)
+            + torch.index_select(power, 2, i1) * frac
+        )
         linear = torch.relu(torch.matmul(self.to_linear, power))
         magnitude = torch.sqrt(linear + 1e-9)
         return torch.log(torch.clamp(torch.matmul(self.slaney, magnitude), min=1e-5))

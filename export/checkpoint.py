@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from distill_serve.export.decoder import DistillDecoder, decoder_key_shapes
 
 FORMAT_MARKER = "distill_model"
@@ -182,7 +181,9 @@ def _sliders(raw: dict[str, Any], latent_dim: int, path: Path) -> SliderAnalysis
     for key in ("safe_min", "safe_max", "warning_min", "warning_max"):
         if key in analysis:
             extra[key] = np.asarray(_as_numpy(analysis[key], key)).tolist()
-    return SliderAnalysis(comps, mean, n_active, np.array(step), int(analysis["n_steps"]), labels, extra)
+    return SliderAnalysis(
+        comps, mean, n_active, np.array(step), int(analysis["n_steps"]), labels, extra
+    )
 
 
 def load_checkpoint(path: str | Path) -> DistillCheckpoint:

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from distill_serve.export.checkpoint import FORMAT_MARKER, SUPPORTED_VERSION
 from distill_serve.export.decoder import DistillDecoder
 from distill_serve.export.exporter import DEFAULT_RATES, ExportConfig, export_bundle
@@ -23,13 +22,20 @@ DEMO_SEED = 1234
 DEMO_LATENT_DIM = 64
 DEMO_UPSAMPLE_CHANNELS = 128
 SPECTROGRAM_CONFIG = {
-    "sample_rate": 48000, "n_fft": 2048, "hop_length": 512, "n_mels": 128,
-    "f_min": 0.0, "f_max": 24000.0, "power": 2.0,
+    "sample_rate": 48000,
+    "n_fft": 2048,
+    "hop_length": 512,
+    "n_mels": 128,
+    "f_min": 0.0,
+    "f_max": 24000.0,
+    "power": 2.0,
 }
 SLIDER_LABELS = ["brightness", "density", "roughness", "pitch", "motion", "space", "grit", "air"]
 
 
-def demo_checkpoint_dict(seed: int = DEMO_SEED, latent_dim: int = DEMO_LATENT_DIM) -> dict[str, Any]:
+def demo_checkpoint_dict(
+    seed: int = DEMO_SEED, latent_dim: int = DEMO_LATENT_DIM
+) -> dict[str, Any]:
     """The contents of the demo ``.distill`` file (same seed, same weights)."""
     torch.manual_seed(seed)
     decoder = DistillDecoder(latent_dim, 8, 6, 128, 94)
@@ -71,7 +77,9 @@ def demo_vocoder_config(upsample_initial_channel: int = DEMO_UPSAMPLE_CHANNELS) 
     return dict(FULL_44K_CONFIG, upsample_initial_channel=upsample_initial_channel)
 
 
-def make_demo_vocoder(out_dir: Path, seed: int = DEMO_SEED, channels: int = DEMO_UPSAMPLE_CHANNELS) -> Path:
+def make_demo_vocoder(
+    out_dir: Path, seed: int = DEMO_SEED, channels: int = DEMO_UPSAMPLE_CHANNELS
+) -> Path:
     config = demo_vocoder_config(channels)
     return write_local_dir(random_vocoder(config, seed), config, out_dir)
 
@@ -89,7 +97,12 @@ def export_demo_bundle(
         ckpt = make_demo_checkpoint(tmp_path / "demo.distill", seed)
         voc = make_demo_vocoder(tmp_path / "bigvgan_demo", seed)
         config = ExportConfig(
-            checkpoint=ckpt, vocoder=str(voc), out=out, format=fmt, rates=rates,
-            progress=progress, extra_metadata={"demo": True, "demo_seed": seed},
+            checkpoint=ckpt,
+            vocoder=str(voc),
+            out=out,
+            format=fmt,
+            rates=rates,
+            progress=progress,
+            extra_metadata={"demo": True, "demo_seed": seed},
         )
         return export_bundle(config)

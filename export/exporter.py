@@ -15,6 +15,13 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
+from distill_serve.export.bridge import MelBridge, VocoderMelConfig
+from distill_serve.export.checkpoint import DistillCheckpoint, load_checkpoint
+from distill_serve.export.graphs import export_onnx, export_torchscript, onnx_io
+from distill_serve.export.parity import ParityResult, check_parity
+from distill_serve.export.resampler import PolyphaseResampler, reference_resample
+from distill_serve.export.vocoder import LoadedVocoder, load_vocoder
+from distill_serve.server.resample import ResamplerGeometry, resample_whole
 from tqdm import tqdm
 
 from distill_serve import __version__
@@ -25,14 +32,7 @@ from distill_serve.bundle import (
     sha256_file,
     write_manifest,
 )
-from distill_serve.export.bridge import MelBridge, VocoderMelConfig
-from distill_serve.export.checkpoint import DistillCheckpoint, load_checkpoint
-from distill_serve.export.graphs import export_onnx, export_torchscript, onnx_io
-from distill_serve.export.parity import ParityResult, check_parity
-from distill_serve.export.resampler import PolyphaseResampler, reference_resample
-from distill_serve.export.vocoder import LoadedVocoder, load_vocoder
 from distill_serve.geometry import FrameGeometry
-from distill_serve.server.resample import ResamplerGeometry, resample_whole
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,15 @@ class ExportConfig:
 
 def _versions() -> dict[str, str]:
     out = {"distill_serve": __version__}
-    for pkg in ("torch", "torchaudio", "onnx", "onnxscript", "onnxruntime-gpu", "onnxruntime",
-                "bigvgan"):
+    for pkg in (
+        "torch",
+        "torchaudio",
+        "onnx",
+        "onnxscript",
+        "onnxruntime-gpu",
+        "onnxruntime",
+        "bigvgan",
+    ):
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
@@ -172,9 +179,7 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
 
     def add(path: Path, role: str, fmt: str, rate: int | None = None) -> None:
         inputs, outputs = onnx_io(path) if fmt == "onnx" else ([], [])
-        files.append(
-            BundleFile(path.name, role, fmt, sha256_file(path), inputs, outputs, rate)
-        )
+        files.append(BundleFile(path.name, role, fmt, sha256_file(path), inputs, outputs, rate))
 
     try:
         # --- decoder ---------------------------------------------------------------------
@@ -185,8 +190,19 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
         ] + [("batch8_large", [(3 * rng.standard_normal((8, ckpt.latent_dim))).astype(np.float32)])]
         batch = torch.export.Dim("batch", min=1, max=4096)
         _export_graph(
-            "decoder", decoder, [torch.zeros(2, ckpt.latent_dim)], ["z"], ["mel"],
-            [{0: batch}], out, want_ts, dec_cases, add, parity, stage, timings,
+            "decoder",
+            decoder,
+            [torch.zeros(2, ckpt.latent_dim)],
+            ["z"],
+            ["mel"],
+            [{0: batch}],
+            out,
+            want_ts,
+            dec_cases,
+            add,
+            parity,
+            stage,
+            timings,
         )
         # --- bridge ----------------------------------------------------------------------
         bridge = MelBridge(ckpt.spectrogram, vmel).eval()
@@ -206,9 +222,20 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
         t_dec = torch.export.Dim("t_dec", min=2, max=MAX_FRAMES)
         t_voc = torch.export.Dim("t_voc", min=1, max=MAX_FRAMES)
         _export_graph(
-            "bridge", bridge, [torch.rand(2, ckpt.spectrogram.n_mels, 20), torch.arange(15.0)],
-            ["mel_dec", "positions"], ["mel_voc"], [{0: batch, 2: t_dec}, {0: t_voc}], out,
-            want_ts, bridge_cases, add, parity, stage, timings, script=True,
+            "bridge",
+            bridge,
+            [torch.rand(2, ckpt.spectrogram.n_mels, 20), torch.arange(15.0)],
+            ["mel_dec", "positions"],
+            ["mel_voc"],
+            [{0: batch, 2: t_dec}, {0: t_voc}],
+            out,
+            want_ts,
+            bridge_cases,
+            add,
+            parity,
+            stage,
+            timings,
+            script=True,
         )
         # --- vocoder ---------------------------------------------------------------------
         with torch.no_grad():
@@ -219,15 +246,27 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
         voc_cases = [
             ("shortest_1frame", [voc_in[:, :, :1]]),
             ("bridged_86frames", [voc_in[:, :, :86]]),
-            (f"random_{long_t}frames", [
-                (rng.standard_normal((1, vmel.num_mels, long_t)) * 2 - 4).astype(np.float32)
-            ]),
+            (
+                f"random_{long_t}frames",
+                [(rng.standard_normal((1, vmel.num_mels, long_t)) * 2 - 4).astype(np.float32)],
+            ),
             ("silence_8frames", [np.full((1, vmel.num_mels, 8), math.log(1e-5), np.float32)]),
         ]
         frames = torch.export.Dim("frames", min=1, max=MAX_FRAMES)
         _export_graph(
-            "vocoder", vocoder.model, [torch.randn(1, vmel.num_mels, 40)], ["mel"], ["audio"],
-            [{2: frames}], out, want_ts, voc_cases, add, parity, stage, timings,
+            "vocoder",
+            vocoder.model,
+            [torch.randn(1, vmel.num_mels, 40)],
+            ["mel"],
+            ["audio"],
+            [{2: frames}],
+            out,
+            want_ts,
+            voc_cases,
+            add,
+            parity,
+            stage,
+            timings,
         )
         # --- resamplers --------------------------------------------------------------------
         resamplers: dict[str, Any] = {}
@@ -240,20 +279,30 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
             length = torch.export.Dim("length", min=spec.kernel_size, max=1 << 26)
             channels = torch.export.Dim("channels", min=1, max=16)
             path = export_onnx(
-                module, [torch.zeros(2, spec.kernel_size + 3 * spec.orig)], ["x"], ["y"],
-                [{0: channels, 1: length}], out / f"{name}.onnx",
+                module,
+                [torch.zeros(2, spec.kernel_size + 3 * spec.orig)],
+                ["x"],
+                ["y"],
+                [{0: channels, 1: length}],
+                out / f"{name}.onnx",
             )
             geo = ResamplerGeometry.from_manifest(spec.to_manifest())  # type: ignore[arg-type]
             run = _ort_runner(path)
             parity[path.name] = check_parity(
-                path.name, "resampler", [("tones_chirp_noise_2ch", [test])],
-                lambda x, r=rate: reference_resample(torch.from_numpy(x), vmel.sample_rate, r).numpy(),
+                path.name,
+                "resampler",
+                [("tones_chirp_noise_2ch", [test])],
+                lambda x, r=rate: reference_resample(
+                    torch.from_numpy(x), vmel.sample_rate, r
+                ).numpy(),
                 lambda x, run=run, geo=geo: resample_whole(run, geo, x),
             )
             add(path, "resampler", "onnx", rate)
             stage.done()
             if want_ts:
-                ts = export_torchscript(module, [torch.zeros(1, spec.kernel_size)], out / f"{name}.pt")
+                ts = export_torchscript(
+                    module, [torch.zeros(1, spec.kernel_size)], out / f"{name}.pt"
+                )
                 add(ts, "resampler", "torchscript", rate)
                 stage.done()
             resamplers[str(rate)] = {**spec.to_manifest(), "file": path.name}
@@ -318,7 +367,9 @@ def _export_graph(
         ts_path = export_torchscript(module, example, out / f"{role}.pt", script=script)
         timings[ts_path.name] = round(time.perf_counter() - t0, 2)
         graph = torch.jit.load(str(ts_path))
-        parity[ts_path.name] = check_parity(ts_path.name, role, cases, reference, _torch_runner(graph))
+        parity[ts_path.name] = check_parity(
+            ts_path.name, role, cases, reference, _torch_runner(graph)
+        )
         add(ts_path, role, "torchscript")
         stage.done()
 
@@ -357,22 +408,39 @@ def _manifest(
             "min_chunk_frames": 8,
         },
         "decoder_mel": {
-            "sample_rate": spec.sample_rate, "n_fft": spec.n_fft, "hop_length": spec.hop_length,
-            "n_mels": spec.n_mels, "f_min": spec.f_min, "f_max": spec.f_max, "power": spec.power,
-            "mel_scale": "htk", "normalisation": "log1p", "center": True,
+            "sample_rate": spec.sample_rate,
+            "n_fft": spec.n_fft,
+            "hop_length": spec.hop_length,
+            "n_mels": spec.n_mels,
+            "f_min": spec.f_min,
+            "f_max": spec.f_max,
+            "power": spec.power,
+            "mel_scale": "htk",
+            "normalisation": "log1p",
+            "center": True,
         },
         "vocoder_mel": {
-            "sample_rate": vocoder.sample_rate, "n_fft": int(vocoder.config["n_fft"]),
-            "hop_size": vocoder.hop_size, "win_size": int(vocoder.config["win_size"]),
-            "num_mels": int(vocoder.config["num_mels"]), "fmin": vocoder.config["fmin"],
-            "fmax": vocoder.config.get("fmax"), "mel_scale": "slaney", "norm": "slaney",
+            "sample_rate": vocoder.sample_rate,
+            "n_fft": int(vocoder.config["n_fft"]),
+            "hop_size": vocoder.hop_size,
+            "win_size": int(vocoder.config["win_size"]),
+            "num_mels": int(vocoder.config["num_mels"]),
+            "fmin": vocoder.config["fmin"],
+            "fmax": vocoder.config.get("fmax"),
+            "mel_scale": "slaney",
+            "norm": "slaney",
             "normalisation": "log(clamp(magnitude_mel, 1e-5))",
         },
         "geometry": {
-            "decoder_rate": geometry.decoder_rate, "decoder_hop": geometry.decoder_hop,
-            "vocoder_rate": geometry.vocoder_rate, "vocoder_hop": geometry.vocoder_hop,
+            "decoder_rate": geometry.decoder_rate,
+            "decoder_hop": geometry.decoder_hop,
+            "vocoder_rate": geometry.vocoder_rate,
+            "vocoder_hop": geometry.vocoder_hop,
         },
-        "bridge": {"method": "ridge-lstsq HTK inverse, bin interpolation, sqrt, Slaney", "ridge": 0.1},
+        "bridge": {
+            "method": "ridge-lstsq HTK inverse, bin interpolation, sqrt, Slaney",
+            "ridge": 0.1,
+        },
         "vocoder": {
             "config": vocoder.config,
             "num_parameters": vocoder.num_parameters,
@@ -383,8 +451,11 @@ def _manifest(
         "sample_rates": list(rates),
         "default_sample_rate": geometry.vocoder_rate,
         "resamplers": resamplers,
-        "postprocess": {"peak_target": PEAK_TARGET, "antialias_cutoff_hz": 20000.0,
-                        "antialias_order": 8},
+        "postprocess": {
+            "peak_target": PEAK_TARGET,
+            "antialias_cutoff_hz": 20000.0,
+            "antialias_order": 8,
+        },
         "sliders": ckpt.sliders.to_manifest() if ckpt.sliders is not None else None,
         "files": [f.__dict__ for f in files],
         "parity": {name: r.to_dict() for name, r in parity.items()},

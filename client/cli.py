@@ -1,0 +1,132 @@
+"""``distill-serve generate`` and ``distill-serve info``: call a running server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import soundfile as sf
+from distill_serve.client.client import SPATIAL, AudioResult, Client, DistillError
+
+WAV_SUBTYPES = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float32": "FLOAT"}
+
+
+def add_generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the server")
+    p.add_argument("--mode", required=True, choices=["crossfade", "latent_interp", "slider"])
+    p.add_argument("--duration", type=float, required=True, help="seconds of audio")
+    p.add_argument("--seed", type=int, default=None, help="trajectory seed (default: server's)")
+    p.add_argument("--rate", type=int, default=0, help="output sample rate (default: model's)")
+    p.add_argument("--encoding", choices=sorted(WAV_SUBTYPES), default="pcm16")
+    p.add_argument("--stereo", action="store_true", help="mid-side stereo")
+    p.add_argument("--width", type=float, default=None, help="stereo width in [0, 2]")
+    p.add_argument("--dual-seed", action="store_true", help="stereo from seed and seed+1")
+    p.add_argument(
+        "--slider",
+        action="append",
+        default=[],
+        metavar="INDEX=POS",
+        help="slider position (slider mode), repeatable",
+    )
+    p.add_argument("--latent", type=Path, default=None, help="latent vector .npy (slider mode)")
+    p.add_argument("--steps-between", type=int, default=None, help="latent_interp density")
+    p.add_argument("--evolution", type=float, default=None, help="slider drift in [0, 1]")
+    p.add_argument("--chunk-duration", type=float, default=None, help="decoder chunk seconds")
+    p.add_argument("--stream", action="store_true", help="use the streaming RPC")
+    p.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
+    p.add_argument("--token", default=None, help="bearer token")
+    p.add_argument("-o", "--output", type=Path, required=True, help="WAV file to write")
+
+
+def _sliders(values: list[str]) -> dict[int, int] | None:
+    if not values:
+        return None
+    out = {}
+    for item in values:
+        index, sep, pos = item.partition("=")
+        if not sep:
+            raise ValueError(f"--slider wants INDEX=POS, got {item!r}")
+        out[int(index)] = int(pos)
+    return out
+
+
+def _fail(message: str) -> int:
+    print(f"distill-serve: {message}", file=sys.stderr)
+    return 1
+
+
+def _describe(exc: DistillError, server: str) -> str:
+    if exc.code == grpc.StatusCode.UNAVAILABLE:
+        return f"server {server} is unavailable ({exc.details}); is `distill-serve serve` running?"
+    return f"server refused the request: {exc.code.name}: {exc.details}"
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    try:
+        spatial = "dual_seed" if args.dual_seed else "stereo" if args.stereo else "mono"
+        assert spatial in SPATIAL
+        options = dict(
+            seed=args.seed,
+            sample_rate=args.rate,
+            encoding=args.encoding,
+            spatial=spatial,
+            stereo_width=args.width,
+            steps_between=args.steps_between,
+            evolution_amount=args.evolution,
+            chunk_duration_s=args.chunk_duration,
+            sliders=_sliders(args.slider),
+            latent=np.load(args.latent) if args.latent is not None else None,
+        )
+    except (ValueError, OSError) as exc:
+        return _fail(str(exc))
+    try:
+        with Client(args.server, token=args.token, timeout=args.timeout) as client:
+            if args.stream:
+                result: AudioResult = client.generate_streamed(args.mode, args.duration, **options)
+            else:
+                result = client.generate(args.mode, args.duration, **options)
+    except DistillError as exc:
+        return _fail(_describe(exc, args.server))
+    sf.write(args.output, result.audio.T, result.sample_rate, subtype=WAV_SUBTYPES[args.encoding])
+    provider = result.stats.execution_provider if result.stats else "?"
+    print(
+        f"wrote {args.output}: {result.duration_s:.3f} s, {result.sample_rate} Hz, "
+        f"{result.channels} ch; seed {result.seed}; first audio {result.client_first_audio_s:.3f} s, "
+        f"total {result.client_total_s:.3f} s ({'stream' if args.stream else 'unary'}, {provider})"
+    )
+    return 0
+
+
+def add_info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the server")
+    p.add_argument("--token", default=None, help="bearer token")
+    p.add_argument("--timeout", type=float, default=10.0)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    try:
+        with Client(args.server, token=args.token, timeout=args.timeout) as client:
+            info = client.info()
+    except DistillError as exc:
+        return _fail(_describe(exc, args.server))
+    print(f"latent_dim: {info.latent_dim}")
+    print(f"execution provider: {info.execution_provider}")
+    print(
+        f"sample rates: {', '.join(map(str, info.sample_rates))} "
+        f"(default {info.default_sample_rate})"
+    )
+    print(f"encodings: {', '.join(info.encodings)}")
+    print(
+        f"limits: duration <= {info.max_duration_s:g} s, "
+        f"{info.max_concurrent_generations} concurrent generations"
+    )
+    if info.sliders:
+        print("sliders:")
+        for s in info.sliders:
+            print(f"  {s.index:2d} {s.label:<14} [{s.min_position}, {s.max_position}]")
+    else:
+        print("sliders: none (slider mode takes a latent vector)")
+    return 0

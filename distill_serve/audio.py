@@ -1,0 +1,53 @@
+"""Audio sample formats shared by server and client: float blocks <-> interleaved
+little-endian bytes, and WAV files (soundfile)."""
+
+from __future__ import annotations
+
+import enum
+import io
+
+import numpy as np
+import soundfile as sf
+
+
+class Encoding(enum.Enum):
+    PCM16 = "pcm16"
+    PCM24 = "pcm24"
+    FLOAT32 = "float32"
+
+
+BYTES_PER_SAMPLE = {Encoding.PCM16: 2, Encoding.PCM24: 3, Encoding.FLOAT32: 4}
+WAV_SUBTYPE = {Encoding.PCM16: "PCM_16", Encoding.PCM24: "PCM_24", Encoding.FLOAT32: "FLOAT"}
+
+
+def encode(block: np.ndarray, encoding: Encoding) -> bytes:
+    """``(channels, n)`` float block in [-1, 1] -> interleaved bytes."""
+    frames = np.ascontiguousarray(block.T)  # (n, channels): interleaved
+    if encoding is Encoding.FLOAT32:
+        return frames.astype("<f4").tobytes()
+    clipped = np.clip(frames, -1.0, 1.0)
+    if encoding is Encoding.PCM16:
+        return np.round(clipped * 32767.0).astype("<i2").tobytes()
+    ints = np.round(clipped * 8388607.0).astype("<i4")
+    return ints.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+
+
+def decode(data: bytes, encoding: Encoding, channels: int) -> np.ndarray:
+    """Interleaved bytes -> ``(channels, n)`` float32 (the inverse of :func:`encode`)."""
+    if encoding is Encoding.FLOAT32:
+        flat = np.frombuffer(data, dtype="<f4")
+    elif encoding is Encoding.PCM16:
+        flat = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32767.0
+    else:
+        raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3)
+        padded = np.zeros((raw.shape[0], 4), dtype=np.uint8)
+        padded[:, 1:] = raw  # little endian: shift into the top three bytes keeps the sign
+        flat = (padded.view("<i4")[:, 0] >> 8).astype(np.float32) / 8388607.0
+    return flat.reshape(-1, channels).T.astype(np.float32)
+
+
+def wav_bytes(audio: np.ndarray, rate: int, encoding: Encoding) -> bytes:
+    """A complete WAV file of ``(channels, n)`` audio."""
+    buf = io.BytesIO()
+    sf.write(buf, audio.T, rate, subtype=WAV_SUBTYPE[encoding], format="WAV")
+    return buf.getvalue()

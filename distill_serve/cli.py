@@ -1,0 +1,162 @@
+"""The ``distill-serve`` command: export, serve, generate, info and demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_RATES = "16000,22050,24000,32000,44100,48000,96000"
+
+
+def _rates(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(r) for r in text.replace(" ", "").split(",") if r)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--rates wants integers like {DEFAULT_RATES}") from exc
+
+
+def _export(args: argparse.Namespace) -> int:
+    from distill_serve.export.checkpoint import CheckpointError
+    from distill_serve.export.exporter import ExportConfig, ExportError, export_bundle
+    from distill_serve.export.vocoder import VocoderError
+
+    try:
+        if args.demo:
+            from distill_serve.export.demo import export_demo_bundle
+
+            manifest = export_demo_bundle(
+                args.out, fmt=args.format, rates=args.rates, progress=not args.quiet
+            )
+        else:
+            if args.checkpoint is None or args.vocoder is None:
+                print(
+                    "distill-serve export: give --checkpoint and --vocoder, or --demo",
+                    file=sys.stderr,
+                )
+                return 2
+            manifest = export_bundle(
+                ExportConfig(
+                    checkpoint=args.checkpoint,
+                    vocoder=args.vocoder,
+                    out=args.out,
+                    format=args.format,
+                    rates=args.rates,
+                    progress=not args.quiet,
+                )
+            )
+    except (CheckpointError, VocoderError, ExportError, ValueError) as exc:
+        print(f"distill-serve export: {exc}", file=sys.stderr)
+        return 1
+    worst = {name: round(r["min_snr_db"], 1) for name, r in manifest["parity"].items()}
+    print(f"wrote bundle {args.out} ({manifest['bundle_id']}) in {manifest['export_seconds']} s")
+    print(f"parity (min SNR dB vs torch): {worst}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from distill_serve.bundle import BundleError
+    from distill_serve.server.app import ServerConfig, run
+    from distill_serve.server.engine import EngineConfig
+    from distill_serve.server.request import Limits
+
+    config = ServerConfig(
+        bundle=args.bundle,
+        host=args.host,
+        port=args.port,
+        limits=Limits(max_duration_s=args.max_duration, max_concurrent=args.max_concurrent),
+        engine=EngineConfig(
+            use_cuda=not args.no_cuda,
+            gpu_mem_limit=args.gpu_mem_limit,
+            intra_op_threads=args.threads,
+            fault_injection=args.fault_injection,
+        ),
+        metrics_port=args.metrics_port,
+        grace_s=args.grace,
+    )
+    try:
+        asyncio.run(run(config))
+    except (BundleError, OSError) as exc:
+        print(f"distill-serve serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from distill_serve.demo import run_demo
+
+    return run_demo(args.out, args.duration)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distill-serve", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="logging level (INFO, DEBUG, ...)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="export a checkpoint + vocoder to a model bundle")
+    p.add_argument("--checkpoint", type=Path, help="Distill .distill checkpoint")
+    p.add_argument("--vocoder", help="BigVGAN Hugging Face id or local dir")
+    p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    p.add_argument("--format", choices=["onnx", "torchscript", "both"], default="onnx")
+    p.add_argument(
+        "--rates",
+        type=_rates,
+        default=_rates(DEFAULT_RATES),
+        help=f"output rates to offer (default {DEFAULT_RATES})",
+    )
+    p.add_argument("--demo", action="store_true", help="build the small demo bundle instead")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("serve", help="serve a bundle over gRPC")
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="bundle dir (default: build and cache the demo bundle)",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--max-concurrent", type=int, default=4, help="concurrent generations")
+    p.add_argument("--max-duration", type=float, default=60.0, help="longest request, seconds")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus HTTP port")
+    p.add_argument("--no-cuda", action="store_true", help="CPU execution provider only")
+    p.add_argument("--gpu-mem-limit", type=int, default=None, help="CUDA arena limit, bytes")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads")
+    p.add_argument("--grace", type=float, default=10.0, help="SIGTERM drain time, seconds")
+    p.add_argument(
+        "--fault-injection",
+        action="store_true",
+        help="testing: allow injected CUDA OOMs (stand-in path without a GPU)",
+    )
+    p.set_defaults(func=_serve)
+
+    from distill_serve.client.cli import add_generate_args, add_info_args, run_generate, run_info
+
+    p = sub.add_parser("generate", help="ask a server for audio and write a WAV")
+    add_generate_args(p)
+    p.set_defaults(func=run_generate)
+
+    p = sub.add_parser("info", help="print a server's model info")
+    add_info_args(p)
+    p.set_defaults(func=run_info)
+
+    p = sub.add_parser("demo", help="demo bundle + local server + one clip per mode")
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="where to write WAVs")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per clip")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Server start-up: servicers, health, reflection, metrics, limits and signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from distill_serve.client.v1 import distill_pb2 as pb
+from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
+from distill_serve.server.engine import Engine, EngineConfig
+from distill_serve.server.metrics import Metrics
+from distill_serve.server.request import Limits
+from distill_serve.server.service import DistillServicer
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from distill_serve.bundle import BundleError, load_bundle
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DistillService"].full_name
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Options of ``distill-serve serve``.
+
+    Attributes:
+        bundle: bundle dir; None builds (once) and caches the demo bundle.
+        host, port: where to listen (port 0 picks a free one).
+        limits: duration, concurrency and steps_between limits.
+        engine: execution-provider options.
+        metrics_port: Prometheus HTTP port (None: no endpoint; metrics still kept).
+        grace_s: how long SIGTERM waits for in-flight streams.
+        max_receive_bytes, max_send_bytes: gRPC message size limits.
+    """
+
+    bundle: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 50051
+    limits: Limits = field(default_factory=Limits)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    metrics_port: int | None = None
+    grace_s: float = 10.0
+    max_receive_bytes: int = 1 * MiB
+    max_send_bytes: int = 256 * MiB
+
+
+def demo_bundle_dir() -> Path:
+    """Where the demo bundle is cached (``$DISTILL_SERVE_CACHE`` or ``~/.cache``)."""
+    root = os.environ.get("DISTILL_SERVE_CACHE") or Path.home() / ".cache" / "distill-serve"
+    return Path(root) / "demo-bundle-v1"
+
+
+def ensure_demo_bundle(path: Path | None = None) -> Path:
+    """Return a verified demo bundle, exporting it first if the cache has none."""
+    path = path or demo_bundle_dir()
+    try:
+        load_bundle(path)
+        return path
+    except BundleError:
+        pass
+    try:
+        from distill_serve.export.demo import export_demo_bundle
+    except ImportError as exc:
+        raise BundleError(
+            f"no demo bundle at {path} and the export extra is not installed ({exc}); "
+            "pip install 'distill-serve[export]' or pass --bundle DIR"
+        ) from exc
+    log.info("building the demo bundle in %s (once; about a minute)", path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=path.parent))
+    try:
+        export_demo_bundle(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+class DistillServer:
+    """A grpc.aio server with the Distill service, health and reflection."""
+
+    def __init__(self, config: ServerConfig, engine: Engine, metrics: Metrics | None = None):
+        self.config = config
+        self.engine = engine
+        self.metrics = metrics or Metrics()
+        self.health = health.aio.HealthServicer()
+        self.servicer = DistillServicer(engine, config.limits, self.metrics)
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", config.max_receive_bytes),
+                ("grpc.max_send_message_length", config.max_send_bytes),
+            ]
+        )
+        pb_grpc.add_DistillServiceServicer_to_server(self.servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self.port = 0
+
+    async def start(self) -> int:
+        self.port = self._server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {self.config.host}:{self.config.port}")
+        await self._server.start()
+        for name in (SERVICE_NAME, ""):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, refuse new RPCs, let in-flight ones run for ``grace`` s."""
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(self.config.grace_s if grace is None else grace)
+        self.servicer.close()
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+
+def build_engine(config: ServerConfig, metrics: Metrics) -> Engine:
+    bundle = config.bundle or ensure_demo_bundle()
+    return Engine.from_dir(bundle, config.engine, lambda g: metrics.fallbacks.labels(g).inc())
+
+
+async def run(config: ServerConfig) -> None:
+    """Serve until SIGTERM or SIGINT, then drain in-flight streams for ``grace_s``."""
+    metrics = Metrics()
+    engine = await asyncio.to_thread(build_engine, config, metrics)
+    server = DistillServer(config, engine, metrics)
+    port = await server.start()
+    if config.metrics_port is not None:
+        start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
+    print(
+        f"distill-serve listening on {config.host}:{port} "
+        f"(bundle {engine.bundle.root}, provider {engine.primary_provider})",
+        flush=True,
+    )
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def shutdown(signame: str) -> None:
+        if not stopping:
+            print(f"{signame}: draining for up to {config.grace_s:g} s", flush=True)
+            stopping.append(loop.create_task(server.stop()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, shutdown, sig.name)
+    await server.wait()
+    if stopping:
+        await stopping[0]
+    print("distill-serve stopped", flush=True)

@@ -1,0 +1,130 @@
+"""Signal processing that runs per block: overlap-add, anti-alias, spatial, normalise.
+
+Every stateful step carries its state across blocks, so processing a signal in blocks
+gives the same samples as processing it whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import signal
+
+
+def chunk_window(frames: int) -> np.ndarray:
+    """``sin^2(pi (n + 0.5) / N)``: a Hann window with no zero end points, so the summed
+    window never vanishes at the signal's edges; it sums to 1 at 50 % overlap."""
+    n = np.arange(frames)
+    return (np.sin(np.pi * (n + 0.5) / frames) ** 2).astype(np.float64)
+
+
+def overlap_add(chunks: np.ndarray, offsets: tuple[int, ...], total_frames: int) -> np.ndarray:
+    """Window and sum ``(N, M, F)`` chunks at ``offsets``, divided by the summed window.
+
+    Returns ``(M, total_frames)``.
+    """
+    n, n_mels, frames = chunks.shape
+    if n != len(offsets):
+        raise ValueError(f"{n} chunks but {len(offsets)} offsets")
+    window = chunk_window(frames)
+    acc = np.zeros((n_mels, total_frames))
+    weight = np.zeros(total_frames)
+    for chunk, offset in zip(chunks, offsets):
+        acc[:, offset : offset + frames] += chunk * window
+        weight[offset : offset + frames] += window
+    return (acc / np.maximum(weight, 1e-8)).astype(np.float32)
+
+
+class AntiAlias:
+    """Butterworth low-pass (second-order sections) with per-channel state."""
+
+    def __init__(self, rate: int, cutoff_hz: float, order: int, channels: int) -> None:
+        cutoff = min(cutoff_hz, 0.49 * rate)
+        self._sos = signal.butter(order, cutoff, btype="low", fs=rate, output="sos")
+        zi = signal.sosfilt_zi(self._sos)  # (sections, 2)
+        self._zi = np.zeros((zi.shape[0], channels, 2))
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        out, self._zi = signal.sosfilt(self._sos, block, axis=-1, zi=self._zi)
+        return np.asarray(out, dtype=np.float32)
+
+
+#: First-order all-pass coefficients of the mid-side decorrelator.
+DECORRELATOR = (0.62, -0.37, 0.53, -0.71)
+
+
+class MidSide:
+    """Mono ``(1, n)`` -> stereo ``(2, n)``: L = mid + w * side, R = mid - w * side, where
+    side is an all-pass decorrelated copy of mid (same spectrum, scrambled phase)."""
+
+    def __init__(self, width: float) -> None:
+        self._width = width
+        self._sos = np.array([[a, 1.0, 0.0, 1.0, a, 0.0] for a in DECORRELATOR])
+        self._zi = np.zeros((len(DECORRELATOR), 2))
+
+    def __call__(self, mono: np.ndarray) -> np.ndarray:
+        mid = mono[0]
+        side, self._zi = signal.sosfilt(self._sos, mid, zi=self._zi)
+        side = self._width * 0.5 * side
+        return np.stack([mid + side, mid - side]).astype(np.float32)
+
+
+class CausalPeakNormaliser:
+    """Peak normalisation without a whole-signal scan.
+
+    Each block's gain is ``target / (peak so far)``, reached by a short linear ramp from the
+    previous block's gain; per sample the gain is also capped by ``target / running peak``,
+    so no sample exceeds ``target``. The first block sets its gain with no ramp.
+    """
+
+    def __init__(self, target: float, ramp: int, floor: float = 1e-3) -> None:
+        self._target = target
+        self._ramp = ramp
+        self._floor = floor
+        self._peak = floor
+        self._gain: float | None = None
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        if block.shape[-1] == 0:
+            return block
+        level = np.max(np.abs(block), axis=0)  # across channels, (n,)
+        running = np.maximum(np.maximum.accumulate(level), self._peak)
+        self._peak = float(running[-1])
+        new_gain = self._target / self._peak
+        old_gain = new_gain if self._gain is None else self._gain
+        n = block.shape[-1]
+        ramp = np.full(n, new_gain)
+        r = min(self._ramp, n)
+        ramp[:r] = old_gain + (new_gain - old_gain) * (np.arange(1, r + 1) / r)
+        gain = np.minimum(ramp, self._target / running)
+        self._gain = new_gain
+        return (block * gain).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Block:
+    """Vocoder frames ``[start, stop)`` computed from ``[lo, hi)`` (with context)."""
+
+    start: int
+    stop: int
+    lo: int
+    hi: int
+
+
+def plan_blocks(
+    total: int, context: int, first: int = 16, growth: float = 2.0, largest: int = 256
+) -> list[Block]:
+    """Vocoder blocks: a small first block for fast first audio, then growing ones.
+
+    Each block carries ``context`` frames on either side (clipped at the ends), enough
+    to cover the vocoder's receptive field, so seams are exact.
+    """
+    blocks = []
+    start, size = 0, max(1, first)
+    while start < total:
+        stop = min(total, start + size)
+        blocks.append(Block(start, stop, max(0, start - context), min(total, stop + context)))
+        start = stop
+        size = min(largest, int(size * growth))
+    return blocks

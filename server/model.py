@@ -1,0 +1,111 @@
+"""What the server needs to know about a bundle, read from its manifest once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from distill_serve.server.resample import ResamplerGeometry
+
+from distill_serve.bundle import Bundle
+from distill_serve.geometry import FrameGeometry
+
+
+@dataclass(frozen=True)
+class Sliders:
+    """PCA sliders: ``z = mean + sum_i position_i * step_i * components_i``."""
+
+    components: np.ndarray  # (n, latent_dim)
+    mean: np.ndarray  # (latent_dim,)
+    step: np.ndarray  # (n,)
+    labels: tuple[str, ...]
+    max_position: int  # positions run from -max_position to +max_position
+
+    @property
+    def count(self) -> int:
+        return int(self.components.shape[0])
+
+    def latent(self, positions: dict[int, int]) -> np.ndarray:
+        """Latent vector for ``{slider index: integer position}`` (others at 0)."""
+        weights = np.zeros(self.count)
+        for index, position in positions.items():
+            weights[index] = position * self.step[index]
+        return (self.mean + weights @ self.components).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The served model: latent size, chunk geometry, rates, sliders and post-processing."""
+
+    latent_dim: int
+    chunk_frames: int
+    chunk_duration_s: float
+    decoder_frames: int
+    min_chunk_frames: int
+    geometry: FrameGeometry
+    n_mels_voc: int
+    context_frames: int
+    sample_rates: tuple[int, ...]
+    resamplers: dict[int, ResamplerGeometry]
+    sliders: Sliders | None
+    peak_target: float
+    antialias_cutoff_hz: float
+    antialias_order: int
+
+    @property
+    def vocoder_rate(self) -> int:
+        return self.geometry.vocoder_rate
+
+    def chunk_frames_for(self, chunk_duration_s: float) -> int:
+        """Decoder frames of a chunk of ``chunk_duration_s`` seconds."""
+        g = self.geometry
+        return int(round(chunk_duration_s * g.decoder_rate)) // g.decoder_hop + 1
+
+    @property
+    def max_chunk_duration_s(self) -> float:
+        """The checkpoint's native chunk (the decoder was trained on it)."""
+        return self.chunk_duration_s
+
+    @property
+    def min_chunk_duration_s(self) -> float:
+        g = self.geometry
+        return (self.min_chunk_frames - 1) * g.decoder_hop / g.decoder_rate
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> ModelSpec:
+        m = bundle.manifest
+        geo = m["geometry"]
+        sliders = None
+        if m.get("sliders"):
+            s = m["sliders"]
+            sliders = Sliders(
+                components=np.asarray(s["pca_components"], dtype=np.float64),
+                mean=np.asarray(s["pca_mean"], dtype=np.float64),
+                step=np.asarray(s["step_size"], dtype=np.float64),
+                labels=tuple(s["component_labels"]),
+                max_position=int(s["n_steps"]) // 2,
+            )
+        post = m["postprocess"]
+        return cls(
+            latent_dim=int(m["latent_dim"]),
+            chunk_frames=int(m["chunk"]["chunk_frames"]),
+            chunk_duration_s=float(m["chunk"]["chunk_duration_s"]),
+            decoder_frames=int(m["chunk"]["decoder_frames"]),
+            min_chunk_frames=int(m["chunk"]["min_chunk_frames"]),
+            geometry=FrameGeometry(
+                int(geo["decoder_rate"]),
+                int(geo["decoder_hop"]),
+                int(geo["vocoder_rate"]),
+                int(geo["vocoder_hop"]),
+            ),
+            n_mels_voc=int(m["vocoder_mel"]["num_mels"]),
+            context_frames=int(m["vocoder"]["context_frames"]),
+            sample_rates=tuple(int(r) for r in m["sample_rates"]),
+            resamplers={
+                int(r): ResamplerGeometry.from_manifest(d) for r, d in m["resamplers"].items()
+            },
+            sliders=sliders,
+            peak_target=float(post["peak_target"]),
+            antialias_cutoff_hz=float(post["antialias_cutoff_hz"]),
+            antialias_order=int(post["antialias_order"]),
+        )

@@ -1,0 +1,200 @@
+"""A generation request as plain data, and its validation against the model and limits."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from distill_serve.server.model import ModelSpec
+
+from distill_serve.audio import Encoding
+
+
+class ChunkMode(enum.Enum):
+    CROSSFADE = "crossfade"
+    LATENT_INTERP = "latent_interp"
+    SLIDER = "slider"
+
+
+class Spatial(enum.Enum):
+    MONO = "mono"
+    STEREO_MID_SIDE = "stereo"
+    DUAL_SEED = "dual_seed"
+
+
+DEFAULT_STEPS_BETWEEN = 3
+DEFAULT_STEREO_WIDTH = 1.0
+
+
+class InvalidRequest(ValueError):
+    """A request the server refuses; ``field`` names the offending request field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side request limits."""
+
+    max_duration_s: float = 60.0
+    max_concurrent: int = 4
+    max_steps_between: int = 16
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """A validated request.
+
+    ``latent`` is the slider-mode start vector (already mapped from slider positions).
+    """
+
+    mode: ChunkMode
+    duration_s: float
+    seed: int
+    sample_rate: int
+    encoding: Encoding
+    spatial: Spatial
+    stereo_width: float
+    steps_between: int
+    evolution_amount: float
+    latent: np.ndarray | None
+    chunk_duration_s: float
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.spatial is Spatial.MONO else 2
+
+    @property
+    def total_samples(self) -> int:
+        """Frames per channel of the result: exactly ``round(duration_s * sample_rate)``."""
+        return max(1, round(self.duration_s * self.sample_rate))
+
+
+@dataclass(frozen=True)
+class RawRequest:
+    """A request as the API gave it, before validation (optional fields may be None)."""
+
+    mode: ChunkMode | None
+    duration_s: float
+    seed: int | None
+    sample_rate: int
+    encoding: Encoding
+    spatial: Spatial
+    stereo_width: float | None = None
+    steps_between: int | None = None
+    evolution_amount: float | None = None
+    latent: list[float] | None = None
+    slider_positions: list[tuple[int, int]] | None = None
+    chunk_duration_s: float | None = None
+
+
+def _finite(field: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise InvalidRequest(field, f"must be a finite number, got {value}")
+    return value
+
+
+def validate(
+    raw: RawRequest, model: ModelSpec, limits: Limits, fallback_seed: int
+) -> GenerationParams:
+    """Check every field against the model and limits; raise :class:`InvalidRequest`."""
+    if raw.mode is None:
+        raise InvalidRequest("mode", "set a chunk mode: crossfade, latent_interp or slider")
+    duration = _finite("duration_s", raw.duration_s)
+    if not 0 < duration <= limits.max_duration_s:
+        raise InvalidRequest(
+            "duration_s", f"must be in (0, {limits.max_duration_s:g}] seconds, got {duration:g}"
+        )
+    rate = raw.sample_rate or model.vocoder_rate
+    if rate not in model.sample_rates:
+        raise InvalidRequest(
+            "sample_rate", f"{rate} Hz is not offered; choose one of {list(model.sample_rates)}"
+        )
+    width = _finite(
+        "stereo_width", DEFAULT_STEREO_WIDTH if raw.stereo_width is None else raw.stereo_width
+    )
+    if not 0.0 <= width <= 2.0:
+        raise InvalidRequest("stereo_width", f"must be in [0, 2], got {width:g}")
+    steps = DEFAULT_STEPS_BETWEEN if raw.steps_between is None else raw.steps_between
+    if raw.mode is ChunkMode.LATENT_INTERP and not 0 <= steps <= limits.max_steps_between:
+        raise InvalidRequest(
+            "steps_between", f"must be in [0, {limits.max_steps_between}], got {steps}"
+        )
+    evolution = _finite("evolution_amount", raw.evolution_amount or 0.0)
+    if not 0.0 <= evolution <= 1.0:
+        raise InvalidRequest("evolution_amount", f"must be in [0, 1], got {evolution:g}")
+    chunk_s = _finite(
+        "chunk_duration_s",
+        model.chunk_duration_s if raw.chunk_duration_s is None else raw.chunk_duration_s,
+    )
+    lo, hi = model.min_chunk_duration_s, model.max_chunk_duration_s
+    if not lo - 1e-9 <= chunk_s <= hi + 1e-9:
+        raise InvalidRequest(
+            "chunk_duration_s", f"must be in [{lo:.3f}, {hi:.3f}] s, got {chunk_s:g}"
+        )
+    latent = _slider_latent(raw, model)
+    seed = fallback_seed if raw.seed is None else raw.seed
+    if not 0 <= seed < 2**63:
+        raise InvalidRequest("seed", f"must be in [0, 2^63), got {seed}")
+    return GenerationParams(
+        mode=raw.mode,
+        duration_s=duration,
+        seed=seed,
+        sample_rate=rate,
+        encoding=raw.encoding,
+        spatial=raw.spatial,
+        stereo_width=width,
+        steps_between=steps if raw.mode is ChunkMode.LATENT_INTERP else 0,
+        evolution_amount=evolution,
+        latent=latent,
+        chunk_duration_s=chunk_s,
+    )
+
+
+def _slider_latent(raw: RawRequest, model: ModelSpec) -> np.ndarray | None:
+    given = raw.latent is not None or raw.slider_positions is not None
+    if raw.mode is not ChunkMode.SLIDER:
+        if given:
+            raise InvalidRequest("slider_input", "a latent or slider positions need mode slider")
+        return None
+    if raw.latent is not None:
+        z = np.asarray(raw.latent, dtype=np.float64)
+        if z.shape != (model.latent_dim,):
+            raise InvalidRequest("latent", f"needs exactly {model.latent_dim} values, got {z.size}")
+        if not np.all(np.isfinite(z)):
+            raise InvalidRequest("latent", "holds NaN or infinite values")
+        if np.max(np.abs(z)) > 1e3:
+            raise InvalidRequest("latent", "values must be within [-1000, 1000]")
+        return z.astype(np.float32)
+    sliders = model.sliders
+    if sliders is None:
+        if raw.slider_positions is not None:
+            raise InvalidRequest(
+                "sliders",
+                "this model has no slider analysis; send a latent vector instead",
+            )
+        raise InvalidRequest("slider_input", "mode slider needs a latent vector")
+    if raw.slider_positions is None:
+        raise InvalidRequest(
+            "slider_input", "mode slider needs a latent vector or slider positions"
+        )
+    positions: dict[int, int] = {}
+    for index, position in raw.slider_positions:
+        if not 0 <= index < sliders.count:
+            raise InvalidRequest(
+                "sliders", f"index {index} does not exist; this model has {sliders.count} sliders"
+            )
+        if not -sliders.max_position <= position <= sliders.max_position:
+            raise InvalidRequest(
+                "sliders",
+                f"slider {index} ({sliders.labels[index]}) position {position} is outside "
+                f"[{-sliders.max_position}, {sliders.max_position}]",
+            )
+        if index in positions:
+            raise InvalidRequest("sliders", f"slider {index} is set twice")
+        positions[index] = position
+    return sliders.latent(positions)

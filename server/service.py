@@ -1,0 +1,307 @@
+"""The gRPC servicer: messages -> plain params -> pipeline blocks -> messages.
+
+Only this module and :mod:`distill_serve.server.app` know gRPC types. Concurrency: the
+servicer runs on one asyncio loop; ``_active`` (the slot counter) is only touched from
+that loop, so it needs no lock. Pipeline steps run in ``_executor`` threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from distill_serve.client.v1 import distill_pb2 as pb
+from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
+from distill_serve.server.engine import Engine
+from distill_serve.server.metrics import Metrics
+from distill_serve.server.pipeline import PipelineStats, audio_blocks
+from distill_serve.server.request import (
+    ChunkMode,
+    GenerationParams,
+    InvalidRequest,
+    Limits,
+    RawRequest,
+    Spatial,
+    validate,
+)
+
+from distill_serve.audio import Encoding, encode, wav_bytes
+
+log = logging.getLogger(__name__)
+
+MODES = {
+    pb.CHUNK_MODE_CROSSFADE: ChunkMode.CROSSFADE,
+    pb.CHUNK_MODE_LATENT_INTERP: ChunkMode.LATENT_INTERP,
+    pb.CHUNK_MODE_SLIDER: ChunkMode.SLIDER,
+}
+ENCODINGS = {
+    pb.AUDIO_ENCODING_UNSPECIFIED: Encoding.PCM16,
+    pb.AUDIO_ENCODING_PCM16: Encoding.PCM16,
+    pb.AUDIO_ENCODING_PCM24: Encoding.PCM24,
+    pb.AUDIO_ENCODING_FLOAT32: Encoding.FLOAT32,
+}
+ENCODING_ENUM = {
+    Encoding.PCM16: pb.AUDIO_ENCODING_PCM16,
+    Encoding.PCM24: pb.AUDIO_ENCODING_PCM24,
+    Encoding.FLOAT32: pb.AUDIO_ENCODING_FLOAT32,
+}
+SPATIAL = {
+    pb.SPATIAL_MODE_UNSPECIFIED: Spatial.MONO,
+    pb.SPATIAL_MODE_MONO: Spatial.MONO,
+    pb.SPATIAL_MODE_STEREO_MID_SIDE: Spatial.STEREO_MID_SIDE,
+    pb.SPATIAL_MODE_DUAL_SEED: Spatial.DUAL_SEED,
+}
+RETRY_AFTER_MS = 500
+
+
+def raw_request(spec: pb.GenerationSpec) -> RawRequest:
+    """Proto spec -> plain request; unknown enum values are refused here."""
+    if spec.mode != pb.CHUNK_MODE_UNSPECIFIED and spec.mode not in MODES:
+        raise InvalidRequest("mode", f"unknown chunk mode {spec.mode}")
+    if spec.encoding not in ENCODINGS:
+        raise InvalidRequest(
+            "encoding", f"unknown encoding {spec.encoding}; use PCM16, PCM24 or FLOAT32"
+        )
+    if spec.spatial not in SPATIAL:
+        raise InvalidRequest("spatial", f"unknown spatial mode {spec.spatial}")
+    which = spec.WhichOneof("slider_input")
+    return RawRequest(
+        mode=MODES.get(spec.mode),
+        duration_s=spec.duration_s,
+        seed=spec.seed if spec.HasField("seed") else None,
+        sample_rate=spec.sample_rate,
+        encoding=ENCODINGS[spec.encoding],
+        spatial=SPATIAL[spec.spatial],
+        stereo_width=spec.stereo_width if spec.HasField("stereo_width") else None,
+        steps_between=spec.steps_between if spec.HasField("steps_between") else None,
+        evolution_amount=spec.evolution_amount if spec.HasField("evolution_amount") else None,
+        latent=list(spec.latent.values) if which == "latent" else None,
+        slider_positions=(
+            [(p.index, p.position) for p in spec.sliders.positions] if which == "sliders" else None
+        ),
+        chunk_duration_s=spec.chunk_duration_s if spec.HasField("chunk_duration_s") else None,
+    )
+
+
+@dataclass
+class _Run:
+    """One generation in flight: its params, stats and timing."""
+
+    params: GenerationParams
+    rpc: str
+    started: float
+    stats: PipelineStats
+    provider: str = ""
+    fallbacks: int = 0
+    first_audio: float | None = None
+
+    def stats_message(self) -> pb.GenerationStats:
+        return pb.GenerationStats(
+            time_to_first_audio_s=self.first_audio or 0.0,
+            total_s=time.perf_counter() - self.started,
+            execution_provider=self.provider,
+            decoder_chunks=self.stats.decoder_chunks,
+            vocoder_blocks=self.stats.vocoder_blocks,
+            cpu_fallbacks=self.fallbacks,
+        )
+
+    def audio_format(self, container: int) -> pb.AudioFormat:
+        p = self.params
+        return pb.AudioFormat(
+            sample_rate=p.sample_rate,
+            channels=p.channels,
+            encoding=ENCODING_ENUM[p.encoding],
+            container=container,
+            total_samples=p.total_samples,
+        )
+
+
+class DistillServicer(pb_grpc.DistillServiceServicer):
+    """Generate, GenerateStream and GetModelInfo over one :class:`Engine`."""
+
+    def __init__(self, engine: Engine, limits: Limits, metrics: Metrics) -> None:
+        self._engine = engine
+        self._limits = limits
+        self._metrics = metrics
+        self._executor = ThreadPoolExecutor(limits.max_concurrent, thread_name_prefix="generate")
+        self._active = 0
+
+    # --- helpers -------------------------------------------------------------------------
+    async def _admit(
+        self, spec: pb.GenerationSpec, rpc: str, context: grpc.aio.ServicerContext
+    ) -> _Run:
+        try:
+            params = validate(
+                raw_request(spec), self._engine.model, self._limits, secrets.randbits(63)
+            )
+        except InvalidRequest as exc:
+            self._metrics.rejected.labels("invalid_argument").inc()
+            self._metrics.requests.labels(rpc, _mode_label(spec), "INVALID_ARGUMENT").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise  # unreachable: abort raises
+        if self._active >= self._limits.max_concurrent:
+            self._metrics.rejected.labels("resource_exhausted").inc()
+            self._metrics.requests.labels(rpc, params.mode.value, "RESOURCE_EXHAUSTED").inc()
+            context.set_trailing_metadata((("retry-after-ms", str(RETRY_AFTER_MS)),))
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"server is busy: {self._active} of {self._limits.max_concurrent} generations "
+                f"running; retry after {RETRY_AFTER_MS} ms",
+            )
+        self._active += 1
+        self._metrics.active.labels(rpc).inc()
+        return _Run(params, rpc, time.perf_counter(), PipelineStats())
+
+    @contextmanager
+    def _accounting(self, run: _Run) -> Iterator[None]:
+        """Free the slot and record the outcome, however the generation ends."""
+        status = "OK"
+        try:
+            yield
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
+        except Exception:
+            status = "INTERNAL"
+            raise
+        finally:
+            self._active -= 1
+            mode = run.params.mode.value
+            self._metrics.active.labels(run.rpc).dec()
+            self._metrics.requests.labels(run.rpc, mode, status).inc()
+            if status == "OK":
+                self._metrics.latency.labels(run.rpc, mode).observe(
+                    time.perf_counter() - run.started
+                )
+
+    async def _blocks(self, run: _Run) -> AsyncIterator[np.ndarray]:
+        """Pipeline blocks, each computed in a worker thread; stops when cancelled."""
+        runner = self._engine.runner()
+        gen = audio_blocks(runner, self._engine.model, run.params, run.stats)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                block = await loop.run_in_executor(self._executor, next, gen, None)
+                run.provider, run.fallbacks = runner.provider, runner.fallbacks
+                if block is None:
+                    return
+                if run.first_audio is None:
+                    run.first_audio = time.perf_counter() - run.started
+                    self._metrics.first_audio.labels(run.rpc, run.params.mode.value).observe(
+                        run.first_audio
+                    )
+                yield block
+        except Exception as exc:
+            log.exception("generation failed")
+            raise _Internal(f"generation failed: {type(exc).__name__}: {exc}") from exc
+
+    # --- RPCs ----------------------------------------------------------------------------
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateResponse:
+        if request.container not in (pb.CONTAINER_UNSPECIFIED, pb.CONTAINER_RAW, pb.CONTAINER_WAV):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"container: unknown value {request.container}; use RAW or WAV",
+            )
+        run = await self._admit(request.spec, "Generate", context)
+        try:
+            with self._accounting(run):
+                blocks = [b async for b in self._blocks(run)]
+        except _Internal as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        audio = np.concatenate(blocks, axis=1)
+        p = run.params
+        container = pb.CONTAINER_WAV if request.container == pb.CONTAINER_WAV else pb.CONTAINER_RAW
+        data = (
+            wav_bytes(audio, p.sample_rate, p.encoding)
+            if container == pb.CONTAINER_WAV
+            else encode(audio, p.encoding)
+        )
+        return pb.GenerateResponse(
+            audio=data,
+            format=run.audio_format(container),
+            seed=p.seed,
+            stats=run.stats_message(),
+        )
+
+    async def GenerateStream(
+        self, request: pb.GenerateStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateStreamResponse]:
+        run = await self._admit(request.spec, "GenerateStream", context)
+        p = run.params
+        try:
+            with self._accounting(run):
+                yield pb.GenerateStreamResponse(
+                    header=pb.StreamHeader(format=run.audio_format(pb.CONTAINER_RAW), seed=p.seed)
+                )
+                offset = 0
+                sequence = 0
+                async for block in self._blocks(run):
+                    yield pb.GenerateStreamResponse(
+                        audio=pb.AudioChunk(
+                            sequence=sequence,
+                            sample_offset=offset,
+                            num_samples=block.shape[1],
+                            data=encode(block, p.encoding),
+                        )
+                    )
+                    offset += block.shape[1]
+                    sequence += 1
+                yield pb.GenerateStreamResponse(end=pb.StreamEnd(stats=run.stats_message()))
+        except _Internal as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelInfoResponse:
+        model = self._engine.model
+        sliders = []
+        if model.sliders is not None:
+            s = model.sliders
+            sliders = [
+                pb.Slider(
+                    index=i, label=label, min_position=-s.max_position, max_position=s.max_position
+                )
+                for i, label in enumerate(s.labels)
+            ]
+        bundle = self._engine.bundle
+        return pb.GetModelInfoResponse(
+            latent_dim=model.latent_dim,
+            sliders=sliders,
+            sample_rates=list(model.sample_rates),
+            default_sample_rate=model.vocoder_rate,
+            encodings=list(ENCODING_ENUM.values()),
+            containers=[pb.CONTAINER_RAW, pb.CONTAINER_WAV],
+            limits=pb.Limits(
+                max_duration_s=self._limits.max_duration_s,
+                max_concurrent_generations=self._limits.max_concurrent,
+                max_steps_between=self._limits.max_steps_between,
+                min_chunk_duration_s=model.min_chunk_duration_s,
+                max_chunk_duration_s=model.max_chunk_duration_s,
+            ),
+            files=[pb.BundleFile(path=f.path, role=f.role, sha256=f.sha256) for f in bundle.files],
+            execution_provider=self._engine.primary_provider,
+            native_chunk_duration_s=model.chunk_duration_s,
+            bundle_format_version=int(bundle.manifest["format_version"]),
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _Internal(Exception):
+    """A failure inside the pipeline, reported as INTERNAL without a traceback."""
+
+
+def _mode_label(spec: Any) -> str:
+    return MODES[spec.mode].value if spec.mode in MODES else "unknown"

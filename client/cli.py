@@ -94,7 +94,8 @@ def run_generate(args: argparse.Namespace) -> int:
     provider = result.stats.execution_provider if result.stats else "?"
     print(
         f"wrote {args.output}: {result.duration_s:.3f} s, {result.sample_rate} Hz, "
-        f"{result.channels} ch; seed {result.seed}; first audio {result.client_first_audio_s:.3f} s, "
+        f"{result.channels} ch; seed {result.seed}; "
+        f"first audio {result.client_first_audio_s:.3f} s, "
         f"total {result.client_total_s:.3f} s ({'stream' if args.stream else 'unary'}, {provider})"
     )
     return 0

@@ -417,7 +417,7 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def info(self, timeout: float | None = None) -> ModelInfo:
         try:

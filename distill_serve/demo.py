@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import soundfile as sf
 
@@ -16,7 +17,7 @@ from distill_serve.server.app import DistillServer, ServerConfig, build_engine
 from distill_serve.server.engine import EngineConfig
 from distill_serve.server.metrics import Metrics
 
-REQUESTS = {
+REQUESTS: dict[str, dict[str, Any]] = {
     "crossfade": {},
     "latent_interp": {"steps_between": 3},
     "slider": {"sliders": {0: 4, 3: -6}, "evolution_amount": 0.2},

@@ -4,6 +4,7 @@ Slaney, magnitude, log-clamp) on BigVGAN's frame grid (DESIGN section 3)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import librosa
 import numpy as np
@@ -26,7 +27,7 @@ class VocoderMelConfig:
     fmax: float | None
 
     @classmethod
-    def from_config(cls, config: dict) -> VocoderMelConfig:  # type: ignore[type-arg]
+    def from_config(cls, config: dict[str, Any]) -> VocoderMelConfig:
         return cls(
             sample_rate=int(config["sampling_rate"]),
             n_fft=int(config["n_fft"]),
@@ -92,6 +93,9 @@ class MelBridge(nn.Module):
     ``positions[j]`` is the fractional decoder frame at the centre of vocoder frame ``j``
     (see :meth:`distill_serve.geometry.FrameGeometry.bridge_positions`).
     """
+
+    to_linear: torch.Tensor
+    slaney: torch.Tensor
 
     def __init__(self, spec: SpectrogramConfig, mel: VocoderMelConfig, ridge: float = 0.1):
         super().__init__()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -32,7 +34,7 @@ class DistillDecoder(nn.Module):
         self.chunk_frames = chunk_frames
         self.fc = nn.Linear(latent_dim, DECONV_CHANNELS[0] * height * width)
         layers: list[nn.Module] = []
-        for i, (cin, cout) in enumerate(zip(DECONV_CHANNELS[:-1], DECONV_CHANNELS[1:])):
+        for i, (cin, cout) in enumerate(itertools.pairwise(DECONV_CHANNELS)):
             layers.append(
                 nn.ConvTranspose2d(cin, cout, kernel_size=3, stride=2, padding=1, output_padding=1)
             )
@@ -53,7 +55,7 @@ def decoder_key_shapes(latent_dim: int, height: int, width: int) -> dict[str, tu
         "decoder.fc.weight": (DECONV_CHANNELS[0] * height * width, latent_dim),
         "decoder.fc.bias": (DECONV_CHANNELS[0] * height * width,),
     }
-    for i, (cin, cout) in enumerate(zip(DECONV_CHANNELS[:-1], DECONV_CHANNELS[1:])):
+    for i, (cin, cout) in enumerate(itertools.pairwise(DECONV_CHANNELS)):
         conv = f"decoder.deconvs.{4 * i}"
         shapes[f"{conv}.weight"] = (cin, cout, 3, 3)
         shapes[f"{conv}.bias"] = (cout,)

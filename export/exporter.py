@@ -103,7 +103,7 @@ def _ort_runner(path: Path) -> Callable[..., np.ndarray]:
     names = [i.name for i in session.get_inputs()]
 
     def run(*inputs: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run(None, dict(zip(names, inputs)))[0])
+        return np.asarray(session.run(None, dict(zip(names, inputs, strict=True)))[0])
 
     return run
 
@@ -286,7 +286,7 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
                 [{0: channels, 1: length}],
                 out / f"{name}.onnx",
             )
-            geo = ResamplerGeometry.from_manifest(spec.to_manifest())  # type: ignore[arg-type]
+            geo = ResamplerGeometry.from_manifest(spec.to_manifest())
             run = _ort_runner(path)
             parity[path.name] = check_parity(
                 path.name,

@@ -44,6 +44,8 @@ class PolyphaseResampler(nn.Module):
     which the server does per block so that state carries across a stream.
     """
 
+    kernel: torch.Tensor
+
     def __init__(self, orig_rate: int, new_rate: int) -> None:
         super().__init__()
         t = torchaudio.transforms.Resample(

@@ -108,11 +108,9 @@ def load_vocoder(id_or_dir: str) -> LoadedVocoder:
             "Without network access, download the model elsewhere and pass a local dir "
             f"holding {CONFIG_FILE} and {WEIGHTS_FILE}: --vocoder /path/to/bigvgan_dir"
         ) from exc
-    with contextlib.redirect_stdout(io.StringIO()):
-        try:
-            model.remove_weight_norm()
-        except ValueError:
-            pass  # saved without weight norm already
+    # A generator saved without weight norm raises ValueError here: nothing to remove.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(ValueError):
+        model.remove_weight_norm()
     model.eval()
     config = dict(model.h)
     config.pop("use_cuda_kernel", None)

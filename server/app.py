@@ -96,7 +96,8 @@ class DistillServer:
         self.config = config
         self.engine = engine
         self.metrics = metrics or Metrics()
-        self.health = health.aio.HealthServicer()
+        # grpc-stubs predates health.aio; it is grpcio-health-checking's asyncio servicer.
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.servicer = DistillServicer(engine, config.limits, self.metrics)
         self._server = grpc.aio.server(
             options=[

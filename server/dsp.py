@@ -30,7 +30,7 @@ def overlap_add(chunks: np.ndarray, offsets: tuple[int, ...], total_frames: int)
     window = chunk_window(frames)
     acc = np.zeros((n_mels, total_frames))
     weight = np.zeros(total_frames)
-    for chunk, offset in zip(chunks, offsets):
+    for chunk, offset in zip(chunks, offsets, strict=True):
         acc[:, offset : offset + frames] += chunk * window
         weight[offset : offset + frames] += window
     return (acc / np.maximum(weight, 1e-8)).astype(np.float32)

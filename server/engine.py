@@ -114,7 +114,7 @@ class Engine:
             cuda_opts: dict[str, str] = {"arena_extend_strategy": "kSameAsRequested"}
             if self.config.gpu_mem_limit:
                 cuda_opts["gpu_mem_limit"] = str(self.config.gpu_mem_limit)
-            sessions = {}
+            sessions: dict[str, ort.InferenceSession] = {}
             for name, graph in self._graphs.items():
                 session = ort.InferenceSession(
                     str(graph.path), self._options(), providers=[(CUDA, cuda_opts), CPU]
@@ -194,7 +194,7 @@ class RequestRunner:
 
     def _run(self, name: str, *inputs: np.ndarray) -> np.ndarray:
         graph = self._engine.graph(name)
-        feeds = dict(zip(graph.input_names, inputs))
+        feeds = dict(zip(graph.input_names, inputs, strict=True))
         primary = graph.primary
         if self.on_primary and primary is not None:
             try:

@@ -59,7 +59,7 @@ class ModelSpec:
     def chunk_frames_for(self, chunk_duration_s: float) -> int:
         """Decoder frames of a chunk of ``chunk_duration_s`` seconds."""
         g = self.geometry
-        return int(round(chunk_duration_s * g.decoder_rate)) // g.decoder_hop + 1
+        return round(chunk_duration_s * g.decoder_rate) // g.decoder_hop + 1
 
     @property
     def max_chunk_duration_s(self) -> float:

@@ -1,7 +1,9 @@
 """The mel bridge: decoder mels (48 kHz, HTK, power, log1p) -> BigVGAN mels (44.1 kHz,
-Slaney, magnitude, log-clamp) on BigVGAN's frame grid (DESIGN section 3)."""
+Slaney, magnitude, log-clamp) on BigVGAN's frame grid (DESIGN section 3).
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: torch.jit.script reads the buffer
+annotations of :class:`MelBridge` at run time.
+"""
 
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +29,7 @@ class VocoderMelConfig:
     fmax: float | None
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> VocoderMelConfig:
+    def from_config(cls, config: dict[str, Any]) -> "VocoderMelConfig":
         return cls(
             sample_rate=int(config["sampling_rate"]),
             n_fft=int(config["n_fft"]),

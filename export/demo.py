@@ -30,6 +30,11 @@ SPECTROGRAM_CONFIG = {
     "f_max": 24000.0,
     "power": 2.0,
 }
+#: Random init leaves the decoder almost constant (log1p mel ~0.57 for every latent); these
+#: gains on the fc and deconv weights make the demo's output depend on its latent, so seeds
+#: and sliders are audible (log1p mean ~1.6, spread across latents ~1.0).
+FC_GAIN = 8.0
+DECONV_GAIN = 2.0
 SLIDER_LABELS = ["brightness", "density", "roughness", "pitch", "motion", "space", "grit", "air"]
 
 
@@ -39,6 +44,10 @@ def demo_checkpoint_dict(
     """The contents of the demo ``.distill`` file (same seed, same weights)."""
     torch.manual_seed(seed)
     decoder = DistillDecoder(latent_dim, 8, 6, 128, 94)
+    with torch.no_grad():
+        decoder.fc.weight.mul_(FC_GAIN)
+        for i in (0, 4, 8, 12):
+            decoder.deconvs[i].weight.mul_(DECONV_GAIN)
     state = {f"decoder.{k}": v.detach().clone() for k, v in decoder.state_dict().items()}
     rng = np.random.default_rng(seed)
     n = len(SLIDER_LABELS)
@@ -48,7 +57,7 @@ def demo_checkpoint_dict(
         "pca_mean": (0.1 * rng.standard_normal(latent_dim)).astype(np.float32),
         "explained_variance": np.linspace(0.3, 0.02, n).astype(np.float32),
         "n_active_components": n,
-        "step_size": np.full(n, 0.25, dtype=np.float32),
+        "step_size": np.full(n, 0.5, dtype=np.float32),
         "n_steps": 21,
         "safe_min": np.full(n, -8.0, dtype=np.float32),
         "safe_max": np.full(n, 8.0, dtype=np.float32),

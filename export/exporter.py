@@ -287,21 +287,28 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
                 out / f"{name}.onnx",
             )
             geo = ResamplerGeometry.from_manifest(spec.to_manifest())
-            run = _ort_runner(path)
+
+            def reference(x: np.ndarray, rate: int = rate) -> np.ndarray:
+                return reference_resample(torch.from_numpy(x), vmel.sample_rate, rate).numpy()
+
+            def whole(
+                run: Callable[..., np.ndarray], geo: ResamplerGeometry = geo
+            ) -> Callable[..., np.ndarray]:
+                return lambda x: resample_whole(run, geo, x)
+
+            cases = [("tones_chirp_noise_2ch", [test])]
             parity[path.name] = check_parity(
-                path.name,
-                "resampler",
-                [("tones_chirp_noise_2ch", [test])],
-                lambda x, r=rate: reference_resample(
-                    torch.from_numpy(x), vmel.sample_rate, r
-                ).numpy(),
-                lambda x, run=run, geo=geo: resample_whole(run, geo, x),
+                path.name, "resampler", cases, reference, whole(_ort_runner(path))
             )
             add(path, "resampler", "onnx", rate)
             stage.done()
             if want_ts:
                 ts = export_torchscript(
                     module, [torch.zeros(1, spec.kernel_size)], out / f"{name}.pt"
+                )
+                graph = torch.jit.load(str(ts))
+                parity[ts.name] = check_parity(
+                    ts.name, "resampler", cases, reference, whole(_torch_runner(graph))
                 )
                 add(ts, "resampler", "torchscript", rate)
                 stage.done()

@@ -19,7 +19,10 @@ ONNX_OPSET = 20
 @contextlib.contextmanager
 def _quiet_exporter() -> Any:
     """The dynamo exporter logs torchvision notes and prints progress; keep CLI output clean."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._export", "torch.export")]
+    loggers = [
+        logging.getLogger(n)
+        for n in ("torch.onnx", "torch._export", "torch.export", "onnxscript", "onnx_ir")
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

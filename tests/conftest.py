@@ -1,0 +1,97 @@
+"""Shared fixtures: one demo bundle per session (built through the CLI), engines and
+real gRPC servers on loopback running in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from distill_serve.server.app import DistillServer, ServerConfig
+from distill_serve.server.engine import Engine, EngineConfig
+from distill_serve.server.metrics import Metrics
+from distill_serve.server.request import Limits
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``distill-serve export --demo --format both`` into a session temp dir."""
+    out = tmp_path_factory.mktemp("bundle") / "demo"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill_serve",
+            "export",
+            "--demo",
+            "--out",
+            str(out),
+            "--format",
+            "both",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "wrote bundle" in proc.stdout
+    return out
+
+
+@pytest.fixture(scope="session")
+def engine(demo_bundle: Path) -> Engine:
+    return Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False))
+
+
+class ServerThread:
+    """A :class:`DistillServer` on 127.0.0.1:<free port>, its loop in a daemon thread."""
+
+    def __init__(self, config: ServerConfig, engine: Engine) -> None:
+        self.metrics = Metrics()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def start() -> tuple[DistillServer, int]:
+            # grpc.aio binds a server to the loop it is made on: make it on ours.
+            server = DistillServer(config, engine, self.metrics)
+            return server, await server.start()
+
+        self.server, self.port = self.call(start())
+
+    def call(self, coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels or {})
+        return 0.0 if value is None else value
+
+    def stop(self) -> None:
+        self.call(self.server.stop(grace=1.0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+
+def start_server(engine: Engine, **limits: float | int) -> ServerThread:
+    config = ServerConfig(port=0, limits=replace(Limits(), **limits))
+    return ServerThread(config, engine)
+
+
+@pytest.fixture(scope="module")
+def server(engine: Engine) -> Iterator[ServerThread]:
+    s = start_server(engine, max_concurrent=4, max_duration_s=60.0)
+    yield s
+    s.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from distill_serve.server.dsp import (
@@ -133,7 +135,7 @@ def test_normaliser_never_exceeds_target_and_reaches_it() -> None:
 def test_plan_blocks_tiles_with_context() -> None:
     blocks = plan_blocks(1000, context=20)
     assert blocks[0].start == 0 and blocks[-1].stop == 1000
-    assert all(a.stop == b.start for a, b in zip(blocks, blocks[1:], strict=False))
+    assert all(a.stop == b.start for a, b in itertools.pairwise(blocks))
     assert blocks[0].stop - blocks[0].start == 16  # small first block: early audio
     for b in blocks:
         assert b.lo == max(0, b.start - 20) and b.hi == min(1000, b.stop + 20)

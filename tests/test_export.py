@@ -121,14 +121,14 @@ def test_flipped_byte_is_refused_naming_file(demo_bundle: Path, tmp_path: Path) 
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="vocoder.onnx: sha256 does not match"):
+    with pytest.raises(BundleError, match=r"vocoder\.onnx: sha256 does not match"):
         load_bundle(b)
 
 
 def test_missing_file_wrong_version_and_edited_manifest(demo_bundle: Path, tmp_path: Path) -> None:
     b = _copy(demo_bundle, tmp_path)
     (b / "bridge.onnx").unlink()
-    with pytest.raises(BundleError, match="bridge.onnx: listed in the manifest but missing"):
+    with pytest.raises(BundleError, match=r"bridge\.onnx: listed in the manifest but missing"):
         load_bundle(b)
     shutil.copyfile(demo_bundle / "bridge.onnx", b / "bridge.onnx")
     m = manifest(b)
@@ -141,7 +141,7 @@ def test_missing_file_wrong_version_and_edited_manifest(demo_bundle: Path, tmp_p
     (b / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="sha256 does not match"):
         load_bundle(b)
-    with pytest.raises(BundleError, match="manifest.json: not found"):
+    with pytest.raises(BundleError, match=r"manifest\.json: not found"):
         load_bundle(tmp_path / "nothing")
 
 

@@ -30,9 +30,18 @@ def generate(repo_root: Path, out_dir: Path) -> list[Path]:
     from grpc_tools import protoc
 
     include = Path(grpc_tools.__file__).parent / "_proto"
+    plugins = []
+    for name in ("protoc-gen-mypy", "protoc-gen-mypy_grpc"):
+        # mypy-protobuf installs its plugins beside this interpreter (the venv's bin/).
+        found = Path(sys.executable).parent / name
+        path = str(found) if found.is_file() else shutil.which(name)
+        if path is None:
+            raise RuntimeError(f"{name} not found: pip install 'distill-serve[dev]'")
+        plugins.append(f"--plugin={name}={path}")
     with tempfile.TemporaryDirectory() as tmp:
         args = [
             "protoc",
+            *plugins,
             f"-I{VIRTUAL}={repo_root / PROTO_DIR}",
             f"-I{include}",
             f"--python_out={tmp}",

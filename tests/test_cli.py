@@ -1,0 +1,160 @@
+"""The command line as a user runs it: `distill-serve serve` with no bundle (demo cache),
+`info`, `generate` in every mode (stream and unary), errors, and SIGTERM draining."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from distill_serve.client import Client, DistillError
+
+CLI = [sys.executable, "-m", "distill_serve"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServeProcess:
+    def __init__(self, args: list[str], env: dict[str, str], startup_s: float = 600) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [*CLI, "serve", "--port", str(self.port), "--no-cuda", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+        self.lines: list[str] = []
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                if "listening on" in line:
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(startup_s) or self.proc.poll() is not None:
+            self.proc.kill()
+            raise AssertionError("server did not start:\n" + "".join(self.lines[-40:]))
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """`distill-serve serve` with no --bundle and an empty cache: it builds the demo bundle."""
+    cache = tmp_path_factory.mktemp("cache")
+    env = dict(os.environ, DISTILL_SERVE_CACHE=str(cache), PYTHONUNBUFFERED="1")
+    server = ServeProcess([], env)
+    assert (cache / "demo-bundle-v1" / "manifest.json").is_file()
+    yield server
+    assert server.stop() == 0
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_info_prints_sliders(cli_server: ServeProcess) -> None:
+    out = run_cli("info", "--server", cli_server.target)
+    assert out.returncode == 0, out.stderr
+    assert "latent_dim: 64" in out.stdout and "brightness" in out.stdout
+    assert "CPUExecutionProvider" in out.stdout
+
+
+@pytest.mark.parametrize("mode", ["crossfade", "latent_interp", "slider"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_generate_writes_wav(cli_server: ServeProcess, tmp_path: Path, mode: str, stream: bool) -> None:
+    wav = tmp_path / f"{mode}.wav"
+    args = ["generate", "--server", cli_server.target, "--mode", mode, "--duration", "1.3",
+            "--seed", "7", "--rate", "24000", "--stereo", "--width", "0.8", "-o", str(wav)]
+    if mode == "slider":
+        args += ["--slider", "0=3", "--slider", "5=-2"]
+    if stream:
+        args.append("--stream")
+    out = run_cli(*args)
+    assert out.returncode == 0, out.stderr
+    assert "seed 7" in out.stdout and "first audio" in out.stdout and "total" in out.stdout
+    info = sf.info(str(wav))
+    assert (info.samplerate, info.channels, info.frames) == (24000, 2, round(1.3 * 24000))
+
+
+def test_generate_from_latent_file(cli_server: ServeProcess, tmp_path: Path) -> None:
+    latent = tmp_path / "z.npy"
+    np.save(latent, np.linspace(-1, 1, 64).astype(np.float32))
+    wav = tmp_path / "z.wav"
+    out = run_cli("generate", "--server", cli_server.target, "--mode", "slider", "--duration", "0.5",
+                  "--latent", str(latent), "--evolution", "0.3", "-o", str(wav))
+    assert out.returncode == 0, out.stderr
+    assert sf.info(str(wav)).frames == round(0.5 * 44100)
+
+
+def test_clear_one_line_errors(cli_server: ServeProcess, tmp_path: Path) -> None:
+    refused = run_cli("generate", "--server", cli_server.target, "--mode", "crossfade",
+                      "--duration", "-2", "-o", str(tmp_path / "x.wav"))
+    assert refused.returncode == 1
+    assert refused.stderr.strip().count("\n") == 0
+    assert "INVALID_ARGUMENT" in refused.stderr and "duration_s" in refused.stderr
+    down = run_cli("generate", "--server", f"127.0.0.1:{free_port()}", "--mode", "crossfade",
+                   "--duration", "1", "--timeout", "3", "-o", str(tmp_path / "y.wav"))
+    assert down.returncode == 1 and "unavailable" in down.stderr
+    assert down.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_sigterm_drains_inflight_stream(cli_server: ServeProcess, tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    bundle_dir = next(Path(p) for p in _bundle_dirs(cli_server))
+    server = ServeProcess(["--bundle", str(bundle_dir), "--grace", "30"], env, startup_s=120)
+    got: dict[str, object] = {}
+
+    def stream() -> None:
+        try:
+            with Client(server.target, timeout=120) as c:
+                blocks = c.stream("crossfade", 8.0, seed=1)
+                first = next(blocks)
+                got["first"] = first
+                server.proc.send_signal(signal.SIGTERM)  # while the stream runs
+                rest = list(blocks)
+                got["samples"] = first.audio.shape[1] + sum(b.audio.shape[1] for b in rest)
+        except DistillError as exc:
+            got["error"] = exc
+
+    t = threading.Thread(target=stream)
+    t.start()
+    t.join(timeout=120)
+    assert server.proc.wait(timeout=60) == 0
+    assert "error" not in got, got.get("error")
+    assert got["samples"] == 8 * 44100  # the in-flight stream finished whole
+    assert any("draining" in line for line in server.lines)
+    with pytest.raises(DistillError):  # and the server is gone
+        with Client(server.target, timeout=2) as c:
+            c.info()
+
+
+def _bundle_dirs(server: ServeProcess) -> list[str]:
+    for line in server.lines:
+        if "(bundle " in line:
+            return [line.split("(bundle ")[1].split(",")[0]]
+    raise AssertionError("server did not print its bundle")

@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import soundfile as sf
+
 from distill_serve.client.client import SPATIAL, AudioResult, Client, DistillError
 
 WAV_SUBTYPES = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float32": "FLOAT"}

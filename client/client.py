@@ -11,10 +11,10 @@ from typing import Any
 import grpc
 import grpc.aio
 import numpy as np
-from distill_serve.client.v1 import distill_pb2 as pb
-from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
 
 from distill_serve.audio import Encoding, decode
+from distill_serve.client.v1 import distill_pb2 as pb
+from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
 
 MODES = {
     "crossfade": pb.CHUNK_MODE_CROSSFADE,
@@ -38,16 +38,25 @@ MAX_RECEIVE_BYTES = 256 << 20
 class DistillError(Exception):
     """A gRPC error from the server, with its status code and message."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, details: str, retry_after_ms: int | None = None
+    ) -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+        #: the server's ``retry-after-ms`` hint (sent with RESOURCE_EXHAUSTED)
+        self.retry_after_ms = retry_after_ms
 
     @classmethod
     def wrap(cls, exc: grpc.RpcError) -> DistillError:
         code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
         details = exc.details() if hasattr(exc, "details") else str(exc)
-        return cls(code, details or "")
+        retry = None
+        trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+        for key, value in trailing or ():
+            if key == "retry-after-ms":
+                retry = int(value)
+        return cls(code, details or "", retry)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -56,29 +57,41 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tokens(token_file: Path | None) -> tuple[str, ...]:
+    """Bearer tokens from ``DISTILL_SERVE_TOKENS`` (comma-separated) and a file (one a line)."""
+    tokens = [t.strip() for t in os.environ.get("DISTILL_SERVE_TOKENS", "").split(",")]
+    if token_file is not None:
+        tokens += [line.strip() for line in token_file.read_text().splitlines()]
+    return tuple(t for t in tokens if t and not t.startswith("#"))
+
+
 def _serve(args: argparse.Namespace) -> int:
     from distill_serve.bundle import BundleError
     from distill_serve.server.app import ServerConfig, run
     from distill_serve.server.engine import EngineConfig
     from distill_serve.server.request import Limits
 
-    config = ServerConfig(
-        bundle=args.bundle,
-        host=args.host,
-        port=args.port,
-        limits=Limits(max_duration_s=args.max_duration, max_concurrent=args.max_concurrent),
-        engine=EngineConfig(
-            use_cuda=not args.no_cuda,
-            gpu_mem_limit=args.gpu_mem_limit,
-            intra_op_threads=args.threads,
-            fault_injection=args.fault_injection,
-        ),
-        metrics_port=args.metrics_port,
-        grace_s=args.grace,
-    )
     try:
+        config = ServerConfig(
+            bundle=args.bundle,
+            host=args.host,
+            port=args.port,
+            limits=Limits(max_duration_s=args.max_duration, max_concurrent=args.max_concurrent),
+            engine=EngineConfig(
+                use_cuda=not args.no_cuda,
+                gpu_mem_limit=args.gpu_mem_limit,
+                intra_op_threads=args.threads,
+                fault_injection=args.fault_injection,
+            ),
+            metrics_port=args.metrics_port,
+            grace_s=args.grace,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            auth_tokens=_tokens(args.token_file),
+        )
         asyncio.run(run(config))
-    except (BundleError, OSError) as exc:
+    except (BundleError, OSError, ValueError) as exc:
         print(f"distill-serve serve: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -126,6 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-mem-limit", type=int, default=None, help="CUDA arena limit, bytes")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads")
     p.add_argument("--grace", type=float, default=10.0, help="SIGTERM drain time, seconds")
+    p.add_argument("--tls-cert", type=Path, default=None, help="PEM server certificate")
+    p.add_argument("--tls-key", type=Path, default=None, help="PEM server private key")
+    p.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=None,
+        help="PEM CA bundle: require client certificates signed by it",
+    )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="accepted bearer tokens, one a line (also DISTILL_SERVE_TOKENS=a,b)",
+    )
     p.add_argument(
         "--fault-injection",
         action="store_true",

@@ -12,8 +12,9 @@ import librosa
 import numpy as np
 import torch
 import torchaudio
-from distill_serve.export.checkpoint import SpectrogramConfig
 from torch import nn
+
+from distill_serve.export.checkpoint import SpectrogramConfig
 
 
 @dataclass(frozen=True)

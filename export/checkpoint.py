@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from distill_serve.export.decoder import DistillDecoder, decoder_key_shapes
 
 FORMAT_MARKER = "distill_model"

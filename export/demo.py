@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from distill_serve.export.checkpoint import FORMAT_MARKER, SUPPORTED_VERSION
 from distill_serve.export.decoder import DistillDecoder
 from distill_serve.export.exporter import DEFAULT_RATES, ExportConfig, export_bundle

@@ -15,13 +15,6 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from distill_serve.export.bridge import MelBridge, VocoderMelConfig
-from distill_serve.export.checkpoint import DistillCheckpoint, load_checkpoint
-from distill_serve.export.graphs import export_onnx, export_torchscript, onnx_io
-from distill_serve.export.parity import ParityResult, check_parity
-from distill_serve.export.resampler import PolyphaseResampler, reference_resample
-from distill_serve.export.vocoder import LoadedVocoder, load_vocoder
-from distill_serve.server.resample import ResamplerGeometry, resample_whole
 from tqdm import tqdm
 
 from distill_serve import __version__
@@ -32,7 +25,14 @@ from distill_serve.bundle import (
     sha256_file,
     write_manifest,
 )
+from distill_serve.export.bridge import MelBridge, VocoderMelConfig
+from distill_serve.export.checkpoint import DistillCheckpoint, load_checkpoint
+from distill_serve.export.graphs import export_onnx, export_torchscript, onnx_io
+from distill_serve.export.parity import ParityResult, check_parity
+from distill_serve.export.resampler import PolyphaseResampler, reference_resample
+from distill_serve.export.vocoder import LoadedVocoder, load_vocoder
 from distill_serve.geometry import FrameGeometry
+from distill_serve.server.resample import ResamplerGeometry, resample_whole
 
 log = logging.getLogger(__name__)
 

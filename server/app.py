@@ -12,17 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from distill_serve.client.v1 import distill_pb2 as pb
-from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
-from distill_serve.server.engine import Engine, EngineConfig
-from distill_serve.server.metrics import Metrics
-from distill_serve.server.request import Limits
-from distill_serve.server.service import DistillServicer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from distill_serve.bundle import BundleError, load_bundle
+from distill_serve.client.v1 import distill_pb2 as pb
+from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
+from distill_serve.server.engine import Engine, EngineConfig
+from distill_serve.server.interceptors import BearerTokenInterceptor, MalformedRequestInterceptor
+from distill_serve.server.metrics import Metrics
+from distill_serve.server.request import Limits
+from distill_serve.server.service import DistillServicer
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ class ServerConfig:
         metrics_port: Prometheus HTTP port (None: no endpoint; metrics still kept).
         grace_s: how long SIGTERM waits for in-flight streams.
         max_receive_bytes, max_send_bytes: gRPC message size limits.
+        tls_cert, tls_key: PEM server certificate and key (both or neither): TLS on.
+        tls_client_ca: PEM CA bundle; when set, clients must present a certificate it signed.
+        auth_tokens: bearer tokens accepted (empty: no token check). Health stays open.
     """
 
     bundle: Path | None = None
@@ -53,6 +57,27 @@ class ServerConfig:
     grace_s: float = 10.0
     max_receive_bytes: int = 1 * MiB
     max_send_bytes: int = 256 * MiB
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    auth_tokens: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS credentials, or None for plaintext."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        ca = self.tls_client_ca.read_bytes() if self.tls_client_ca else None
+        return grpc.ssl_server_credentials(
+            [(self.tls_key.read_bytes(), self.tls_cert.read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
 
 
 def demo_bundle_dir() -> Path:
@@ -103,11 +128,16 @@ class DistillServer:
         # grpc-stubs predates health.aio; it is grpcio-health-checking's asyncio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.servicer = DistillServicer(engine, config.limits, self.metrics)
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if config.auth_tokens:  # outermost: an unauthenticated call learns nothing more
+            interceptors.append(BearerTokenInterceptor(config.auth_tokens))
+        interceptors.append(MalformedRequestInterceptor())
         self._server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", config.max_receive_bytes),
                 ("grpc.max_send_message_length", config.max_send_bytes),
-            ]
+            ],
         )
         pb_grpc.add_DistillServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -117,7 +147,13 @@ class DistillServer:
         self.port = 0
 
     async def start(self) -> int:
-        self.port = self._server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        address = f"{self.config.host}:{self.config.port}"
+        credentials = self.config.server_credentials()
+        self.port = (
+            self._server.add_secure_port(address, credentials)
+            if credentials is not None
+            else self._server.add_insecure_port(address)
+        )
         if self.port == 0:
             raise OSError(f"could not bind {self.config.host}:{self.config.port}")
         await self._server.start()
@@ -130,6 +166,20 @@ class DistillServer:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.config.grace_s if grace is None else grace)
         self.servicer.close()
+
+    async def reload(self, bundle: Path | None = None) -> Engine:
+        """Load ``bundle`` (default: the current one, re-read from disk) and serve new
+        requests with it; in-flight streams finish on the old engine. A bundle that fails
+        its checks is refused and the old one keeps serving."""
+        root = bundle or self.engine.bundle.root
+        metrics = self.metrics
+        engine = await asyncio.to_thread(
+            Engine.from_dir, root, self.config.engine, lambda g: metrics.fallbacks.labels(g).inc()
+        )
+        self.engine = engine
+        self.servicer.swap_engine(engine)
+        log.info("reloaded bundle %s (%s)", root, engine.bundle.bundle_id)
+        return engine
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
@@ -161,8 +211,19 @@ async def run(config: ServerConfig) -> None:
             print(f"{signame}: draining for up to {config.grace_s:g} s", flush=True)
             stopping.append(loop.create_task(server.stop()))
 
+    async def reload() -> None:
+        try:
+            engine = await server.reload()
+            print(
+                f"SIGHUP: reloaded bundle {engine.bundle.root} ({engine.bundle.bundle_id})",
+                flush=True,
+            )
+        except (BundleError, OSError) as exc:
+            print(f"SIGHUP: reload refused, still serving the old bundle: {exc}", flush=True)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, shutdown, sig.name)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
     await server.wait()
     if stopping:
         await stopping[0]

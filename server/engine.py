@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from distill_serve.server.model import ModelSpec
-from distill_serve.server.resample import Polyphase
 from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 
 from distill_serve.bundle import Bundle, load_bundle
+from distill_serve.server.model import ModelSpec
+from distill_serve.server.resample import Polyphase
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from distill_serve.server.resample import ResamplerGeometry
 
 from distill_serve.bundle import Bundle
 from distill_serve.geometry import FrameGeometry
+from distill_serve.server.resample import ResamplerGeometry
 
 
 @dataclass(frozen=True)

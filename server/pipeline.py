@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+
+from distill_serve.geometry import plan_chunks
 from distill_serve.server.dsp import (
     AntiAlias,
     CausalPeakNormaliser,
@@ -24,10 +26,10 @@ from distill_serve.server.request import GenerationParams, Spatial
 from distill_serve.server.resample import Polyphase, StreamingResampler
 from distill_serve.server.trajectory import trajectory
 
-from distill_serve.geometry import plan_chunks
-
 DECODER_BATCH = 256
 NORMALISER_RAMP_S = 0.02
+#: log1p mel ceiling (a power of ~1e13): extreme latents can overflow expm1 in the bridge.
+MAX_LOG1P_MEL = 30.0
 
 
 class Runner(Protocol):
@@ -81,7 +83,7 @@ def vocoder_mel(
         ]
     )[:, :, :chunk_frames]
     stats.decoder_chunks += len(latents)
-    mel = overlap_add(chunks, plan.offsets, plan.total_frames)
+    mel = np.clip(overlap_add(chunks, plan.offsets, plan.total_frames), 0.0, MAX_LOG1P_MEL)
     return runner.bridge(mel[None], geo.bridge_positions(t_voc))[0]
 
 
@@ -129,7 +131,7 @@ def audio_blocks(
             ]
         )
         stats.vocoder_blocks += 1
-        audio = antialias(audio)
+        audio = antialias(np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0))
         if mid_side is not None:
             audio = mid_side(audio)
         audio = normalise(audio)

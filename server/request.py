@@ -7,9 +7,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from distill_serve.server.model import ModelSpec
 
 from distill_serve.audio import Encoding
+from distill_serve.server.model import ModelSpec
 
 
 class ChunkMode(enum.Enum):

@@ -19,6 +19,8 @@ from typing import Any
 
 import grpc
 import numpy as np
+
+from distill_serve.audio import Encoding, encode, wav_bytes
 from distill_serve.client.v1 import distill_pb2 as pb
 from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
 from distill_serve.server.engine import Engine
@@ -33,8 +35,6 @@ from distill_serve.server.request import (
     Spatial,
     validate,
 )
-
-from distill_serve.audio import Encoding, encode, wav_bytes
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class _Run:
     """One generation in flight: its params, stats and timing."""
 
     params: GenerationParams
+    engine: Engine
     rpc: str
     started: float
     stats: PipelineStats
@@ -139,10 +140,9 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
     async def _admit(
         self, spec: pb.GenerationSpec, rpc: str, context: grpc.aio.ServicerContext
     ) -> _Run:
+        engine = self._engine  # a reload swaps self._engine; this request keeps its own
         try:
-            params = validate(
-                raw_request(spec), self._engine.model, self._limits, secrets.randbits(63)
-            )
+            params = validate(raw_request(spec), engine.model, self._limits, secrets.randbits(63))
         except InvalidRequest as exc:
             self._metrics.rejected.labels("invalid_argument").inc()
             self._metrics.requests.labels(rpc, _mode_label(spec), "INVALID_ARGUMENT").inc()
@@ -159,7 +159,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             )
         self._active += 1
         self._metrics.active.labels(rpc).inc()
-        return _Run(params, rpc, time.perf_counter(), PipelineStats())
+        return _Run(params, engine, rpc, time.perf_counter(), PipelineStats())
 
     @contextmanager
     def _accounting(self, run: _Run) -> Iterator[None]:
@@ -185,8 +185,8 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
 
     async def _blocks(self, run: _Run) -> AsyncIterator[np.ndarray]:
         """Pipeline blocks, each computed in a worker thread; stops when cancelled."""
-        runner = self._engine.runner()
-        gen = audio_blocks(runner, self._engine.model, run.params, run.stats)
+        runner = run.engine.runner()
+        gen = audio_blocks(runner, run.engine.model, run.params, run.stats)
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -294,6 +294,14 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             native_chunk_duration_s=model.chunk_duration_s,
             bundle_format_version=int(bundle.manifest["format_version"]),
         )
+
+    def swap_engine(self, engine: Engine) -> None:
+        """Serve new requests with ``engine``; requests in flight finish on the old one."""
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

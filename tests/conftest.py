@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from distill_serve.server.app import DistillServer, ServerConfig
 from distill_serve.server.engine import Engine, EngineConfig
 from distill_serve.server.metrics import Metrics

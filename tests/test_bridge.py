@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torchaudio
+
 from distill_serve.export.bridge import MelBridge, VocoderMelConfig
 from distill_serve.export.checkpoint import SpectrogramConfig
 from distill_serve.export.vocoder import FULL_44K_CONFIG
-
 from distill_serve.geometry import FrameGeometry
 
 SPEC = SpectrogramConfig(48000, 2048, 512, 128, 0.0, 24000.0, 2.0)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from distill_serve.export.checkpoint import CheckpointError, load_checkpoint
 from distill_serve.export.demo import demo_checkpoint_dict, make_demo_checkpoint
 

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +32,10 @@ class ServeProcess:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [*CLI, "serve", "--port", str(self.port), "--no-cuda", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
         )
         self.lines: list[str] = []
         ready = threading.Event()
@@ -85,10 +87,28 @@ def test_info_prints_sliders(cli_server: ServeProcess) -> None:
 
 @pytest.mark.parametrize("mode", ["crossfade", "latent_interp", "slider"])
 @pytest.mark.parametrize("stream", [False, True])
-def test_generate_writes_wav(cli_server: ServeProcess, tmp_path: Path, mode: str, stream: bool) -> None:
+def test_generate_writes_wav(
+    cli_server: ServeProcess, tmp_path: Path, mode: str, stream: bool
+) -> None:
     wav = tmp_path / f"{mode}.wav"
-    args = ["generate", "--server", cli_server.target, "--mode", mode, "--duration", "1.3",
-            "--seed", "7", "--rate", "24000", "--stereo", "--width", "0.8", "-o", str(wav)]
+    args = [
+        "generate",
+        "--server",
+        cli_server.target,
+        "--mode",
+        mode,
+        "--duration",
+        "1.3",
+        "--seed",
+        "7",
+        "--rate",
+        "24000",
+        "--stereo",
+        "--width",
+        "0.8",
+        "-o",
+        str(wav),
+    ]
     if mode == "slider":
         args += ["--slider", "0=3", "--slider", "5=-2"]
     if stream:
@@ -104,20 +124,53 @@ def test_generate_from_latent_file(cli_server: ServeProcess, tmp_path: Path) -> 
     latent = tmp_path / "z.npy"
     np.save(latent, np.linspace(-1, 1, 64).astype(np.float32))
     wav = tmp_path / "z.wav"
-    out = run_cli("generate", "--server", cli_server.target, "--mode", "slider", "--duration", "0.5",
-                  "--latent", str(latent), "--evolution", "0.3", "-o", str(wav))
+    out = run_cli(
+        "generate",
+        "--server",
+        cli_server.target,
+        "--mode",
+        "slider",
+        "--duration",
+        "0.5",
+        "--latent",
+        str(latent),
+        "--evolution",
+        "0.3",
+        "-o",
+        str(wav),
+    )
     assert out.returncode == 0, out.stderr
     assert sf.info(str(wav)).frames == round(0.5 * 44100)
 
 
 def test_clear_one_line_errors(cli_server: ServeProcess, tmp_path: Path) -> None:
-    refused = run_cli("generate", "--server", cli_server.target, "--mode", "crossfade",
-                      "--duration", "-2", "-o", str(tmp_path / "x.wav"))
+    refused = run_cli(
+        "generate",
+        "--server",
+        cli_server.target,
+        "--mode",
+        "crossfade",
+        "--duration",
+        "-2",
+        "-o",
+        str(tmp_path / "x.wav"),
+    )
     assert refused.returncode == 1
     assert refused.stderr.strip().count("\n") == 0
     assert "INVALID_ARGUMENT" in refused.stderr and "duration_s" in refused.stderr
-    down = run_cli("generate", "--server", f"127.0.0.1:{free_port()}", "--mode", "crossfade",
-                   "--duration", "1", "--timeout", "3", "-o", str(tmp_path / "y.wav"))
+    down = run_cli(
+        "generate",
+        "--server",
+        f"127.0.0.1:{free_port()}",
+        "--mode",
+        "crossfade",
+        "--duration",
+        "1",
+        "--timeout",
+        "3",
+        "-o",
+        str(tmp_path / "y.wav"),
+    )
     assert down.returncode == 1 and "unavailable" in down.stderr
     assert down.stderr.strip().count("\n") == 0
     assert not (tmp_path / "x.wav").exists()
@@ -148,9 +201,8 @@ def test_sigterm_drains_inflight_stream(cli_server: ServeProcess, tmp_path: Path
     assert "error" not in got, got.get("error")
     assert got["samples"] == 8 * 44100  # the in-flight stream finished whole
     assert any("draining" in line for line in server.lines)
-    with pytest.raises(DistillError):  # and the server is gone
-        with Client(server.target, timeout=2) as c:
-            c.info()
+    with pytest.raises(DistillError), Client(server.target, timeout=2) as c:
+        c.info()  # the server is gone
 
 
 def _bundle_dirs(server: ServeProcess) -> list[str]:

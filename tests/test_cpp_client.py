@@ -15,7 +15,9 @@ from distill_serve.client import Client
 from tests.conftest import ServerThread
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = "cmake g++ pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler"
+PACKAGES = (
+    "cmake g++ pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler"
+)
 
 
 def _toolchain_missing() -> str | None:
@@ -31,11 +33,15 @@ def _toolchain_missing() -> str | None:
 def cpp_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     missing = _toolchain_missing()
     if missing is not None:
-        pytest.skip(f"C++ toolchain not installed ({missing} missing); .ci/run installs it with "
-                    f"apt-get install {PACKAGES}")
+        pytest.skip(
+            f"C++ toolchain not installed ({missing} missing); .ci/run installs it with "
+            f"apt-get install {PACKAGES}"
+        )
     build = tmp_path_factory.mktemp("cpp")
-    for cmd in (["cmake", "-S", str(ROOT / "client/cpp"), "-B", str(build)],
-                ["cmake", "--build", str(build), "-j2"]):
+    for cmd in (
+        ["cmake", "-S", str(ROOT / "client/cpp"), "-B", str(build)],
+        ["cmake", "--build", str(build), "-j2"],
+    ):
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     binary = build / "distill_generate"
@@ -51,14 +57,34 @@ def cpp_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ],
 )
 def test_cpp_client_matches_python_client(
-    cpp_client: Path, server: ServerThread, tmp_path: Path, mode: str, extra: list[str],
+    cpp_client: Path,
+    server: ServerThread,
+    tmp_path: Path,
+    mode: str,
+    extra: list[str],
     py_options: dict,  # type: ignore[type-arg]
 ) -> None:
     wav = tmp_path / "cpp.wav"
     proc = subprocess.run(
-        [str(cpp_client), "--server", server.target, "--mode", mode, "--duration", "1.7",
-         "--seed", "21", "--rate", "32000", *extra, "-o", str(wav)],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(cpp_client),
+            "--server",
+            server.target,
+            "--mode",
+            mode,
+            "--duration",
+            "1.7",
+            "--seed",
+            "21",
+            "--rate",
+            "32000",
+            *extra,
+            "-o",
+            str(wav),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "first audio" in proc.stdout
@@ -73,9 +99,20 @@ def test_cpp_client_matches_python_client(
 
 def test_cpp_client_reports_refusal(cpp_client: Path, server: ServerThread, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [str(cpp_client), "--server", server.target, "--mode", "crossfade", "--duration", "-1",
-         "-o", str(tmp_path / "x.wav")],
-        capture_output=True, text=True, timeout=60,
+        [
+            str(cpp_client),
+            "--server",
+            server.target,
+            "--mode",
+            "crossfade",
+            "--duration",
+            "-1",
+            "-o",
+            str(tmp_path / "x.wav"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert "duration_s" in proc.stderr and not (tmp_path / "x.wav").exists()

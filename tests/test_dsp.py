@@ -6,6 +6,9 @@ import itertools
 
 import numpy as np
 import pytest
+
+from distill_serve.audio import Encoding, decode, encode
+from distill_serve.geometry import FrameGeometry, plan_chunks
 from distill_serve.server.dsp import (
     AntiAlias,
     CausalPeakNormaliser,
@@ -16,9 +19,6 @@ from distill_serve.server.dsp import (
 )
 from distill_serve.server.request import ChunkMode
 from distill_serve.server.trajectory import drifting_anchors, slerp, trajectory
-
-from distill_serve.audio import Encoding, decode, encode
-from distill_serve.geometry import FrameGeometry, plan_chunks
 
 GEO = FrameGeometry(48000, 512, 44100, 512)
 

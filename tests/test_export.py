@@ -11,13 +11,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
+from distill_serve.bundle import FORMAT_VERSION, BundleError, load_bundle, sha256_file
 from distill_serve.export import parity as parity_mod
 from distill_serve.export.demo import make_demo_checkpoint, make_demo_vocoder
 from distill_serve.export.exporter import DEFAULT_RATES, ExportConfig, ExportError, export_bundle
 from distill_serve.export.resampler import PolyphaseResampler, reference_resample
 from distill_serve.server.resample import ResamplerGeometry, StreamingResampler, resample_whole
-
-from distill_serve.bundle import FORMAT_VERSION, BundleError, load_bundle, sha256_file
 
 
 def manifest(bundle: Path) -> dict:  # type: ignore[type-arg]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from distill_serve.audio import Encoding
 from distill_serve.export.parity import snr_db
 from distill_serve.server.dsp import plan_blocks
 from distill_serve.server.engine import Engine
@@ -17,8 +19,6 @@ from distill_serve.server.request import (
     Spatial,
     validate,
 )
-
-from distill_serve.audio import Encoding
 
 
 def params(engine: Engine, mode: ChunkMode = ChunkMode.CROSSFADE, **kw: object) -> GenerationParams:

@@ -17,12 +17,14 @@ BUF = ["npx", "--yes", "@bufbuild/buf@1.75.0"]
 def test_buf_lint_passes() -> None:
     if shutil.which("npx") is None:
         pytest.fail("npx (Node.js) is needed to run buf from npm; install nodejs and npm")
-    files = subprocess.run([*BUF, "ls-files"], cwd=ROOT / "proto", capture_output=True, text=True,
-                           timeout=300)
+    files = subprocess.run(
+        [*BUF, "ls-files"], cwd=ROOT / "proto", capture_output=True, text=True, timeout=300
+    )
     assert files.returncode == 0, files.stderr
     assert "distill_serve/v1/distill.proto" in files.stdout
-    lint = subprocess.run([*BUF, "lint"], cwd=ROOT / "proto", capture_output=True, text=True,
-                          timeout=300)
+    lint = subprocess.run(
+        [*BUF, "lint"], cwd=ROOT / "proto", capture_output=True, text=True, timeout=300
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 

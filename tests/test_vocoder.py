@@ -7,6 +7,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
+
 from distill_serve.export.demo import demo_vocoder_config, make_demo_vocoder
 from distill_serve.export.vocoder import (
     CONFIG_FILE,

@@ -1,0 +1,126 @@
+"""Server interceptors: bearer-token auth, and clean statuses for unparsable requests.
+
+Both wrap the method handler that grpc would run (handlers are namedtuples, so
+``_replace`` swaps their functions) and never touch the servicer.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError
+
+#: RPCs anyone may call: health checks stay open for load balancers and orchestrators.
+OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+class _Malformed:
+    """Stands in for a request whose bytes did not parse."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _deny(handler: Any, code: grpc.StatusCode, message: str) -> Any:
+    """A handler of the same shape as ``handler`` that ends the call with ``code``."""
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+
+    async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    if handler.unary_unary:
+        return handler._replace(unary_unary=unary)
+    if handler.unary_stream:
+        return handler._replace(unary_stream=stream)
+    if handler.stream_unary:
+        return handler._replace(stream_unary=unary)
+    return handler._replace(stream_stream=stream)
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>`` on every RPC but health checks.
+
+    Tokens are compared in constant time. A missing or wrong token gets UNAUTHENTICATED.
+    """
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        if not tokens or any(not t for t in tokens):
+            raise ValueError("give at least one non-empty token")
+        self._tokens = [t.encode() for t in tokens]
+
+    def _valid(self, header: str) -> bool:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        given = token.strip().encode()
+        return any(hmac.compare_digest(given, t) for t in self._tokens)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method or ""
+        if handler is None or method.startswith(OPEN_METHOD_PREFIXES):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        if self._valid(str(metadata.get("authorization", ""))):
+            return handler
+        return _deny(
+            handler,
+            grpc.StatusCode.UNAUTHENTICATED,
+            "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'",
+        )
+
+
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    """Bytes that do not parse as the request message get INVALID_ARGUMENT (grpc's own
+    answer would be INTERNAL)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler: Any = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+
+        def lenient(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except (DecodeError, ValueError, TypeError) as exc:
+                return _Malformed(str(exc) or type(exc).__name__)
+
+        message = "request is not a valid protobuf message for this RPC"
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, _Malformed):
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"{message} ({request.error})"
+                    )
+                return await inner(request, context)
+
+            return handler._replace(request_deserializer=lenient, unary_unary=unary)
+        inner_stream = handler.unary_stream
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Malformed):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"{message} ({request.error})"
+                )
+            async for item in inner_stream(request, context):
+                yield item
+
+        return handler._replace(request_deserializer=lenient, unary_stream=stream)

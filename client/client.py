@@ -52,7 +52,8 @@ class DistillError(Exception):
         code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
         details = exc.details() if hasattr(exc, "details") else str(exc)
         retry = None
-        trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+        # Runtime metadata is a sequence of (key, value) pairs (grpc-stubs types it otherwise).
+        trailing: Any = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
         for key, value in trailing or ():
             if key == "retry-after-ms":
                 retry = int(value)

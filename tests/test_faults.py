@@ -1,0 +1,126 @@
+"""Faults: CUDA OOM fallback under load, bundle reload with streams in flight, refused
+reloads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill_serve.bundle import (
+    BundleError,
+    BundleFile,
+    bundle_id_for,
+    load_bundle,
+    sha256_file,
+)
+from distill_serve.client import Client
+from distill_serve.export.decoder import DistillDecoder
+from distill_serve.export.graphs import export_onnx
+from distill_serve.server.app import ServerConfig
+from distill_serve.server.engine import Engine, EngineConfig
+from distill_serve.server.request import Limits
+from tests.conftest import ServerThread
+
+
+def test_oom_fallback_under_load_loses_nothing(demo_bundle: Path) -> None:
+    eng = Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False, fault_injection=True))
+    s = ServerThread(ServerConfig(port=0, limits=Limits(max_concurrent=8)), eng)
+    eng._on_fallback = lambda g: s.metrics.fallbacks.labels(g).inc()
+    try:
+        with Client(s.target, timeout=120) as c:
+            reference = {i: c.generate("crossfade", 1.5, seed=i).audio for i in range(6)}
+        eng.inject_oom(4)
+        results: dict[int, object] = {}
+
+        def work(i: int) -> None:
+            with Client(s.target, timeout=120) as c:
+                results[i] = c.generate_streamed("crossfade", 1.5, seed=i)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(results) == 6  # every request answered
+        for i, r in results.items():
+            np.testing.assert_array_equal(r.audio, reference[i])  # type: ignore[attr-defined]
+        fell_back = sum(r.stats.cpu_fallbacks for r in results.values())  # type: ignore[attr-defined]
+        assert fell_back == 4
+        assert (
+            sum(
+                s.metric("distill_cuda_fallbacks_total", {"graph": g})
+                for g in ("decoder", "bridge", "vocoder")
+            )
+            == 4
+        )
+        with Client(s.target, timeout=60) as c:  # the primary path is back
+            after = c.generate("crossfade", 0.5, seed=1)
+        assert after.stats is not None and after.stats.cpu_fallbacks == 0
+        assert after.stats.execution_provider == eng.primary_provider
+    finally:
+        s.stop()
+
+
+def other_model(bundle: Path, out: Path, seed: int) -> Path:
+    """A copy of ``bundle`` whose decoder has other weights, with a consistent manifest."""
+    shutil.copytree(bundle, out)
+    torch.manual_seed(seed)
+    decoder = DistillDecoder(64, 8, 6, 128, 94).eval()
+    with torch.no_grad():
+        decoder.fc.weight.mul_(8.0)
+    export_onnx(
+        decoder,
+        [torch.zeros(2, 64)],
+        ["z"],
+        ["mel"],
+        [{0: torch.export.Dim("batch", min=1, max=4096)}],
+        out / "decoder.onnx",
+    )
+    m = json.loads((out / "manifest.json").read_text())
+    for f in m["files"]:
+        if f["path"] == "decoder.onnx":
+            f["sha256"] = sha256_file(out / "decoder.onnx")
+    m["files"] = [f for f in m["files"] if f["format"] == "onnx"]
+    for f in list((out).glob("*.pt")):
+        f.unlink()
+    m["bundle_id"] = bundle_id_for([BundleFile.from_dict(f) for f in m["files"]])
+    (out / "manifest.json").write_text(json.dumps(m))
+    load_bundle(out)
+    return out
+
+
+def test_reload_swaps_models_without_dropping_streams(demo_bundle: Path, tmp_path: Path) -> None:
+    second = other_model(demo_bundle, tmp_path / "b2", seed=99)
+    cpu = EngineConfig(use_cuda=False)
+    s = ServerThread(ServerConfig(port=0, engine=cpu), Engine.from_dir(demo_bundle, cpu))
+    try:
+        with Client(s.target, timeout=120) as c:
+            reference = c.generate("crossfade", 6.0, seed=3).audio
+            old_info = c.info()
+            blocks = c.stream("crossfade", 6.0, seed=3)
+            collected = [next(blocks).audio]
+            s.call(s.server.reload(second))  # swap while the stream is in flight
+            collected += [b.audio for b in blocks]
+            np.testing.assert_array_equal(np.concatenate(collected, axis=1), reference)
+            new_info = c.info()
+            assert (
+                dict((p, h) for p, _, h in new_info.files)["decoder.onnx"]
+                != dict((p, h) for p, _, h in old_info.files)["decoder.onnx"]
+            )
+            swapped = c.generate("crossfade", 6.0, seed=3).audio
+            assert not np.array_equal(swapped, reference)
+            # A tampered bundle is refused and the current one keeps serving.
+            bad = tmp_path / "bad"
+            shutil.copytree(second, bad)
+            (bad / "vocoder.onnx").write_bytes(b"not a model")
+            with pytest.raises(BundleError, match=r"vocoder\.onnx"):
+                s.call(s.server.reload(bad))
+            np.testing.assert_array_equal(c.generate("crossfade", 6.0, seed=3).audio, swapped)
+    finally:
+        s.stop()

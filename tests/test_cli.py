@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,3 +211,44 @@ def _bundle_dirs(server: ServeProcess) -> list[str]:
         if "(bundle " in line:
             return [line.split("(bundle ")[1].split(",")[0]]
     raise AssertionError("server did not print its bundle")
+
+
+def _wait_for(server: ServeProcess, text: str, timeout: float = 60) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        if any(text in line for line in server.lines):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_serve_refuses_tampered_bundle(cli_server: ServeProcess, tmp_path: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(Path(_bundle_dirs(cli_server)[0]), bad)
+    data = bytearray((bad / "vocoder.onnx").read_bytes())
+    data[1000] ^= 0x01
+    (bad / "vocoder.onnx").write_bytes(bytes(data))
+    out = run_cli("serve", "--bundle", str(bad), "--port", str(free_port()), "--no-cuda")
+    assert out.returncode == 1
+    assert "vocoder.onnx: sha256 does not match" in out.stderr
+
+
+def test_token_file_and_sighup_reload(cli_server: ServeProcess, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# one token a line\nalpha-token\n")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    bundle = _bundle_dirs(cli_server)[0]
+    server = ServeProcess(["--bundle", bundle, "--token-file", str(tokens)], env, startup_s=120)
+    try:
+        denied = run_cli("info", "--server", server.target)
+        assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
+        allowed = run_cli("info", "--server", server.target, "--token", "alpha-token")
+        assert allowed.returncode == 0, allowed.stderr
+        server.proc.send_signal(signal.SIGHUP)
+        assert _wait_for(server, "SIGHUP: reloaded"), "".join(server.lines[-20:])
+        again = run_cli("info", "--server", server.target, "--token", "alpha-token")
+        assert again.returncode == 0 and "latent_dim: 64" in again.stdout
+    finally:
+        assert server.stop() == 0

@@ -210,6 +210,17 @@ def build_spec(
     return spec
 
 
+def _generate_request(mode: str, duration_s: float, wav: bool, options: Any) -> pb.GenerateRequest:
+    return pb.GenerateRequest(
+        spec=build_spec(mode, duration_s, **options),
+        container=pb.CONTAINER_WAV if wav else pb.CONTAINER_RAW,
+    )
+
+
+def _stream_request(mode: str, duration_s: float, options: Any) -> pb.GenerateStreamRequest:
+    return pb.GenerateStreamRequest(spec=build_spec(mode, duration_s, **options))
+
+
 def _metadata(token: str | None, metadata: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     md = list(metadata)
     if token:
@@ -290,7 +301,17 @@ class _Collector:
         )
 
 
-class Client:
+class _Base:
+    """What both clients share: default deadline and request metadata."""
+
+    _timeout: float | None
+    _metadata: list[tuple[str, str]]
+
+    def _kw(self, timeout: float | None) -> dict[str, Any]:
+        return {"timeout": timeout or self._timeout, "metadata": self._metadata}
+
+
+class Client(_Base):
     """Blocking client.
 
     Args:
@@ -334,8 +355,7 @@ class Client:
             return ModelInfo.from_pb(
                 self._stub.GetModelInfo(
                     pb.GetModelInfoRequest(),
-                    timeout=timeout or self._timeout,
-                    metadata=self._metadata,
+                    **self._kw(timeout),
                 )
             )
         except grpc.RpcError as exc:
@@ -351,15 +371,10 @@ class Client:
         **options: Any,
     ) -> AudioResult:
         """Generate a whole clip (unary). ``options`` are :func:`build_spec`'s keywords."""
-        request = pb.GenerateRequest(
-            spec=build_spec(mode, duration_s, **options),
-            container=pb.CONTAINER_WAV if wav else pb.CONTAINER_RAW,
-        )
+        request = _generate_request(mode, duration_s, wav, options)
         started = time.perf_counter()
         try:
-            reply = self._stub.Generate(
-                request, timeout=timeout or self._timeout, metadata=self._metadata
-            )
+            reply = self._stub.Generate(request, **self._kw(timeout))
         except grpc.RpcError as exc:
             raise DistillError.wrap(exc) from None
         return _unary_result(reply, started)
@@ -368,11 +383,9 @@ class Client:
         self, mode: str, duration_s: float, *, timeout: float | None = None, **options: Any
     ) -> Iterator[AudioBlock]:
         """Yield audio blocks as the server sends them."""
-        request = pb.GenerateStreamRequest(spec=build_spec(mode, duration_s, **options))
+        request = _stream_request(mode, duration_s, options)
         collector = _Collector(time.perf_counter())
-        call = self._stub.GenerateStream(
-            request, timeout=timeout or self._timeout, metadata=self._metadata
-        )
+        call = self._stub.GenerateStream(request, **self._kw(timeout))
         try:
             for msg in call:
                 block = collector.feed(msg)
@@ -387,19 +400,17 @@ class Client:
         self, mode: str, duration_s: float, *, timeout: float | None = None, **options: Any
     ) -> AudioResult:
         """Generate through the streaming RPC and collect the whole clip."""
-        request = pb.GenerateStreamRequest(spec=build_spec(mode, duration_s, **options))
+        request = _stream_request(mode, duration_s, options)
         collector = _Collector(time.perf_counter())
         try:
-            for msg in self._stub.GenerateStream(
-                request, timeout=timeout or self._timeout, metadata=self._metadata
-            ):
+            for msg in self._stub.GenerateStream(request, **self._kw(timeout)):
                 collector.feed(msg)
         except grpc.RpcError as exc:
             raise DistillError.wrap(exc) from None
         return collector.result()
 
 
-class AsyncClient:
+class AsyncClient(_Base):
     """asyncio client with the same methods as :class:`Client` (``async``)."""
 
     def __init__(
@@ -431,9 +442,7 @@ class AsyncClient:
 
     async def info(self, timeout: float | None = None) -> ModelInfo:
         try:
-            reply = await self._stub.GetModelInfo(
-                pb.GetModelInfoRequest(), timeout=timeout or self._timeout, metadata=self._metadata
-            )
+            reply = await self._stub.GetModelInfo(pb.GetModelInfoRequest(), **self._kw(timeout))
         except grpc.RpcError as exc:
             raise DistillError.wrap(exc) from None
         return ModelInfo.from_pb(reply)
@@ -447,15 +456,10 @@ class AsyncClient:
         timeout: float | None = None,
         **options: Any,
     ) -> AudioResult:
-        request = pb.GenerateRequest(
-            spec=build_spec(mode, duration_s, **options),
-            container=pb.CONTAINER_WAV if wav else pb.CONTAINER_RAW,
-        )
+        request = _generate_request(mode, duration_s, wav, options)
         started = time.perf_counter()
         try:
-            reply = await self._stub.Generate(
-                request, timeout=timeout or self._timeout, metadata=self._metadata
-            )
+            reply = await self._stub.Generate(request, **self._kw(timeout))
         except grpc.RpcError as exc:
             raise DistillError.wrap(exc) from None
         return _unary_result(reply, started)
@@ -463,11 +467,9 @@ class AsyncClient:
     async def stream(
         self, mode: str, duration_s: float, *, timeout: float | None = None, **options: Any
     ) -> AsyncIterator[AudioBlock]:
-        request = pb.GenerateStreamRequest(spec=build_spec(mode, duration_s, **options))
+        request = _stream_request(mode, duration_s, options)
         collector = _Collector(time.perf_counter())
-        call = self._stub.GenerateStream(
-            request, timeout=timeout or self._timeout, metadata=self._metadata
-        )
+        call = self._stub.GenerateStream(request, **self._kw(timeout))
         try:
             async for msg in call:
                 block = collector.feed(msg)
@@ -481,12 +483,10 @@ class AsyncClient:
     async def generate_streamed(
         self, mode: str, duration_s: float, *, timeout: float | None = None, **options: Any
     ) -> AudioResult:
-        request = pb.GenerateStreamRequest(spec=build_spec(mode, duration_s, **options))
+        request = _stream_request(mode, duration_s, options)
         collector = _Collector(time.perf_counter())
         try:
-            async for msg in self._stub.GenerateStream(
-                request, timeout=timeout or self._timeout, metadata=self._metadata
-            ):
+            async for msg in self._stub.GenerateStream(request, **self._kw(timeout)):
                 collector.feed(msg)
         except grpc.RpcError as exc:
             raise DistillError.wrap(exc) from None

@@ -1,0 +1,1 @@
+"""distill-serve benchmarks: ``python -m benchmarks [--quick] [--full-model]``."""

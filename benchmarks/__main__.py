@@ -1,0 +1,119 @@
+"""``python -m benchmarks``: vocoder backends side by side, end to end over gRPC, memory.
+
+Prints tables and writes JSON (default ``benchmarks/results/<host>-<time>.json``) naming the
+machine. ``--quick`` (demo model, short clips) finishes in about two minutes for CI; it
+asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks import e2e, machine
+
+
+def table(rows: list[dict[str, Any]], title: str) -> str:
+    if not rows:
+        return ""
+    keys = list(rows[0])
+
+    def fmt(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    widths = [max(len(k), *(len(fmt(r[k])) for r in rows)) for k in keys]
+    lines = [title, "  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True))]
+    lines += [
+        "  ".join(fmt(r[k]).rjust(w) for k, w in zip(keys, widths, strict=True)) for r in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def demo_bundle() -> Path:
+    """The cached demo bundle, built by a child process if missing (torch stays out of here)."""
+    from distill_serve.bundle import BundleError, load_bundle
+    from distill_serve.server.app import demo_bundle_dir
+
+    path = demo_bundle_dir()
+    try:
+        load_bundle(path)
+    except BundleError:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "distill_serve",
+                "export",
+                "--demo",
+                "--quiet",
+                "--out",
+                str(path),
+            ],
+            check=True,
+        )
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="demo model, short clips (CI smoke)")
+    p.add_argument("--full-model", action="store_true", help="also the full 44 kHz BigVGAN")
+    p.add_argument("--bundle", type=Path, default=None, help="bundle for the gRPC benchmark")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads")
+    p.add_argument("--cache", type=Path, default=Path.home() / ".cache/distill-serve/bench")
+    p.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    args = p.parse_args(argv)
+
+    quick = args.quick
+    lengths = [1.0] if quick else [1.0, 5.0, 20.0]
+    repeats = 1 if quick else 3
+    result: dict[str, Any] = {
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine.describe(peak=not quick),
+        "quick": quick,
+    }
+    print(f"machine: {result['machine']}", flush=True)
+
+    # gRPC first, then the vocoders (each backend in its own child process): this process
+    # never imports torch, so nothing it leaves running competes with what is measured.
+    bundle = args.bundle or demo_bundle()
+    with e2e.server(bundle) as (target, pid):
+        seconds = [1.0] if quick else [1.0, 10.0, 30.0]
+        result["latency"] = e2e.latency(target, seconds, repeats)
+        print(table(result["latency"], "gRPC latency (seconds)"), flush=True)
+        clients = [1, 2] if quick else [1, 2, 4, 8]
+        result["throughput"], result["memory"] = e2e.throughput(
+            target, pid, clients, window_s=4.0 if quick else 20.0, clip_s=1.0 if quick else 2.0
+        )
+        print(table(result["throughput"], "throughput (audio seconds per wall second)"))
+        print(f"server RSS: {result['memory']}", flush=True)
+
+    from benchmarks import vocoder
+
+    rows = []
+    for name in ["demo"] + (["full_44k"] if args.full_model else []):
+        rows += vocoder.bench(name, lengths, repeats, args.cache, args.threads)
+        print(
+            table(
+                rows[-len(lengths) :],
+                f"vocoder {name}: seconds per second of audio (lower is faster)",
+            ),
+            flush=True,
+        )
+    result["vocoder"] = rows
+
+    stamp = f"{dt.datetime.now():%Y%m%d-%H%M%S}{'-quick' if quick else ''}"
+    out = args.out or Path("benchmarks/results") / f"{result['machine']['host']}-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,10 @@
 """The model bundle contract: ``manifest.json`` and hashed graph files (no torch needed).
 
 The export stage writes a bundle; the server reads it with :func:`load_bundle`, which
-refuses a wrong format version, a missing file or a hash mismatch, naming the file.
+refuses a wrong format version, a missing file, a file hash mismatch or an edited manifest,
+naming the file. The manifest is sealed: ``manifest_sha256`` is the digest of its canonical
+JSON without the seal (file hashes included), and ``bundle_id`` is that digest's first 16 hex.
+This detects corruption and edits, not a forger who re-seals (that needs signatures).
 """
 
 from __future__ import annotations
@@ -79,15 +82,28 @@ class Bundle:
         return str(self.manifest["bundle_id"])
 
 
-def bundle_id_for(files: list[BundleFile]) -> str:
-    """A short id derived from every file's hash (changes when any graph changes)."""
-    digest = hashlib.sha256("".join(sorted(f.sha256 for f in files)).encode()).hexdigest()
-    return digest[:16]
+SEAL_FIELDS = ("bundle_id", "manifest_sha256")
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON, the seal fields left out."""
+    body = {k: v for k, v in manifest.items() if k not in SEAL_FIELDS}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def seal_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Set ``manifest_sha256`` and ``bundle_id`` from the manifest's current contents."""
+    digest = manifest_digest(manifest)
+    manifest["manifest_sha256"] = digest
+    manifest["bundle_id"] = digest[:16]
+    return manifest
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
+    """Seal the manifest and write it as ``root/manifest.json``."""
     path = root / MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    path.write_text(json.dumps(seal_manifest(manifest), indent=2) + "\n")
     return path
 
 
@@ -130,6 +146,10 @@ def load_bundle(root: str | Path, verify_hashes: bool = True) -> Bundle:
                 f"{path}: sha256 does not match the manifest; the file was altered or "
                 "corrupted, re-export the bundle"
             )
-    if manifest.get("bundle_id") != bundle_id_for(list(files)):
-        raise BundleError(f"{manifest_path}: bundle_id does not match the listed file hashes")
+    digest = manifest_digest(manifest)
+    if manifest.get("manifest_sha256") != digest or manifest.get("bundle_id") != digest[:16]:
+        raise BundleError(
+            f"{manifest_path}: contents do not match manifest_sha256; the manifest was edited "
+            "or corrupted, re-export the bundle"
+        )
     return Bundle(root=root, manifest=manifest, files=files)

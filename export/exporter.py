@@ -21,7 +21,6 @@ from distill_serve import __version__
 from distill_serve.bundle import (
     FORMAT_VERSION,
     BundleFile,
-    bundle_id_for,
     sha256_file,
     write_manifest,
 )
@@ -395,7 +394,6 @@ def _manifest(
     spec = ckpt.spectrogram
     return {
         "format_version": FORMAT_VERSION,
-        "bundle_id": bundle_id_for(files),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "exporter": _versions(),
         "source": {

@@ -12,7 +12,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from distill_serve.bundle import FORMAT_VERSION, BundleError, load_bundle, sha256_file
+from distill_serve.bundle import (
+    FORMAT_VERSION,
+    BundleError,
+    load_bundle,
+    sha256_file,
+    write_manifest,
+)
 from distill_serve.export import parity as parity_mod
 from distill_serve.export.demo import make_demo_checkpoint, make_demo_vocoder
 from distill_serve.export.exporter import DEFAULT_RATES, ExportConfig, ExportError, export_bundle
@@ -137,8 +143,13 @@ def test_missing_file_wrong_version_and_edited_manifest(demo_bundle: Path, tmp_p
     with pytest.raises(BundleError, match="format_version 99 is not supported"):
         load_bundle(b)
     m["format_version"] = FORMAT_VERSION
-    m["files"][0]["sha256"] = "0" * 64
+    m["postprocess"]["peak_target"] = 2.0  # any edit breaks the seal
     (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"manifest\.json: contents do not match"):
+        load_bundle(b)
+    m["postprocess"]["peak_target"] = manifest(demo_bundle)["postprocess"]["peak_target"]
+    m["files"][0]["sha256"] = "0" * 64
+    write_manifest(b, m)  # re-sealed, so the file check itself is what fails
     with pytest.raises(BundleError, match="sha256 does not match"):
         load_bundle(b)
     with pytest.raises(BundleError, match=r"manifest\.json: not found"):

@@ -14,10 +14,9 @@ import torch
 
 from distill_serve.bundle import (
     BundleError,
-    BundleFile,
-    bundle_id_for,
     load_bundle,
     sha256_file,
+    write_manifest,
 )
 from distill_serve.client import Client
 from distill_serve.export.decoder import DistillDecoder
@@ -89,8 +88,7 @@ def other_model(bundle: Path, out: Path, seed: int) -> Path:
     m["files"] = [f for f in m["files"] if f["format"] == "onnx"]
     for f in list((out).glob("*.pt")):
         f.unlink()
-    m["bundle_id"] = bundle_id_for([BundleFile.from_dict(f) for f in m["files"]])
-    (out / "manifest.json").write_text(json.dumps(m))
+    write_manifest(out, m)
     load_bundle(out)
     return out
 

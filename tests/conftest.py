@@ -8,9 +8,10 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,26 @@ from distill_serve.server.metrics import Metrics
 from distill_serve.server.request import Limits
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+#: Figures tests measure (fuzz counts, load results, bridge error, ...), shown at the end of
+#: the run, passing or not, in a "distill-serve measurements" section.
+_MEASUREMENTS: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def report() -> Callable[[str], None]:
+    def add(line: str) -> None:
+        _MEASUREMENTS.append(line)
+        print(line)
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _MEASUREMENTS:
+        terminalreporter.section("distill-serve measurements")
+        for line in _MEASUREMENTS:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -62,7 +62,7 @@ def errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("duration", [1.0, 2.5])
-def test_bridged_mel_matches_bigvgan_mel(duration: float) -> None:
+def test_bridged_mel_matches_bigvgan_mel(duration: float, report) -> None:  # type: ignore[no-untyped-def]
     m48, ref = mels(duration)
     frames = ref.shape[-1]
     assert abs(frames - round(duration * 44100 / 512)) <= 1
@@ -73,11 +73,11 @@ def test_bridged_mel_matches_bigvgan_mel(duration: float) -> None:
         out = bridge(m48[..., : GEO.decoder_frames_needed(frames)], positions)
     assert out.shape == ref.shape
     mae, loud = errors(out, ref)
-    print(f"bridge {duration} s: MAE {mae:.3f}, MAE where loud {loud:.3f} (log units)")
+    report(f"mel bridge, {duration} s of test audio: MAE {mae:.3f}, where loud {loud:.3f} (log)")
     assert mae < MAE_BOUND and loud < LOUD_MAE_BOUND
 
 
-def test_broken_bridges_fail_the_bound() -> None:
+def test_broken_bridges_fail_the_bound(report) -> None:  # type: ignore[no-untyped-def]
     m48, ref = mels(2.0)
     frames = ref.shape[-1]
     bridge = MelBridge(SPEC, VMEL).eval()
@@ -86,5 +86,5 @@ def test_broken_bridges_fail_the_bound() -> None:
         raw_log1p = m48[..., :frames]  # the original plan: feed the decoder's mel unchanged
     for name, out in (("no time resample", no_time_resample), ("unbridged", raw_log1p)):
         mae, loud = errors(out, ref)
-        print(f"{name}: MAE {mae:.3f}, loud {loud:.3f}")
+        report(f"mel bridge, broken ({name}): MAE {mae:.3f}, where loud {loud:.3f}")
         assert mae > MAE_BOUND or loud > LOUD_MAE_BOUND

@@ -88,7 +88,7 @@ def _assert_healthy(channel: grpc.Channel) -> None:
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_fuzzed_specs_get_clean_statuses(channel: grpc.Channel) -> None:
+def test_fuzzed_specs_get_clean_statuses(channel: grpc.Channel, report) -> None:  # type: ignore[no-untyped-def]
     stub = pb_grpc.DistillServiceStub(channel)
     seen: Counter[str] = Counter()
 
@@ -110,12 +110,12 @@ def test_fuzzed_specs_get_clean_statuses(channel: grpc.Channel) -> None:
         assert code in CLEAN, f"{code}: {spec}"
 
     check()
-    print(f"fuzzed {sum(seen.values())} requests: {dict(seen)}")
+    report(f"fuzz: {sum(seen.values())} arbitrary specs -> {dict(seen)}")
     assert sum(seen.values()) >= EXAMPLES
     _assert_healthy(channel)
 
 
-def test_random_bytes_get_clean_statuses(channel: grpc.Channel) -> None:
+def test_random_bytes_get_clean_statuses(channel: grpc.Channel, report) -> None:  # type: ignore[no-untyped-def]
     seen: Counter[str] = Counter()
     methods = [
         channel.unary_unary("/distill_serve.v1.DistillService/Generate"),
@@ -138,7 +138,7 @@ def test_random_bytes_get_clean_statuses(channel: grpc.Channel) -> None:
         assert code in CLEAN, code
 
     check()
-    print(f"fuzzed {sum(seen.values())} raw messages: {dict(seen)}")
+    report(f"fuzz: {sum(seen.values())} random byte strings -> {dict(seen)}")
     _assert_healthy(channel)
 
 
@@ -175,7 +175,7 @@ def valid_specs(draw: st.DrawFn) -> pb.GenerationSpec:
     return spec
 
 
-def test_valid_specs_always_succeed_with_exact_length(channel: grpc.Channel) -> None:
+def test_valid_specs_always_succeed_with_exact_length(channel: grpc.Channel, report) -> None:  # type: ignore[no-untyped-def]
     stub = pb_grpc.DistillServiceStub(channel)
     count = 0
 
@@ -196,4 +196,4 @@ def test_valid_specs_always_succeed_with_exact_length(channel: grpc.Channel) -> 
         count += 1
 
     check()
-    print(f"{count} valid requests answered with their exact length")
+    report(f"fuzz: {count} valid specs answered OK with their exact length")

@@ -80,7 +80,7 @@ async def load(target: str) -> list[tuple[str, float | None, list[int | None]]]:
             await c.close()
 
 
-def test_load_with_cancellation_and_deadlines(engine: Engine) -> None:
+def test_load_with_cancellation_and_deadlines(engine: Engine, report) -> None:  # type: ignore[no-untyped-def]
     s = start_server(engine, max_concurrent=LIMIT)
     try:
         warm_up(s.target)
@@ -99,8 +99,8 @@ def test_load_with_cancellation_and_deadlines(engine: Engine) -> None:
         firsts = np.array([r[1] for r in results if r[0] == "completed"])
         retry_hints = [h for r in results for h in r[2]]
         rss_after = rss_mb()
-        print(
-            f"\n{N_REQUESTS} streams in {elapsed:.1f} s, limit {LIMIT}: {dict(outcomes)} after "
+        report(
+            f"load: {N_REQUESTS} streams in {elapsed:.1f} s, limit {LIMIT}: {dict(outcomes)} after "
             f"{len(retry_hints)} RESOURCE_EXHAUSTED answers (all with retry hints); "
             f"first audio p50 {np.percentile(firsts, 50) * 1000:.0f} ms, "
             f"p99 {np.percentile(firsts, 99) * 1000:.0f} ms; "

@@ -55,7 +55,7 @@ def test_same_seed_same_audio_other_seed_differs(engine: Engine) -> None:
     assert not np.array_equal(a, generate(engine, params(engine, seed=4)))
 
 
-def test_block_vocoding_equals_whole_vocoding(engine: Engine) -> None:
+def test_block_vocoding_equals_whole_vocoding(engine: Engine, report) -> None:  # type: ignore[no-untyped-def]
     """Context frames cover the receptive field: seams can't be heard (or measured)."""
     p = params(engine, duration_s=4.0)
     runner = engine.runner()
@@ -68,7 +68,7 @@ def test_block_vocoding_equals_whole_vocoding(engine: Engine) -> None:
     ]
     blocked = np.concatenate(parts)
     snr = snr_db(whole, blocked)
-    print(f"block vs whole vocoding SNR {snr:.1f} dB over {len(parts)} blocks")
+    report(f"block-wise vs whole vocoding: SNR {snr:.1f} dB over {len(parts)} blocks")
     assert snr >= 60.0
 
 

@@ -146,6 +146,11 @@ def load_bundle(root: str | Path, verify_hashes: bool = True) -> Bundle:
                 f"{path}: sha256 does not match the manifest; the file was altered or "
                 "corrupted, re-export the bundle"
             )
+    if "manifest_sha256" not in manifest:
+        raise BundleError(
+            f"{manifest_path}: no manifest_sha256 seal (written by an exporter from before "
+            "sealing); re-export the bundle"
+        )
     digest = manifest_digest(manifest)
     if manifest.get("manifest_sha256") != digest or manifest.get("bundle_id") != digest[:16]:
         raise BundleError(

@@ -147,6 +147,10 @@ def test_missing_file_wrong_version_and_edited_manifest(demo_bundle: Path, tmp_p
     (b / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match=r"manifest\.json: contents do not match"):
         load_bundle(b)
+    unsealed = {k: v for k, v in m.items() if k != "manifest_sha256"}
+    (b / "manifest.json").write_text(json.dumps(unsealed))
+    with pytest.raises(BundleError, match="no manifest_sha256 seal"):
+        load_bundle(b)
     m["postprocess"]["peak_target"] = manifest(demo_bundle)["postprocess"]["peak_target"]
     m["files"][0]["sha256"] = "0" * 64
     write_manifest(b, m)  # re-sealed, so the file check itself is what fails

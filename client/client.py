@@ -383,8 +383,22 @@ class Client(_Base):
         self, mode: str, duration_s: float, *, timeout: float | None = None, **options: Any
     ) -> Iterator[AudioBlock]:
         """Yield audio blocks as the server sends them."""
-        request = _stream_request(mode, duration_s, options)
         collector = _Collector(time.perf_counter())
+        yield from self._receive(collector, _stream_request(mode, duration_s, options), timeout)
+
+    def generate_streamed(
+        self, mode: str, duration_s: float, *, timeout: float | None = None, **options: Any
+    ) -> AudioResult:
+        """Generate through the streaming RPC and collect the whole clip."""
+        collector = _Collector(time.perf_counter())
+        for _ in self._receive(collector, _stream_request(mode, duration_s, options), timeout):
+            pass
+        return collector.result()
+
+    def _receive(
+        self, collector: _Collector, request: pb.GenerateStreamRequest, timeout: float | None
+    ) -> Iterator[AudioBlock]:
+        """Run a GenerateStream call, feeding every message to ``collector``."""
         call = self._stub.GenerateStream(request, **self._kw(timeout))
         try:
             for msg in call:
@@ -395,19 +409,6 @@ class Client(_Base):
             raise DistillError.wrap(exc) from None
         finally:
             call.cancel()
-
-    def generate_streamed(
-        self, mode: str, duration_s: float, *, timeout: float | None = None, **options: Any
-    ) -> AudioResult:
-        """Generate through the streaming RPC and collect the whole clip."""
-        request = _stream_request(mode, duration_s, options)
-        collector = _Collector(time.perf_counter())
-        try:
-            for msg in self._stub.GenerateStream(request, **self._kw(timeout)):
-                collector.feed(msg)
-        except grpc.RpcError as exc:
-            raise DistillError.wrap(exc) from None
-        return collector.result()
 
 
 class AsyncClient(_Base):
@@ -467,8 +468,24 @@ class AsyncClient(_Base):
     async def stream(
         self, mode: str, duration_s: float, *, timeout: float | None = None, **options: Any
     ) -> AsyncIterator[AudioBlock]:
-        request = _stream_request(mode, duration_s, options)
         collector = _Collector(time.perf_counter())
+        request = _stream_request(mode, duration_s, options)
+        async for block in self._receive(collector, request, timeout):
+            yield block
+
+    async def generate_streamed(
+        self, mode: str, duration_s: float, *, timeout: float | None = None, **options: Any
+    ) -> AudioResult:
+        collector = _Collector(time.perf_counter())
+        request = _stream_request(mode, duration_s, options)
+        async for _ in self._receive(collector, request, timeout):
+            pass
+        return collector.result()
+
+    async def _receive(
+        self, collector: _Collector, request: pb.GenerateStreamRequest, timeout: float | None
+    ) -> AsyncIterator[AudioBlock]:
+        """Run a GenerateStream call, feeding every message to ``collector``."""
         call = self._stub.GenerateStream(request, **self._kw(timeout))
         try:
             async for msg in call:
@@ -479,15 +496,3 @@ class AsyncClient(_Base):
             raise DistillError.wrap(exc) from None
         finally:
             call.cancel()
-
-    async def generate_streamed(
-        self, mode: str, duration_s: float, *, timeout: float | None = None, **options: Any
-    ) -> AudioResult:
-        request = _stream_request(mode, duration_s, options)
-        collector = _Collector(time.perf_counter())
-        try:
-            async for msg in self._stub.GenerateStream(request, **self._kw(timeout)):
-                collector.feed(msg)
-        except grpc.RpcError as exc:
-            raise DistillError.wrap(exc) from None
-        return collector.result()

@@ -16,7 +16,6 @@ class Encoding(enum.Enum):
     FLOAT32 = "float32"
 
 
-BYTES_PER_SAMPLE = {Encoding.PCM16: 2, Encoding.PCM24: 3, Encoding.FLOAT32: 4}
 WAV_SUBTYPE = {Encoding.PCM16: "PCM_16", Encoding.PCM24: "PCM_24", Encoding.FLOAT32: "FLOAT"}
 
 

@@ -15,7 +15,6 @@ import soundfile as sf
 from distill_serve.client.client import AsyncClient
 from distill_serve.server.app import DistillServer, ServerConfig, build_engine
 from distill_serve.server.engine import EngineConfig
-from distill_serve.server.metrics import Metrics
 
 REQUESTS: dict[str, dict[str, Any]] = {
     "crossfade": {},
@@ -26,9 +25,8 @@ REQUESTS: dict[str, dict[str, Any]] = {
 
 async def _demo(out: Path, duration: float) -> None:
     config = ServerConfig(port=0, engine=EngineConfig(use_cuda=True))
-    metrics = Metrics()
-    engine = await asyncio.to_thread(build_engine, config, metrics)
-    server = DistillServer(config, engine, metrics)
+    engine = await asyncio.to_thread(build_engine, config)
+    server = DistillServer(config, engine)
     port = await server.start()
     print(
         f"demo server on 127.0.0.1:{port}, bundle {engine.bundle.root}, "

@@ -123,8 +123,8 @@ class DistillServer:
 
     def __init__(self, config: ServerConfig, engine: Engine, metrics: Metrics | None = None):
         self.config = config
-        self.engine = engine
         self.metrics = metrics or Metrics()
+        self.engine = self._attach(engine)
         # grpc-stubs predates health.aio; it is grpcio-health-checking's asyncio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.servicer = DistillServicer(engine, config.limits, self.metrics)
@@ -145,6 +145,11 @@ class DistillServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         self.port = 0
+
+    def _attach(self, engine: Engine) -> Engine:
+        """Count the engine's CUDA fallbacks in this server's metrics."""
+        engine.on_fallback = lambda graph: self.metrics.fallbacks.labels(graph).inc()
+        return engine
 
     async def start(self) -> int:
         address = f"{self.config.host}:{self.config.port}"
@@ -172,11 +177,8 @@ class DistillServer:
         requests with it; in-flight streams finish on the old engine. A bundle that fails
         its checks is refused and the old one keeps serving."""
         root = bundle or self.engine.bundle.root
-        metrics = self.metrics
-        engine = await asyncio.to_thread(
-            Engine.from_dir, root, self.config.engine, lambda g: metrics.fallbacks.labels(g).inc()
-        )
-        self.engine = engine
+        engine = await asyncio.to_thread(Engine.from_dir, root, self.config.engine)
+        self.engine = self._attach(engine)
         self.servicer.swap_engine(engine)
         log.info("reloaded bundle %s (%s)", root, engine.bundle.bundle_id)
         return engine
@@ -185,19 +187,18 @@ class DistillServer:
         await self._server.wait_for_termination()
 
 
-def build_engine(config: ServerConfig, metrics: Metrics) -> Engine:
-    bundle = config.bundle or ensure_demo_bundle()
-    return Engine.from_dir(bundle, config.engine, lambda g: metrics.fallbacks.labels(g).inc())
+def build_engine(config: ServerConfig) -> Engine:
+    """The engine for ``config.bundle`` (or the cached demo bundle)."""
+    return Engine.from_dir(config.bundle or ensure_demo_bundle(), config.engine)
 
 
 async def run(config: ServerConfig) -> None:
     """Serve until SIGTERM or SIGINT, then drain in-flight streams for ``grace_s``."""
-    metrics = Metrics()
-    engine = await asyncio.to_thread(build_engine, config, metrics)
-    server = DistillServer(config, engine, metrics)
+    engine = await asyncio.to_thread(build_engine, config)
+    server = DistillServer(config, engine)
     port = await server.start()
     if config.metrics_port is not None:
-        start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
+        start_http_server(config.metrics_port, addr=config.host, registry=server.metrics.registry)
     print(
         f"distill-serve listening on {config.host}:{port} "
         f"(bundle {engine.bundle.root}, provider {engine.primary_provider})",

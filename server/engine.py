@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -79,7 +80,8 @@ class Engine:
         self.bundle = bundle
         self.config = config or EngineConfig()
         self.model = ModelSpec.from_bundle(bundle)
-        self._on_fallback = on_fallback
+        #: called with the graph name on each CUDA out-of-memory fallback (a server counts them)
+        self.on_fallback = on_fallback
         self._lock = threading.Lock()
         self._inject = 0
         self._graphs: dict[str, _Graph] = {}
@@ -110,8 +112,16 @@ class Engine:
         opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
         return opts
 
+    def _session(self, path: Path, providers: list[Any]) -> ort.InferenceSession:
+        return ort.InferenceSession(str(path), self._options(), providers=providers)
+
     def _load(self, path: Path) -> _Graph:
-        return _Graph(path, ort.InferenceSession(str(path), self._options(), providers=[CPU]))
+        return _Graph(path, self._session(path, [CPU]))
+
+    def _install_primary(self, sessions: dict[str, ort.InferenceSession]) -> None:
+        with self._lock:
+            for name, session in sessions.items():
+                self._graphs[name].primary = session
 
     def _cuda_wanted(self) -> bool:
         return self.config.use_cuda and CUDA in ort.get_available_providers()
@@ -124,9 +134,7 @@ class Engine:
                 cuda_opts["gpu_mem_limit"] = str(self.config.gpu_mem_limit)
             sessions: dict[str, ort.InferenceSession] = {}
             for name, graph in self._graphs.items():
-                session = ort.InferenceSession(
-                    str(graph.path), self._options(), providers=[(CUDA, cuda_opts), CPU]
-                )
+                session = self._session(graph.path, [(CUDA, cuda_opts), CPU])
                 if session.get_providers()[0] != CUDA:
                     log.warning(
                         "CUDA was requested but onnxruntime runs %s on %s (CUDA 13 / cuDNN 9 "
@@ -138,16 +146,12 @@ class Engine:
                     break
                 sessions[name] = session
             if sessions:
-                with self._lock:
-                    for name, session in sessions.items():
-                        self._graphs[name].primary = session
+                self._install_primary(sessions)
                 return CUDA
         if self.config.fault_injection:
-            with self._lock:
-                for graph in self._graphs.values():
-                    graph.primary = ort.InferenceSession(
-                        str(graph.path), self._options(), providers=[CPU]
-                    )
+            self._install_primary(
+                {name: self._session(g.path, [CPU]) for name, g in self._graphs.items()}
+            )
             return f"{CPU} (fault-injection stand-in for CUDA)"
         return CPU
 
@@ -180,8 +184,8 @@ class Engine:
 
     def report_fallback(self, graph: str, exc: BaseException) -> None:
         log.warning("CUDA out of memory in %s (%s); rerunning on CPU", graph, str(exc)[:200])
-        if self._on_fallback is not None:
-            self._on_fallback(graph)
+        if self.on_fallback is not None:
+            self.on_fallback(graph)
         threading.Thread(target=self.rebuild_primary, name="rebuild-cuda", daemon=True).start()
 
     def graph(self, name: str) -> _Graph:

@@ -30,7 +30,6 @@ from tests.conftest import ServerThread
 def test_oom_fallback_under_load_loses_nothing(demo_bundle: Path) -> None:
     eng = Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False, fault_injection=True))
     s = ServerThread(ServerConfig(port=0, limits=Limits(max_concurrent=8)), eng)
-    eng._on_fallback = lambda g: s.metrics.fallbacks.labels(g).inc()
     try:
         with Client(s.target, timeout=120) as c:
             reference = {i: c.generate("crossfade", 1.5, seed=i).audio for i in range(6)}

@@ -287,7 +287,6 @@ def test_cuda_oom_fallback_answers_request(demo_bundle) -> None:  # type: ignore
 
     eng = Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False, fault_injection=True))
     s = ServerThread(ServerConfig(port=0), eng)
-    eng._on_fallback = lambda g: s.metrics.fallbacks.labels(g).inc()
     try:
         with Client(s.target, timeout=60) as c:
             reference = c.generate("latent_interp", 1.5, seed=5)

@@ -115,7 +115,7 @@ def run_info(args: argparse.Namespace) -> int:
     except DistillError as exc:
         return _fail(_describe(exc, args.server))
     print(f"latent_dim: {info.latent_dim}")
-    print(f"execution provider: {info.execution_provider}")
+    print(f"execution provider: {info.execution_provider}, vocoder {info.vocoder_precision}")
     print(
         f"sample rates: {', '.join(map(str, info.sample_rates))} "
         f"(default {info.default_sample_rate})"

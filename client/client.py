@@ -142,6 +142,7 @@ class ModelInfo:
     max_concurrent_generations: int
     execution_provider: str
     files: list[tuple[str, str, str]] = field(default_factory=list)
+    vocoder_precision: str = "fp32"
 
     @classmethod
     def from_pb(cls, r: pb.GetModelInfoResponse) -> ModelInfo:
@@ -158,6 +159,7 @@ class ModelInfo:
             max_concurrent_generations=r.limits.max_concurrent_generations,
             execution_provider=r.execution_provider,
             files=[(f.path, f.role, f.sha256) for f in r.files],
+            vocoder_precision=r.vocoder_precision or "fp32",
         )
 
 

@@ -17,7 +17,9 @@ from typing import Any
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-ROLES = ("decoder", "bridge", "vocoder", "resampler")
+ROLES = ("decoder", "bridge", "vocoder", "vocoder_int8", "resampler")
+#: The vocoder graph's role for each precision a server can be asked to run.
+VOCODER_ROLES: dict[str, str] = {"fp32": "vocoder", "int8": "vocoder_int8"}
 
 
 class BundleError(ValueError):

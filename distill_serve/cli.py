@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from distill_serve.bundle import VOCODER_ROLES
+
 DEFAULT_RATES = "16000,22050,24000,32000,44100,48000,96000"
 
 
@@ -30,7 +32,7 @@ def _export(args: argparse.Namespace) -> int:
 
             manifest = export_demo_bundle(
                 args.out, fmt=args.format, rates=args.rates, progress=not args.quiet
-            )
+            )  # the demo bundle always carries the int8 vocoder
         else:
             if args.checkpoint is None or args.vocoder is None:
                 print(
@@ -45,6 +47,7 @@ def _export(args: argparse.Namespace) -> int:
                     out=args.out,
                     format=args.format,
                     rates=args.rates,
+                    int8=args.int8,
                     progress=not args.quiet,
                 )
             )
@@ -82,6 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
                 gpu_mem_limit=args.gpu_mem_limit,
                 intra_op_threads=args.threads,
                 fault_injection=args.fault_injection,
+                vocoder_precision=args.vocoder_precision,
             ),
             metrics_port=args.metrics_port,
             grace_s=args.grace,
@@ -119,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=_rates(DEFAULT_RATES),
         help=f"output rates to offer (default {DEFAULT_RATES})",
     )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write an int8 vocoder (serve it with --vocoder-precision int8)",
+    )
     p.add_argument("--demo", action="store_true", help="build the small demo bundle instead")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_export)
@@ -138,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cuda", action="store_true", help="CPU execution provider only")
     p.add_argument("--gpu-mem-limit", type=int, default=None, help="CUDA arena limit, bytes")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads")
+    p.add_argument(
+        "--vocoder-precision",
+        choices=sorted(VOCODER_ROLES),
+        default="fp32",
+        help="int8: the bundle's int8 vocoder (export --int8), ~1.8x faster on CPU, ~35 dB SNR",
+    )
     p.add_argument("--grace", type=float, default=10.0, help="SIGTERM drain time, seconds")
     p.add_argument("--tls-cert", type=Path, default=None, help="PEM server certificate")
     p.add_argument("--tls-key", type=Path, default=None, help="PEM server private key")

@@ -112,6 +112,7 @@ def export_demo_bundle(
             out=out,
             format=fmt,
             rates=rates,
+            int8=True,
             progress=progress,
             extra_metadata={"demo": True, "demo_seed": seed},
         )

@@ -28,6 +28,9 @@ THRESHOLDS: dict[str, Threshold] = {
     "decoder": Threshold(min_snr_db=60.0, max_abs=1e-3),
     "bridge": Threshold(min_snr_db=60.0, max_abs=0.1),
     "vocoder": Threshold(min_snr_db=50.0, max_abs=1e-2),
+    # int8 is an approximation by design: the bound catches a broken quantization (a wrong
+    # scale gives < 10 dB), not the ~30-40 dB that calibrated int8 reaches.
+    "vocoder_int8": Threshold(min_snr_db=20.0, max_abs=0.5),
     "resampler": Threshold(min_snr_db=60.0, max_abs=1e-4),
 }
 

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 
-from distill_serve.bundle import Bundle, load_bundle
+from distill_serve.bundle import VOCODER_ROLES, Bundle, BundleError, load_bundle
 from distill_serve.server.model import ModelSpec
 from distill_serve.server.resample import Polyphase
 
@@ -43,6 +43,8 @@ class EngineConfig:
             pipeline alternates between several sessions and numpy/scipy steps, and on two
             cores the spinning pools of one session starve the next (10 s requests took
             1.8-3.0 s with spinning, 1.8-2.3 s without, on the demo bundle).
+        vocoder_precision: "fp32" (the exported graph) or "int8" (the bundle's
+            ``vocoder_int8`` graph from ``distill-serve export --int8``).
     """
 
     use_cuda: bool = True
@@ -50,6 +52,14 @@ class EngineConfig:
     intra_op_threads: int = 0
     fault_injection: bool = False
     allow_spinning: bool = False
+    vocoder_precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.vocoder_precision not in VOCODER_ROLES:
+            raise ValueError(
+                f"vocoder_precision must be one of {sorted(VOCODER_ROLES)}, "
+                f"got {self.vocoder_precision!r}"
+            )
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -85,8 +95,9 @@ class Engine:
         self._lock = threading.Lock()
         self._inject = 0
         self._graphs: dict[str, _Graph] = {}
-        for role in ("decoder", "bridge", "vocoder"):
+        for role in ("decoder", "bridge"):
             self._graphs[role] = self._load(bundle.graph(role))
+        self._graphs["vocoder"] = self._load(self._vocoder_path(bundle))
         for rate in self.model.resamplers:
             self._graphs[f"resampler:{rate}"] = self._load(bundle.graph("resampler", rate=rate))
         self.primary_provider = self._build_primary()
@@ -99,6 +110,22 @@ class Engine:
         on_fallback: Callable[[str], None] | None = None,
     ) -> Engine:
         return cls(load_bundle(root), config, on_fallback)
+
+    @property
+    def vocoder_precision(self) -> str:
+        return self.config.vocoder_precision
+
+    def _vocoder_path(self, bundle: Bundle) -> Path:
+        precision = self.config.vocoder_precision
+        try:
+            return bundle.graph(VOCODER_ROLES[precision])
+        except BundleError as exc:
+            if precision == "fp32":
+                raise
+            raise BundleError(
+                f"{bundle.root}: no int8 vocoder in this bundle; re-export it with "
+                "`distill-serve export --int8`, or serve with --vocoder-precision fp32"
+            ) from exc
 
     # --- sessions ----------------------------------------------------------------------
     def _options(self) -> ort.SessionOptions:

@@ -289,6 +289,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             execution_provider=self._engine.primary_provider,
             native_chunk_duration_s=model.chunk_duration_s,
             bundle_format_version=int(bundle.manifest["format_version"]),
+            vocoder_precision=self._engine.vocoder_precision,
         )
 
     def swap_engine(self, engine: Engine) -> None:

@@ -109,7 +109,9 @@ def test_model_info(server: ServerThread) -> None:
     assert info.sliders[0].label == "brightness" and info.sliders[0].max_position == 10
     assert 44100 in info.sample_rates and 96000 in info.sample_rates
     assert info.execution_provider == "CPUExecutionProvider"
-    assert {f[1] for f in info.files} == {"decoder", "bridge", "vocoder", "resampler"}
+    assert info.vocoder_precision == "fp32"
+    roles = {"decoder", "bridge", "vocoder", "vocoder_int8", "resampler"}
+    assert {f[1] for f in info.files} == roles
     assert info.max_duration_s == 60.0
 
 

@@ -664,12 +664,15 @@ class GetModelInfoResponse(_message.Message):
     EXECUTION_PROVIDER_FIELD_NUMBER: _builtins.int
     NATIVE_CHUNK_DURATION_S_FIELD_NUMBER: _builtins.int
     BUNDLE_FORMAT_VERSION_FIELD_NUMBER: _builtins.int
+    VOCODER_PRECISION_FIELD_NUMBER: _builtins.int
     latent_dim: _builtins.int
     default_sample_rate: _builtins.int
     execution_provider: _builtins.str
     """The execution provider onnxruntime really uses (from get_providers())."""
     native_chunk_duration_s: _builtins.float
     bundle_format_version: _builtins.int
+    vocoder_precision: _builtins.str
+    """The vocoder graph being served: "fp32" or "int8" (serve --vocoder-precision)."""
     @_builtins.property
     def sliders(self) -> _containers.RepeatedCompositeFieldContainer[Global___Slider]: ...
     @_builtins.property
@@ -696,10 +699,11 @@ class GetModelInfoResponse(_message.Message):
         execution_provider: _builtins.str = ...,
         native_chunk_duration_s: _builtins.float = ...,
         bundle_format_version: _builtins.int = ...,
+        vocoder_precision: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_format_version", b"bundle_format_version", "containers", b"containers", "default_sample_rate", b"default_sample_rate", "encodings", b"encodings", "execution_provider", b"execution_provider", "files", b"files", "latent_dim", b"latent_dim", "limits", b"limits", "native_chunk_duration_s", b"native_chunk_duration_s", "sample_rates", b"sample_rates", "sliders", b"sliders"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_format_version", b"bundle_format_version", "containers", b"containers", "default_sample_rate", b"default_sample_rate", "encodings", b"encodings", "execution_provider", b"execution_provider", "files", b"files", "latent_dim", b"latent_dim", "limits", b"limits", "native_chunk_duration_s", b"native_chunk_duration_s", "sample_rates", b"sample_rates", "sliders", b"sliders", "vocoder_precision", b"vocoder_precision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

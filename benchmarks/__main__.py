@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for name in ["demo"] + (["full_44k"] if args.full_model else []):
-        rows += vocoder.bench(name, lengths, repeats, args.cache, args.threads)
+        rows += vocoder.bench(name, lengths, repeats, args.cache, args.threads, plain=not quick)
         print(
             table(
                 rows[-len(lengths) :],
@@ -105,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             ),
             flush=True,
         )
+    peak = result["machine"].get("fma_peak_gflops")
+    for row in rows:
+        if "ort_gflops" in row and peak:
+            row["ort_pct_of_fma_peak"] = 100 * row["ort_gflops"] / peak
     result["vocoder"] = rows
 
     stamp = f"{dt.datetime.now():%Y%m%d-%H%M%S}{'-quick' if quick else ''}"

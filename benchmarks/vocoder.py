@@ -1,6 +1,13 @@
 """Vocoder speed: torch eager (the bigvgan package), onnxruntime CPU and TorchScript on the
 same weights and the same input, in one run.
 
+``ort_cpu`` and ``torchscript`` run the graphs as ``distill-serve export`` writes them (the
+anti-aliased activations rewritten as polyphase convolutions, ``export/antialias.py``);
+``ort_cpu_plain`` runs the straight dynamo export of the ``bigvgan`` module, to show what the
+rewrite is worth. ``ort_cpu_int8`` runs the int8 graph of ``distill-serve export --int8``
+(``export/quantize.py``, calibrated here on random and silent mels); its SNR is against the
+fp32 ORT graph's output on the same input.
+
 Each backend is timed in its own child process (``python -m benchmarks.vocoder``): on two
 cores, thread pools left over by one framework visibly slow the next one down.
 """
@@ -20,8 +27,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from distill_serve.export.antialias import polyphase_activations
 from distill_serve.export.demo import demo_vocoder_config
 from distill_serve.export.graphs import export_onnx, export_torchscript
+from distill_serve.export.parity import snr_db
+from distill_serve.export.quantize import quantize_vocoder
 from distill_serve.export.vocoder import FULL_44K_CONFIG, random_vocoder
 
 #: Estimated cost of the full 44 kHz model per second of audio (DESIGN section 5).
@@ -29,23 +39,48 @@ FULL_GFLOP_PER_AUDIO_SECOND = 315.0
 HOP, RATE = 512, 44100
 
 
-def prepare(name: str, cache: Path) -> tuple[Path, Path]:
+def paths(name: str, cache: Path) -> dict[str, Path]:
+    """The cached graphs of ``name``: as exported (polyphase) and the plain ONNX export."""
+    return {
+        "onnx": cache / f"{name}-polyphase.onnx",
+        "torchscript": cache / f"{name}-polyphase.pt",
+        "onnx_plain": cache / f"{name}-plain.onnx",
+        "onnx_int8": cache / f"{name}-int8.onnx",
+    }
+
+
+def prepare(name: str, cache: Path, plain: bool = True) -> dict[str, Path]:
     """Random-init weights (seed 0) for ``name``, exported once to ``cache``."""
     cache.mkdir(parents=True, exist_ok=True)
-    onnx_path, ts_path = cache / f"{name}.onnx", cache / f"{name}.pt"
-    if not onnx_path.exists() or not ts_path.exists():
-        model = eager_model(name)
-        example = [torch.randn(1, 128, 40)]
-        export_onnx(
-            model,
-            example,
-            ["mel"],
-            ["audio"],
-            [{2: torch.export.Dim("frames", min=1, max=1 << 20)}],
-            onnx_path,
-        )
-        export_torchscript(model, example, ts_path)
-    return onnx_path, ts_path
+    out = paths(name, cache)
+    if not plain:
+        del out["onnx_plain"]
+    if all(p.exists() for p in out.values()):
+        return out
+    model = eager_model(name)
+    rewritten, _ = polyphase_activations(model)
+    example = [torch.randn(1, 128, 40)]
+    dynamic = [{2: torch.export.Dim("frames", min=1, max=1 << 20)}]
+    for module, key in ((rewritten, "onnx"), (model, "onnx_plain")):
+        path = out.get(key)
+        if path is not None and not path.exists():
+            export_onnx(module, example, ["mel"], ["audio"], dynamic, path)
+    if not out["torchscript"].exists():
+        export_torchscript(rewritten, example, out["torchscript"])
+    if not out["onnx_int8"].exists():
+        quantize_vocoder(out["onnx"], out["onnx_int8"], calibration_mels())
+    return out
+
+
+def test_mel(frames: int) -> np.ndarray:
+    """The measured input: log-mel noise around -4 (the range BigVGAN sees)."""
+    return (np.random.default_rng(1).standard_normal((1, 128, frames)) * 2 - 4).astype(np.float32)
+
+
+def calibration_mels() -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    mels = [(rng.standard_normal((1, 128, 48)) * 2 - 4).astype(np.float32) for _ in range(4)]
+    return [*mels, np.full((1, 128, 16), np.log(1e-5), np.float32)]
 
 
 def eager_model(name: str) -> torch.nn.Module:
@@ -56,21 +91,36 @@ def eager_model(name: str) -> torch.nn.Module:
 
 def runner(name: str, backend: str, cache: Path, threads: int) -> Callable[[np.ndarray], object]:
     """A function that vocodes ``(1, 128, T)`` mels with one backend."""
-    onnx_path, ts_path = cache / f"{name}.onnx", cache / f"{name}.pt"
-    if backend == "ort_cpu":
+    graphs = paths(name, cache)
+    if backend.startswith("ort_cpu"):
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        # as the server runs it (EngineConfig.allow_spinning defaults to False)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             opts.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        graph = graphs[{"ort_cpu": "onnx", "ort_cpu_plain": "onnx_plain"}.get(backend, "onnx_int8")]
+        session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
         return lambda x: session.run(None, {"mel": x})
-    model = torch.jit.load(str(ts_path)) if backend == "torchscript" else eager_model(name)
+    model = (
+        torch.jit.load(str(graphs["torchscript"]))
+        if backend == "torchscript"
+        else eager_model(name)
+    )
 
     def run(x: np.ndarray) -> object:
         with torch.inference_mode():
             return model(torch.from_numpy(x))
 
     return run
+
+
+def int8_snr(name: str, cache: Path, frames: int = 86) -> float:
+    """SNR (dB) of the int8 graph against the fp32 graph, both on onnxruntime CPU."""
+    x = test_mel(frames)
+    fp32 = runner(name, "ort_cpu", cache, 0)(x)
+    int8 = runner(name, "ort_cpu_int8", cache, 0)(x)
+    return snr_db(np.asarray(fp32[0]), np.asarray(int8[0]))  # type: ignore[index]
 
 
 def _time(fn: Callable[[], object], repeats: int) -> float:
@@ -83,7 +133,7 @@ def _time(fn: Callable[[], object], repeats: int) -> float:
 
 
 WARMUP_CALLS = 3  # TorchScript's profiling executor optimises over its first calls
-BACKENDS = ("torch_eager", "ort_cpu", "torchscript")
+BACKENDS = ("torch_eager", "ort_cpu", "ort_cpu_plain", "ort_cpu_int8", "torchscript")
 
 
 def measure(
@@ -96,17 +146,21 @@ def measure(
     out = {}
     for s in seconds:
         frames = max(1, round(s * RATE / HOP))
-        x = (np.random.default_rng(1).standard_normal((1, 128, frames)) * 2 - 4).astype(np.float32)
+        x = test_mel(frames)
         n = 1 if name == "full_44k" and s > 5 else repeats  # one run is already a minute
         out[str(s)] = _time(lambda x=x: run(x), n) / (frames * HOP / RATE)
     return out
 
 
 def bench(
-    name: str, seconds: list[float], repeats: int, cache: Path, threads: int
+    name: str, seconds: list[float], repeats: int, cache: Path, threads: int, plain: bool = True
 ) -> list[dict[str, Any]]:
-    """Prepare the graphs, then time each backend in a child process; one row per length."""
-    _child(["prepare", name, "--cache", str(cache)])
+    """Prepare the graphs, then time each backend in a child process; one row per length.
+
+    ``plain=False`` (``--quick``) skips exporting and timing the unrewritten graph.
+    """
+    _child(["prepare", name, "--cache", str(cache)] + ([] if plain else ["--no-plain"]))
+    backends = [b for b in BACKENDS if plain or b != "ort_cpu_plain"]
     rtf = {
         b: json.loads(
             _child(
@@ -125,8 +179,9 @@ def bench(
                 ]
             )
         )
-        for b in BACKENDS
+        for b in backends
     }
+    snr = float(_child(["snr", name, "--cache", str(cache)]))
     params = {"demo": 0.96, "full_44k": 122.15}[name]
     rows = []
     for s in seconds:
@@ -139,10 +194,17 @@ def bench(
             "rtf_ort_cpu": rtf["ort_cpu"][k],
             "rtf_torchscript": rtf["torchscript"][k],
             "speedup_ort_vs_eager": rtf["torch_eager"][k] / rtf["ort_cpu"][k],
+            "rtf_ort_int8": rtf["ort_cpu_int8"][k],
+            "speedup_int8_vs_fp32": rtf["ort_cpu"][k] / rtf["ort_cpu_int8"][k],
+            "int8_snr_db": snr,
             "speedup_ts_vs_eager": rtf["torch_eager"][k] / rtf["torchscript"][k],
         }
+        if plain:
+            row["rtf_ort_cpu_plain"] = rtf["ort_cpu_plain"][k]
+            row["speedup_ort_vs_plain"] = rtf["ort_cpu_plain"][k] / rtf["ort_cpu"][k]
         if name == "full_44k":
             row["ort_gflops"] = FULL_GFLOP_PER_AUDIO_SECOND / row["rtf_ort_cpu"]
+            row["int8_equiv_gflops"] = FULL_GFLOP_PER_AUDIO_SECOND / row["rtf_ort_int8"]
         rows.append(row)
     return rows
 
@@ -164,16 +226,20 @@ CONFIGS = {"demo": demo_vocoder_config(), "full_44k": dict(FULL_44K_CONFIG)}
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.vocoder")
-    p.add_argument("action", choices=["prepare", "measure"])
+    p.add_argument("action", choices=["prepare", "measure", "snr"])
     p.add_argument("model", choices=sorted(CONFIGS))
     p.add_argument("backend", nargs="?", choices=BACKENDS)
     p.add_argument("--seconds", default="1.0")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-plain", action="store_true", help="skip the unrewritten graph")
     args = p.parse_args(argv)
     if args.action == "prepare":
-        prepare(args.model, args.cache)
+        prepare(args.model, args.cache, plain=not args.no_plain)
+        return 0
+    if args.action == "snr":
+        print(int8_snr(args.model, args.cache))
         return 0
     seconds = [float(x) for x in args.seconds.split(",")]
     result = measure(args.model, args.backend, seconds, args.repeats, args.cache, args.threads)

@@ -35,8 +35,15 @@ def test_quick_benchmark_writes_results(demo_bundle: Path, tmp_path: Path) -> No
     result = json.loads(out.read_text())
     assert result["machine"]["cores"] and result["quick"] is True
     vocoder = result["vocoder"][0]
-    for key in ("rtf_torch_eager", "rtf_ort_cpu", "rtf_torchscript", "speedup_ort_vs_eager"):
+    for key in (
+        "rtf_torch_eager",
+        "rtf_ort_cpu",
+        "rtf_ort_int8",
+        "rtf_torchscript",
+        "speedup_ort_vs_eager",
+    ):
         assert vocoder[key] > 0
+    assert 20.0 < vocoder["int8_snr_db"] < 90.0
     assert {r["mode"] for r in result["latency"]} == {"crossfade", "latent_interp", "slider"}
     assert all(0 < r["stream_first_audio_s"] <= r["stream_total_s"] for r in result["latency"])
     assert [r["clients"] for r in result["throughput"]] == [1, 2]

@@ -22,6 +22,24 @@ from typing import Any
 import numpy as np
 
 
+def cpu_features() -> dict[str, Any]:
+    """CPU family/model numbers (family 25 model 17 is AMD Zen 4 "Genoa") and the vector
+    extensions that matter here."""
+    fields: dict[str, str] = {}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+    return {
+        "cpu_family": fields.get("cpu family"),
+        "cpu_model_number": fields.get("model"),
+        "vector_extensions": [f for f in wanted if f in flags],
+    }
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -76,6 +94,7 @@ def describe(peak: bool = True) -> dict[str, Any]:
         "host": platform.node(),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
+        **cpu_features(),
         "python": platform.python_version(),
         "onnxruntime": ort.__version__,
         "onnxruntime_available_providers": ort.get_available_providers(),

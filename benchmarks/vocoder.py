@@ -107,20 +107,32 @@ def runner(name: str, backend: str, cache: Path, threads: int) -> Callable[[np.n
         if backend == "torchscript"
         else eager_model(name)
     )
+    bf16 = backend == "torch_bf16"
 
     def run(x: np.ndarray) -> object:
-        with torch.inference_mode():
-            return model(torch.from_numpy(x))
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            return model(torch.from_numpy(x)).float()
 
     return run
 
 
-def int8_snr(name: str, cache: Path, frames: int = 86) -> float:
-    """SNR (dB) of the int8 graph against the fp32 graph, both on onnxruntime CPU."""
+#: reduced-precision backends and the fp32 backend their SNR is measured against
+SNR_REFERENCE = {"ort_cpu_int8": "ort_cpu", "torch_bf16": "torch_eager"}
+
+
+def reduced_precision_snr(
+    name: str, cache: Path, backend: str = "ort_cpu_int8", frames: int = 86
+) -> float:
+    """SNR (dB) of a reduced-precision backend against its fp32 counterpart, same input."""
     x = test_mel(frames)
-    fp32 = runner(name, "ort_cpu", cache, 0)(x)
-    int8 = runner(name, "ort_cpu_int8", cache, 0)(x)
-    return snr_db(np.asarray(fp32[0]), np.asarray(int8[0]))  # type: ignore[index]
+    ref = runner(name, SNR_REFERENCE[backend], cache, 0)(x)
+    out = runner(name, backend, cache, 0)(x)
+    return snr_db(_audio(ref), _audio(out))
+
+
+def _audio(result: object) -> np.ndarray:
+    first = result[0] if isinstance(result, list) else result
+    return np.asarray(first, dtype=np.float32).reshape(-1)
 
 
 def _time(fn: Callable[[], object], repeats: int) -> float:
@@ -228,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.vocoder")
     p.add_argument("action", choices=["prepare", "measure", "snr"])
     p.add_argument("model", choices=sorted(CONFIGS))
-    p.add_argument("backend", nargs="?", choices=BACKENDS)
+    # torch_bf16 (autocast, oneDNN AVX512-BF16) is measured on request only
+    p.add_argument("backend", nargs="?", choices=[*BACKENDS, "torch_bf16"])
     p.add_argument("--seconds", default="1.0")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cache", type=Path, required=True)
@@ -239,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare(args.model, args.cache, plain=not args.no_plain)
         return 0
     if args.action == "snr":
-        print(int8_snr(args.model, args.cache))
+        print(reduced_precision_snr(args.model, args.cache, args.backend or "ort_cpu_int8"))
         return 0
     seconds = [float(x) for x in args.seconds.split(",")]
     result = measure(args.model, args.backend, seconds, args.repeats, args.cache, args.threads)

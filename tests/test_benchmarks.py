@@ -45,6 +45,15 @@ def test_quick_benchmark_writes_results(demo_bundle: Path, tmp_path: Path) -> No
         assert vocoder[key] > 0
     assert 20.0 < vocoder["int8_snr_db"] < 90.0
     assert {r["mode"] for r in result["latency"]} == {"crossfade", "latent_interp", "slider"}
+    report = subprocess.run(
+        [sys.executable, "-m", "benchmarks.report", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "| demo (0.96 M) | 1 s |" in report and "| crossfade | 1 s |" in report
     assert all(0 < r["stream_first_audio_s"] <= r["stream_total_s"] for r in result["latency"])
     assert [r["clients"] for r in result["throughput"]] == [1, 2]
     assert result["memory"]["idle_mb"] > 0

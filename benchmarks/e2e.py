@@ -33,7 +33,9 @@ def rss_mb(pid: int) -> float:
 
 
 @contextmanager
-def server(bundle: Path, max_concurrent: int = 8) -> Iterator[tuple[str, int]]:
+def server(
+    bundle: Path, max_concurrent: int = 8, extra_args: tuple[str, ...] = ()
+) -> Iterator[tuple[str, int]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -50,6 +52,7 @@ def server(bundle: Path, max_concurrent: int = 8) -> Iterator[tuple[str, int]]:
             "--no-cuda",
             "--max-concurrent",
             str(max_concurrent),
+            *extra_args,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vocoder-precision",
         choices=sorted(VOCODER_ROLES),
         default="fp32",
-        help="int8: the bundle's int8 vocoder (export --int8), ~1.8x faster on CPU, ~35 dB SNR",
+        help="int8: the bundle's int8 vocoder (export --int8), ~1.8x faster on CPU, 31-38 dB SNR",
     )
     p.add_argument("--grace", type=float, default=10.0, help="SIGTERM drain time, seconds")
     p.add_argument("--tls-cert", type=Path, default=None, help="PEM server certificate")

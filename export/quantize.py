@@ -84,7 +84,10 @@ def quantize_vocoder(
     """Write an int8 (QDQ) copy of the fp32 vocoder graph ``source`` to ``target``.
 
     Args:
-        calibration: ``(1, n_mels, frames)`` float32 mels, like the ones served.
+        calibration: ``(1, n_mels, frames)`` float32 mels, like the ones served. Keep them
+            short: onnxruntime 1.31's calibrator holds every intermediate tensor of every
+            input until the end (its ``CalibMaxIntermediateOutputs`` option discards data
+            instead of merging it), ~70 MB per frame for the full 44 kHz model.
     """
     if not calibration:
         raise ValueError("quantize_vocoder needs at least one calibration mel")

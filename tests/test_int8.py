@@ -12,6 +12,7 @@ import pytest
 
 from distill_serve.audio import Encoding
 from distill_serve.bundle import BundleError, load_bundle
+from distill_serve.client import Client
 from distill_serve.export.parity import snr_db
 from distill_serve.server.engine import Engine, EngineConfig
 from distill_serve.server.pipeline import audio_blocks
@@ -23,6 +24,7 @@ from distill_serve.server.request import (
     Spatial,
     validate,
 )
+from tests.conftest import start_server
 
 
 def _manifest(bundle: Path) -> dict:  # type: ignore[type-arg]
@@ -66,16 +68,31 @@ def _params(engine: Engine) -> GenerationParams:
     return validate(raw, engine.model, Limits(), fallback_seed=0)
 
 
-def test_int8_engine_serves_close_to_fp32(demo_bundle: Path, engine: Engine, report) -> None:  # type: ignore[no-untyped-def]
-    int8 = Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False, vocoder_precision="int8"))
-    assert int8.vocoder_precision == "int8" and engine.vocoder_precision == "fp32"
+@pytest.fixture(scope="module")
+def int8_engine(demo_bundle: Path) -> Engine:
+    return Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False, vocoder_precision="int8"))
+
+
+def test_int8_engine_serves_close_to_fp32(int8_engine: Engine, engine: Engine, report) -> None:  # type: ignore[no-untyped-def]
+    assert int8_engine.vocoder_precision == "int8" and engine.vocoder_precision == "fp32"
     p = _params(engine)
     ref = np.concatenate(list(audio_blocks(engine.runner(), engine.model, p)), axis=1)
-    out = np.concatenate(list(audio_blocks(int8.runner(), int8.model, p)), axis=1)
+    out = np.concatenate(list(audio_blocks(int8_engine.runner(), int8_engine.model, p)), axis=1)
     assert out.shape == ref.shape
     snr = snr_db(ref, out)
     report(f"int8 vocoder, 2 s crossfade after post-processing: {snr:.1f} dB SNR vs fp32")
     assert 20.0 <= snr < 90.0  # close, and really a different graph
+
+
+def test_int8_server_reports_its_precision(int8_engine: Engine) -> None:
+    server = start_server(int8_engine)
+    try:
+        with Client(server.target, timeout=30) as client:
+            assert client.info().vocoder_precision == "int8"
+            streamed = client.generate_streamed("slider", 1.0, seed=1)
+        assert streamed.audio.shape[1] == 44100
+    finally:
+        server.stop()
 
 
 def test_int8_missing_from_bundle_names_the_export_flag(demo_bundle: Path) -> None:

@@ -3,7 +3,7 @@
 BigVGAN's ``Activation1d`` upsamples 2x with a depthwise ``ConvTranspose1d`` (12-tap Kaiser
 sinc), applies Snake/SnakeBeta, and downsamples 2x with a strided depthwise ``Conv1d``, with
 replicate padding around both. onnxruntime's CPU kernels run that form slowly: the depthwise
-transposed convolution alone was ~60 % of the activation's time in a profile, and the
+transposed convolution alone was over half of the activation's time in a profile, and the
 activations together cost more than the dense convolutions of the full 44 kHz model.
 
 :class:`PolyphaseActivation` computes the same function with no transposed convolution and no

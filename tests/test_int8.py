@@ -89,7 +89,7 @@ def test_int8_server_reports_its_precision(int8_engine: Engine) -> None:
     try:
         with Client(server.target, timeout=30) as client:
             assert client.info().vocoder_precision == "int8"
-            streamed = client.generate_streamed("slider", 1.0, seed=1)
+            streamed = client.generate_streamed("crossfade", 1.0, seed=1)
         assert streamed.audio.shape[1] == 44100
     finally:
         server.stop()

@@ -20,6 +20,11 @@ MANIFEST_NAME = "manifest.json"
 ROLES = ("decoder", "bridge", "vocoder", "vocoder_int8", "resampler")
 #: The vocoder graph's role for each precision a server can be asked to run.
 VOCODER_ROLES: dict[str, str] = {"fp32": "vocoder", "int8": "vocoder_int8"}
+#: What to do when a bundle lacks an optional graph (others: re-export with that format).
+MISSING_GRAPH_HINTS: dict[str, str] = {
+    "vocoder_int8": "re-export it with `distill-serve export --int8`, "
+    "or serve with --vocoder-precision fp32",
+}
 
 
 class BundleError(ValueError):
@@ -76,7 +81,7 @@ class Bundle:
         raise BundleError(
             f"{self.root / MANIFEST_NAME}: no {fmt} {role} graph"
             + (f" for {rate} Hz" if rate else "")
-            + "; re-export the bundle with that format"
+            + f"; {MISSING_GRAPH_HINTS.get(role, 're-export the bundle with that format')}"
         )
 
     @property

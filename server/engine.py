@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 
-from distill_serve.bundle import VOCODER_ROLES, Bundle, BundleError, load_bundle
+from distill_serve.bundle import VOCODER_ROLES, Bundle, load_bundle
 from distill_serve.server.model import ModelSpec
 from distill_serve.server.resample import Polyphase
 
@@ -95,9 +95,13 @@ class Engine:
         self._lock = threading.Lock()
         self._inject = 0
         self._graphs: dict[str, _Graph] = {}
-        for role in ("decoder", "bridge"):
-            self._graphs[role] = self._load(bundle.graph(role))
-        self._graphs["vocoder"] = self._load(self._vocoder_path(bundle))
+        roles = {
+            "decoder": "decoder",
+            "bridge": "bridge",
+            "vocoder": VOCODER_ROLES[self.config.vocoder_precision],
+        }
+        for name, role in roles.items():
+            self._graphs[name] = self._load(bundle.graph(role))
         for rate in self.model.resamplers:
             self._graphs[f"resampler:{rate}"] = self._load(bundle.graph("resampler", rate=rate))
         self.primary_provider = self._build_primary()
@@ -114,18 +118,6 @@ class Engine:
     @property
     def vocoder_precision(self) -> str:
         return self.config.vocoder_precision
-
-    def _vocoder_path(self, bundle: Bundle) -> Path:
-        precision = self.config.vocoder_precision
-        try:
-            return bundle.graph(VOCODER_ROLES[precision])
-        except BundleError as exc:
-            if precision == "fp32":
-                raise
-            raise BundleError(
-                f"{bundle.root}: no int8 vocoder in this bundle; re-export it with "
-                "`distill-serve export --int8`, or serve with --vocoder-precision fp32"
-            ) from exc
 
     # --- sessions ----------------------------------------------------------------------
     def _options(self) -> ort.SessionOptions:

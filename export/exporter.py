@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import importlib.metadata
 import logging
 import math
@@ -110,6 +111,24 @@ def _ort_runner(path: Path) -> Callable[..., np.ndarray]:
         return np.asarray(session.run(None, dict(zip(names, inputs, strict=True)))[0])
 
     return run
+
+
+def _memoised(run: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """``run`` with its outputs kept per input (shapes and bytes): the torch reference is the
+    slow side of a parity check, and the ONNX, TorchScript and int8 graphs of one role are
+    checked on the same cases."""
+    outputs: dict[tuple[object, ...], np.ndarray] = {}
+
+    def cached(*inputs: np.ndarray) -> np.ndarray:
+        key = tuple(
+            (x.shape, x.dtype.str, hashlib.sha1(np.ascontiguousarray(x).tobytes()).digest())
+            for x in inputs
+        )
+        if key not in outputs:
+            outputs[key] = run(*inputs)
+        return outputs[key]
+
+    return cached
 
 
 def _torch_runner(fn: Callable[..., torch.Tensor]) -> Callable[..., np.ndarray]:
@@ -262,7 +281,7 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
         # The graphs get BigVGAN's anti-aliased activations as polyphase convolutions (same
         # function, ~2x faster activations in onnxruntime); parity is against the original.
         voc_graph, rewritten = polyphase_activations(vocoder.model)
-        _export_graph(
+        voc_reference = _export_graph(
             "vocoder",
             vocoder.model,
             [torch.randn(1, vmel.num_mels, 40)],
@@ -295,7 +314,7 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
                 int8_path.name,
                 "vocoder_int8",
                 voc_cases,
-                _torch_runner(vocoder.model),
+                voc_reference,
                 _ort_runner(int8_path),
             )
             add(int8_path, "vocoder_int8", "onnx")
@@ -393,9 +412,13 @@ def _export_graph(
     timings: dict[str, float],
     script: bool = False,
     graph_module: torch.nn.Module | None = None,
-) -> None:
-    """Export ``graph_module`` (default ``module``) and check it against ``module``."""
-    reference = _torch_runner(module)
+) -> Callable[..., np.ndarray]:
+    """Export ``graph_module`` (default ``module``) and check it against ``module``.
+
+    Returns:
+        The torch reference it checked against, with its outputs on ``cases`` kept.
+    """
+    reference = _memoised(_torch_runner(module))
     module = module if graph_module is None else graph_module
     stage.step(f"export {role}.onnx")
     t0 = time.perf_counter()
@@ -416,6 +439,7 @@ def _export_graph(
         )
         add(ts_path, role, "torchscript")
         stage.done()
+    return reference
 
 
 def _manifest(

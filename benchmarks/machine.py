@@ -22,15 +22,23 @@ from typing import Any
 import numpy as np
 
 
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return fields
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 def cpu_features() -> dict[str, Any]:
     """CPU family/model numbers (family 25 model 17 is AMD Zen 4 "Genoa") and the vector
     extensions that matter here."""
-    fields: dict[str, str] = {}
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
+    fields = _cpuinfo()
     flags = set(fields.get("flags", "").split())
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
     return {
@@ -41,14 +49,7 @@ def cpu_features() -> dict[str, Any]:
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return _cpuinfo().get("model name") or platform.processor() or "unknown"
 
 
 def sgemm_peak_gflops(n: int = 4096, repeats: int = 3) -> float:
@@ -70,9 +71,7 @@ def fma_peak_gflops(cores: int | None = None, iterations: int = 200_000_000) -> 
     """Sum over ``cores`` simultaneous single-thread FMA kernels; None without a C compiler
     or AVX-512 (the kernel uses AVX-512F intrinsics)."""
     cc = shutil.which("cc") or shutil.which("gcc")
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
-    if cc is None or "avx512f" not in flags:
+    if cc is None or "avx512f" not in cpu_features()["vector_extensions"]:
         return None
     with tempfile.TemporaryDirectory(prefix="fma-") as tmp:
         exe = Path(tmp) / "fma_peak"

@@ -4,6 +4,7 @@ real gRPC servers on loopback running in a background thread."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -13,12 +14,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from distill_serve.audio import Encoding
 from distill_serve.server.app import DistillServer, ServerConfig
 from distill_serve.server.engine import Engine, EngineConfig
 from distill_serve.server.metrics import Metrics
-from distill_serve.server.request import Limits
+from distill_serve.server.pipeline import audio_blocks
+from distill_serve.server.request import (
+    ChunkMode,
+    GenerationParams,
+    Limits,
+    RawRequest,
+    Spatial,
+    validate,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -67,6 +78,32 @@ def demo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "wrote bundle" in proc.stdout
     return out
+
+
+def manifest(bundle: Path) -> dict:  # type: ignore[type-arg]
+    """A bundle's ``manifest.json``."""
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+def params(engine: Engine, mode: ChunkMode = ChunkMode.CROSSFADE, **kw: object) -> GenerationParams:
+    """Validated parameters of a 2 s mono request (slider mode: slider 0 at +5)."""
+    fields: dict = {
+        "mode": mode,
+        "duration_s": 2.0,
+        "seed": 3,
+        "sample_rate": 0,  # type: ignore[type-arg]
+        "encoding": Encoding.PCM16,
+        "spatial": Spatial.MONO,
+    }
+    if mode is ChunkMode.SLIDER:
+        fields["slider_positions"] = [(0, 5)]
+    fields.update(kw)
+    return validate(RawRequest(**fields), engine.model, Limits(), fallback_seed=0)  # type: ignore[arg-type]
+
+
+def generate(engine: Engine, p: GenerationParams) -> np.ndarray:
+    """The whole clip of ``p`` from the pipeline (no server)."""
+    return np.concatenate(list(audio_blocks(engine.runner(), engine.model, p)), axis=1)
 
 
 @pytest.fixture(scope="session")

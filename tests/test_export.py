@@ -24,10 +24,7 @@ from distill_serve.export.demo import make_demo_checkpoint, make_demo_vocoder
 from distill_serve.export.exporter import DEFAULT_RATES, ExportConfig, ExportError, export_bundle
 from distill_serve.export.resampler import PolyphaseResampler, reference_resample
 from distill_serve.server.resample import ResamplerGeometry, StreamingResampler, resample_whole
-
-
-def manifest(bundle: Path) -> dict:  # type: ignore[type-arg]
-    return json.loads((bundle / "manifest.json").read_text())
+from tests.conftest import manifest
 
 
 def test_manifest_describes_bundle(demo_bundle: Path) -> None:

@@ -3,36 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 
-from distill_serve.audio import Encoding
 from distill_serve.bundle import BundleError, load_bundle
 from distill_serve.client import Client
 from distill_serve.export.parity import snr_db
 from distill_serve.server.engine import Engine, EngineConfig
-from distill_serve.server.pipeline import audio_blocks
-from distill_serve.server.request import (
-    ChunkMode,
-    GenerationParams,
-    Limits,
-    RawRequest,
-    Spatial,
-    validate,
-)
-from tests.conftest import start_server
-
-
-def _manifest(bundle: Path) -> dict:  # type: ignore[type-arg]
-    return json.loads((bundle / "manifest.json").read_text())
+from tests.conftest import generate, manifest, params, start_server
 
 
 def test_demo_bundle_carries_a_checked_int8_vocoder(demo_bundle: Path) -> None:
-    m = _manifest(demo_bundle)
+    m = manifest(demo_bundle)
     report = m["vocoder"]["int8"]
     assert report["quantized_convs"] > 0 and report["calibration_inputs"] > 0
     parity = m["parity"]["vocoder.int8.onnx"]
@@ -56,18 +40,6 @@ def test_only_dense_inner_convolutions_are_quantized(demo_bundle: Path) -> None:
     assert all(quantized[1:-1])
 
 
-def _params(engine: Engine) -> GenerationParams:
-    raw = RawRequest(
-        mode=ChunkMode.CROSSFADE,
-        duration_s=2.0,
-        seed=4,
-        sample_rate=0,
-        encoding=Encoding.PCM16,
-        spatial=Spatial.MONO,
-    )
-    return validate(raw, engine.model, Limits(), fallback_seed=0)
-
-
 @pytest.fixture(scope="module")
 def int8_engine(demo_bundle: Path) -> Engine:
     return Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False, vocoder_precision="int8"))
@@ -75,9 +47,8 @@ def int8_engine(demo_bundle: Path) -> Engine:
 
 def test_int8_engine_serves_close_to_fp32(int8_engine: Engine, engine: Engine, report) -> None:  # type: ignore[no-untyped-def]
     assert int8_engine.vocoder_precision == "int8" and engine.vocoder_precision == "fp32"
-    p = _params(engine)
-    ref = np.concatenate(list(audio_blocks(engine.runner(), engine.model, p)), axis=1)
-    out = np.concatenate(list(audio_blocks(int8_engine.runner(), int8_engine.model, p)), axis=1)
+    p = params(engine, seed=4)
+    ref, out = generate(engine, p), generate(int8_engine, p)
     assert out.shape == ref.shape
     snr = snr_db(ref, out)
     report(f"int8 vocoder, 2 s crossfade after post-processing: {snr:.1f} dB SNR vs fp32")

@@ -5,39 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distill_serve.audio import Encoding
 from distill_serve.export.parity import snr_db
 from distill_serve.server.dsp import plan_blocks
 from distill_serve.server.engine import Engine
 from distill_serve.server.pipeline import PipelineStats, audio_blocks, vocoder_mel
-from distill_serve.server.request import (
-    ChunkMode,
-    GenerationParams,
-    InvalidRequest,
-    Limits,
-    RawRequest,
-    Spatial,
-    validate,
-)
-
-
-def params(engine: Engine, mode: ChunkMode = ChunkMode.CROSSFADE, **kw: object) -> GenerationParams:
-    fields: dict = {
-        "mode": mode,
-        "duration_s": 2.0,
-        "seed": 3,
-        "sample_rate": 0,  # type: ignore[type-arg]
-        "encoding": Encoding.PCM16,
-        "spatial": Spatial.MONO,
-    }
-    if mode is ChunkMode.SLIDER:
-        fields["slider_positions"] = [(0, 5)]
-    fields.update(kw)
-    return validate(RawRequest(**fields), engine.model, Limits(), fallback_seed=0)  # type: ignore[arg-type]
-
-
-def generate(engine: Engine, p: GenerationParams) -> np.ndarray:
-    return np.concatenate(list(audio_blocks(engine.runner(), engine.model, p)), axis=1)
+from distill_serve.server.request import ChunkMode, InvalidRequest, Spatial
+from tests.conftest import generate, params
 
 
 @pytest.mark.parametrize("mode", list(ChunkMode))

@@ -34,11 +34,16 @@ class FrameGeometry:
         """Vocoder frames whose audio covers ``duration_s`` seconds."""
         return max(1, math.ceil(duration_s * self.vocoder_rate / self.vocoder_hop - 1e-9))
 
+    def decoder_positions(self, n_vocoder_frames: int, first: int = 0) -> np.ndarray:
+        """Fractional decoder-frame index (float64) at the centre of vocoder frames
+        ``first`` .. ``first + n_vocoder_frames - 1``, shape (T,)."""
+        j = np.arange(first, first + n_vocoder_frames, dtype=np.float64)
+        t = (j * self.vocoder_hop + self.vocoder_hop / 2) / self.vocoder_rate
+        return t * self.decoder_rate / self.decoder_hop
+
     def bridge_positions(self, n_vocoder_frames: int) -> np.ndarray:
         """Fractional decoder-frame index at the centre of each vocoder frame, shape (T,)."""
-        j = np.arange(n_vocoder_frames, dtype=np.float64)
-        t = (j * self.vocoder_hop + self.vocoder_hop / 2) / self.vocoder_rate
-        return (t * self.decoder_rate / self.decoder_hop).astype(np.float32)
+        return self.decoder_positions(n_vocoder_frames).astype(np.float32)
 
     def decoder_frames_needed(self, n_vocoder_frames: int) -> int:
         """Decoder frames the bridge reads for ``n_vocoder_frames`` (it interpolates i, i+1)."""

@@ -56,36 +56,78 @@ DECORRELATOR = (0.62, -0.37, 0.53, -0.71)
 
 class MidSide:
     """Mono ``(1, n)`` -> stereo ``(2, n)``: L = mid + w * side, R = mid - w * side, where
-    side is an all-pass decorrelated copy of mid (same spectrum, scrambled phase)."""
+    side is an all-pass decorrelated copy of mid (same spectrum, scrambled phase).
+
+    :meth:`set_width` glides the width linearly over a number of samples (no step, no click).
+    """
 
     def __init__(self, width: float) -> None:
         self._width = width
+        self._glide: tuple[float, float, int, int] | None = None  # (from, to, length, done)
         self._sos = np.array([[a, 1.0, 0.0, 1.0, a, 0.0] for a in DECORRELATOR])
         self._zi = np.zeros((len(DECORRELATOR), 2))
+
+    def set_width(self, width: float, glide_samples: int) -> None:
+        """Move to ``width`` over the next ``glide_samples`` samples."""
+        if glide_samples <= 0:
+            self._width, self._glide = width, None
+        else:
+            self._glide = (self._width, width, glide_samples, 0)
+
+    def _widths(self, n: int) -> np.ndarray | float:
+        if self._glide is None:
+            return self._width
+        start, end, length, done = self._glide
+        t = np.minimum(1.0, (done + 1 + np.arange(n)) / length)
+        self._width = float(start + (end - start) * t[-1])
+        self._glide = None if done + n >= length else (start, end, length, done + n)
+        return start + (end - start) * t
 
     def __call__(self, mono: np.ndarray) -> np.ndarray:
         mid = mono[0]
         side, self._zi = signal.sosfilt(self._sos, mid, zi=self._zi)
-        side = self._width * 0.5 * side
+        side = self._widths(mid.size) * 0.5 * side
         return np.stack([mid + side, mid - side]).astype(np.float32)
 
 
 class CausalPeakNormaliser:
     """Peak normalisation without a whole-signal scan.
 
-    Each block's gain is ``target / (peak so far)``, reached by a short linear ramp from the
-    previous block's gain; per sample the gain is also capped by ``target / running peak``,
-    so no sample exceeds ``target``. The first block sets its gain with no ramp.
+    The signal is cut into segments of ``segment`` samples at fixed positions (sample 0,
+    ``segment``, ...). Each segment's gain is ``target / (peak so far, that segment
+    included)``, reached by a short linear ramp from the previous segment's gain; per sample
+    the gain is also capped by ``target / running peak``, so no sample exceeds ``target``. The
+    first segment sets its gain with no ramp.
+
+    Because segments sit at fixed positions, the output does not depend on how the signal is
+    cut into blocks, as long as every block but the last holds whole segments (a live session
+    and a fixed-length request then normalise alike). ``segment`` 0 makes each block one
+    segment.
     """
 
-    def __init__(self, target: float, ramp: int, floor: float = 1e-3) -> None:
+    def __init__(self, target: float, ramp: int, segment: int = 0, floor: float = 1e-3) -> None:
         self._target = target
         self._ramp = ramp
+        self._segment = segment
         self._floor = floor
         self._peak = floor
         self._gain: float | None = None
+        self._position = 0
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
+        n = block.shape[-1]
+        if n == 0 or not self._segment:
+            return self._normalise(block)
+        pieces = []
+        i = 0
+        while i < n:
+            j = min(n, i + self._segment - self._position % self._segment)
+            pieces.append(self._normalise(block[..., i:j]))
+            self._position += j - i
+            i = j
+        return np.concatenate(pieces, axis=-1)
+
+    def _normalise(self, block: np.ndarray) -> np.ndarray:
         if block.shape[-1] == 0:
             return block
         level = np.max(np.abs(block), axis=0)  # across channels, (n,)
@@ -100,6 +142,12 @@ class CausalPeakNormaliser:
         gain = np.minimum(ramp, self._target / running)
         self._gain = new_gain
         return (block * gain).astype(np.float32)
+
+
+def fade_out(length: int) -> np.ndarray:
+    """A raised-cosine fade from 1 to 0 over ``length`` samples, shape ``(length,)``."""
+    n = np.arange(1, length + 1)
+    return (0.5 * (1.0 + np.cos(np.pi * n / length))).astype(np.float32)
 
 
 @dataclass(frozen=True)

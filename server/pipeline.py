@@ -2,7 +2,9 @@
 
 Pure apart from the :class:`Runner` it is given (the engine's onnxruntime sessions), so
 it is tested without a server. Unary and streaming replies both come from
-:func:`audio_blocks`, so a unary reply is the concatenation of the stream's blocks.
+:func:`audio_blocks`, so a unary reply is the concatenation of the stream's blocks; live
+sessions (:mod:`distill_serve.server.live`) render with the same :class:`BlockRenderer` and
+:class:`~distill_serve.server.mel.MelSource`.
 """
 
 from __future__ import annotations
@@ -16,20 +18,22 @@ import numpy as np
 from distill_serve.geometry import plan_chunks
 from distill_serve.server.dsp import (
     AntiAlias,
+    Block,
     CausalPeakNormaliser,
     MidSide,
-    overlap_add,
     plan_blocks,
 )
+from distill_serve.server.mel import MelSource
 from distill_serve.server.model import ModelSpec
 from distill_serve.server.request import GenerationParams, Spatial
 from distill_serve.server.resample import Polyphase, StreamingResampler
-from distill_serve.server.trajectory import trajectory
+from distill_serve.server.trajectory import LatentPath
 
-DECODER_BATCH = 256
 NORMALISER_RAMP_S = 0.02
-#: log1p mel ceiling (a power of ~1e13): extreme latents can overflow expm1 in the bridge.
-MAX_LOG1P_MEL = 30.0
+#: The normaliser's segment in vocoder frames: every block but a request's last is a multiple
+#: of it (fixed-length blocks are 16, 32, ... 256 frames, live blocks 8 or 16), so a live
+#: session and a fixed-length request get the same gains.
+NORMALISER_SEGMENT_FRAMES = 8
 
 
 class Runner(Protocol):
@@ -59,60 +63,133 @@ class PipelineStats:
     block_sizes: list[int] = field(default_factory=list)
 
 
-def vocoder_mel(
-    runner: Runner, model: ModelSpec, params: GenerationParams, seed: int, stats: PipelineStats
-) -> np.ndarray:
-    """The whole request's vocoder-ready mel, ``(n_mels_voc, T_voc)``."""
-    geo = model.geometry
-    t_voc = geo.vocoder_frames(params.duration_s)
-    chunk_frames = model.chunk_frames_for(params.chunk_duration_s)
-    plan = plan_chunks(geo.decoder_frames_needed(t_voc), chunk_frames, params.steps_between)
-    latents = trajectory(
+def seeds(params: GenerationParams) -> list[int]:
+    """One trajectory seed per independent channel (dual-seed: seed and seed + 1)."""
+    return [params.seed] + ([params.seed + 1] if params.spatial is Spatial.DUAL_SEED else [])
+
+
+def mel_source(
+    runner: Runner,
+    model: ModelSpec,
+    params: GenerationParams,
+    seed: int,
+    stats: PipelineStats,
+    max_chunks: int | None = None,
+) -> MelSource:
+    """The mel of ``params``' trajectory for ``seed`` (``max_chunks`` None: open-ended)."""
+    path = LatentPath(
         params.mode,
-        plan,
         seed,
         model.latent_dim,
         params.latent,
         params.evolution_amount,
         params.steps_between,
     )
-    chunks = np.concatenate(
-        [
-            runner.decode(latents[i : i + DECODER_BATCH])
-            for i in range(0, len(latents), DECODER_BATCH)
-        ]
-    )[:, :, :chunk_frames]
-    stats.decoder_chunks += len(latents)
-    mel = np.clip(overlap_add(chunks, plan.offsets, plan.total_frames), 0.0, MAX_LOG1P_MEL)
-    return runner.bridge(mel[None], geo.bridge_positions(t_voc))[0]
+    chunk_frames = model.chunk_frames_for(params.chunk_duration_s)
+    return MelSource(
+        runner, model, path, chunk_frames, params.steps_between, stats, max_chunks=max_chunks
+    )
+
+
+def fixed_length_plan(model: ModelSpec, params: GenerationParams) -> tuple[int, int]:
+    """Vocoder frames of a fixed-length request and its decoder chunk count (DESIGN's plan)."""
+    geo = model.geometry
+    t_voc = geo.vocoder_frames(params.duration_s)
+    chunk_frames = model.chunk_frames_for(params.chunk_duration_s)
+    plan = plan_chunks(geo.decoder_frames_needed(t_voc), chunk_frames, params.steps_between)
+    return t_voc, plan.steps
+
+
+def vocoder_mel(
+    runner: Runner, model: ModelSpec, params: GenerationParams, seed: int, stats: PipelineStats
+) -> np.ndarray:
+    """The whole fixed-length request's vocoder-ready mel, ``(n_mels_voc, T_voc)``."""
+    t_voc, steps = fixed_length_plan(model, params)
+    return mel_source(runner, model, params, seed, stats, max_chunks=steps).vocoder_frames(0, t_voc)
+
+
+class BlockRenderer:
+    """Turns vocoder blocks of one generation into output audio.
+
+    Order per block: vocode (with context) -> anti-alias -> spatial -> normalise -> (fade)
+    -> resample. Every step keeps its state across blocks.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        model: ModelSpec,
+        params: GenerationParams,
+        sources: list[MelSource],
+        stats: PipelineStats,
+    ) -> None:
+        self.sources = sources
+        self._runner = runner
+        self._stats = stats
+        self._hop = model.geometry.vocoder_hop
+        self._context = model.context_frames
+        rate = model.vocoder_rate
+        self._antialias = AntiAlias(
+            rate, model.antialias_cutoff_hz, model.antialias_order, len(sources)
+        )
+        self.mid_side = (
+            MidSide(params.stereo_width) if params.spatial is Spatial.STEREO_MID_SIDE else None
+        )
+        self._normalise = CausalPeakNormaliser(
+            model.peak_target,
+            int(NORMALISER_RAMP_S * rate),
+            segment=NORMALISER_SEGMENT_FRAMES * self._hop,
+        )
+        self._resampler = (
+            StreamingResampler(
+                runner.polyphase(params.sample_rate),
+                model.resamplers[params.sample_rate],
+                params.channels,
+            )
+            if params.sample_rate != rate
+            else None
+        )
+
+    def render(self, block: Block, fade: np.ndarray | None = None) -> np.ndarray:
+        """Audio ``(channels, n)`` of ``block`` at the output rate (a resampler holds back a
+        few samples until the next block or :meth:`flush`). ``fade`` multiplies the block's
+        first ``len(fade)`` samples at the vocoder rate and drops the rest."""
+        hop = self._hop
+        audio = np.stack(
+            [
+                self._runner.vocode(s.vocoder_frames(block.lo, block.hi)[None])[
+                    (block.start - block.lo) * hop : (block.stop - block.lo) * hop
+                ]
+                for s in self.sources
+            ]
+        )
+        for s in self.sources:
+            s.release(block.stop - self._context)
+        self._stats.vocoder_blocks += 1
+        audio = self._antialias(np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0))
+        if self.mid_side is not None:
+            audio = self.mid_side(audio)
+        audio = self._normalise(audio)
+        if fade is not None:
+            audio = audio[:, : fade.size] * fade[: audio.shape[1]]
+        return self._resampler.push(audio) if self._resampler is not None else audio
+
+    def flush(self, channels: int) -> np.ndarray:
+        """End of signal: the resampler's last samples (none without a resampler)."""
+        if self._resampler is None:
+            return np.zeros((channels, 0), np.float32)
+        return self._resampler.flush()
 
 
 def audio_blocks(
     runner: Runner, model: ModelSpec, params: GenerationParams, stats: PipelineStats | None = None
 ) -> Iterator[np.ndarray]:
     """Yield ``(channels, n)`` float32 blocks at ``params.sample_rate``; together they hold
-    exactly ``params.total_samples`` frames.
-
-    Order per block: vocode (with context) -> anti-alias -> spatial -> normalise ->
-    resample -> trim.
-    """
+    exactly ``params.total_samples`` frames."""
     stats = stats if stats is not None else PipelineStats()
-    seeds = [params.seed] + ([params.seed + 1] if params.spatial is Spatial.DUAL_SEED else [])
-    mels = [vocoder_mel(runner, model, params, s, stats) for s in seeds]
-    rate = model.vocoder_rate
-    hop = model.geometry.vocoder_hop
-    antialias = AntiAlias(rate, model.antialias_cutoff_hz, model.antialias_order, len(mels))
-    mid_side = MidSide(params.stereo_width) if params.spatial is Spatial.STEREO_MID_SIDE else None
-    normalise = CausalPeakNormaliser(model.peak_target, int(NORMALISER_RAMP_S * rate))
-    resampler = (
-        StreamingResampler(
-            runner.polyphase(params.sample_rate),
-            model.resamplers[params.sample_rate],
-            params.channels,
-        )
-        if params.sample_rate != rate
-        else None
-    )
+    t_voc, steps = fixed_length_plan(model, params)
+    sources = [mel_source(runner, model, params, s, stats, max_chunks=steps) for s in seeds(params)]
+    renderer = BlockRenderer(runner, model, params, sources, stats)
     remaining = params.total_samples
 
     def emit(block: np.ndarray) -> np.ndarray:
@@ -121,29 +198,14 @@ def audio_blocks(
         remaining -= out.shape[1]
         return out
 
-    for block in plan_blocks(mels[0].shape[1], model.context_frames):
-        audio = np.stack(
-            [
-                runner.vocode(m[None, :, block.lo : block.hi])[
-                    (block.start - block.lo) * hop : (block.stop - block.lo) * hop
-                ]
-                for m in mels
-            ]
-        )
-        stats.vocoder_blocks += 1
-        audio = antialias(np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0))
-        if mid_side is not None:
-            audio = mid_side(audio)
-        audio = normalise(audio)
-        if resampler is not None:
-            audio = resampler.push(audio)
-        out = emit(audio)
+    for block in plan_blocks(t_voc, model.context_frames):
+        out = emit(renderer.render(block))
         if out.shape[1]:
             stats.block_sizes.append(out.shape[1])
             yield out
         if remaining == 0:
             return
-    tail = emit(resampler.flush()) if resampler is not None else np.zeros((params.channels, 0))
+    tail = emit(renderer.flush(params.channels))
     if remaining:  # not expected (the vocoder covers the duration); keep the exact length
         tail = np.concatenate([tail, np.zeros((params.channels, remaining), np.float32)], axis=1)
     if tail.shape[1]:

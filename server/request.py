@@ -38,11 +38,17 @@ class InvalidRequest(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Server-side request limits."""
+    """Server-side request limits (live sessions count against ``max_concurrent`` too)."""
 
     max_duration_s: float = 60.0
     max_concurrent: int = 4
     max_steps_between: int = 16
+    #: live sessions (GenerateLive): longest session, how long the server waits for a client
+    #: that reads no audio, and the lookahead range a client may ask for
+    max_live_s: float = 3600.0
+    live_idle_timeout_s: float = 30.0
+    min_lookahead_s: float = 0.05
+    max_lookahead_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -99,13 +105,26 @@ def _finite(field: str, value: float) -> float:
 
 
 def validate(
-    raw: RawRequest, model: ModelSpec, limits: Limits, fallback_seed: int
+    raw: RawRequest,
+    model: ModelSpec,
+    limits: Limits,
+    fallback_seed: int,
+    open_ended: bool = False,
 ) -> GenerationParams:
-    """Check every field against the model and limits; raise :class:`InvalidRequest`."""
+    """Check every field against the model and limits; raise :class:`InvalidRequest`.
+
+    ``open_ended`` (live sessions): ``duration_s`` must be 0, the session runs until stopped.
+    """
     if raw.mode is None:
         raise InvalidRequest("mode", "set a chunk mode: crossfade, latent_interp or slider")
     duration = _finite("duration_s", raw.duration_s)
-    if not 0 < duration <= limits.max_duration_s:
+    if open_ended:
+        if duration != 0:
+            raise InvalidRequest(
+                "duration_s",
+                f"live sessions are open-ended: leave it at 0 and send stop, got {duration:g}",
+            )
+    elif not 0 < duration <= limits.max_duration_s:
         raise InvalidRequest(
             "duration_s", f"must be in (0, {limits.max_duration_s:g}] seconds, got {duration:g}"
         )
@@ -155,35 +174,27 @@ def validate(
     )
 
 
-def _slider_latent(raw: RawRequest, model: ModelSpec) -> np.ndarray | None:
-    given = raw.latent is not None or raw.slider_positions is not None
-    if raw.mode is not ChunkMode.SLIDER:
-        if given:
-            raise InvalidRequest("slider_input", "a latent or slider positions need mode slider")
-        return None
-    if raw.latent is not None:
-        z = np.asarray(raw.latent, dtype=np.float64)
-        if z.shape != (model.latent_dim,):
-            raise InvalidRequest("latent", f"needs exactly {model.latent_dim} values, got {z.size}")
-        if not np.all(np.isfinite(z)):
-            raise InvalidRequest("latent", "holds NaN or infinite values")
-        if np.max(np.abs(z)) > 1e3:
-            raise InvalidRequest("latent", "values must be within [-1000, 1000]")
-        return z.astype(np.float32)
+def check_latent(values: list[float], model: ModelSpec) -> np.ndarray:
+    """A latent vector from the API: ``latent_dim`` finite values within [-1000, 1000]."""
+    z = np.asarray(values, dtype=np.float64)
+    if z.shape != (model.latent_dim,):
+        raise InvalidRequest("latent", f"needs exactly {model.latent_dim} values, got {z.size}")
+    if not np.all(np.isfinite(z)):
+        raise InvalidRequest("latent", "holds NaN or infinite values")
+    if np.max(np.abs(z)) > 1e3:
+        raise InvalidRequest("latent", "values must be within [-1000, 1000]")
+    return z.astype(np.float32)
+
+
+def check_slider_positions(pairs: list[tuple[int, int]], model: ModelSpec) -> dict[int, int]:
+    """``[(index, position)]`` from the API -> ``{index: position}``, each checked."""
     sliders = model.sliders
     if sliders is None:
-        if raw.slider_positions is not None:
-            raise InvalidRequest(
-                "sliders",
-                "this model has no slider analysis; send a latent vector instead",
-            )
-        raise InvalidRequest("slider_input", "mode slider needs a latent vector")
-    if raw.slider_positions is None:
         raise InvalidRequest(
-            "slider_input", "mode slider needs a latent vector or slider positions"
+            "sliders", "this model has no slider analysis; send a latent vector instead"
         )
     positions: dict[int, int] = {}
-    for index, position in raw.slider_positions:
+    for index, position in pairs:
         if not 0 <= index < sliders.count:
             raise InvalidRequest(
                 "sliders", f"index {index} does not exist; this model has {sliders.count} sliders"
@@ -197,4 +208,21 @@ def _slider_latent(raw: RawRequest, model: ModelSpec) -> np.ndarray | None:
         if index in positions:
             raise InvalidRequest("sliders", f"slider {index} is set twice")
         positions[index] = position
-    return sliders.latent(positions)
+    return positions
+
+
+def _slider_latent(raw: RawRequest, model: ModelSpec) -> np.ndarray | None:
+    given = raw.latent is not None or raw.slider_positions is not None
+    if raw.mode is not ChunkMode.SLIDER:
+        if given:
+            raise InvalidRequest("slider_input", "a latent or slider positions need mode slider")
+        return None
+    if raw.latent is not None:
+        return check_latent(raw.latent, model)
+    if model.sliders is None:
+        raise InvalidRequest("slider_input", "mode slider needs a latent vector")
+    if raw.slider_positions is None:
+        raise InvalidRequest(
+            "slider_input", "mode slider needs a latent vector or slider positions"
+        )
+    return model.sliders.latent(check_slider_positions(raw.slider_positions, model))

@@ -1,0 +1,164 @@
+"""The vocoder-ready mel of one seed, made on demand: latent -> decoder chunk -> overlap-add
+-> bridge, one chunk at a time.
+
+A fixed-length request and an open-ended live session read their mel from the same
+:class:`MelSource`, so they agree frame for frame wherever both exist. Memory is bounded:
+frames are made when asked for and dropped once released.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from distill_serve.server.dsp import chunk_window
+from distill_serve.server.model import ModelSpec
+from distill_serve.server.trajectory import LatentPath
+
+if TYPE_CHECKING:
+    from distill_serve.server.pipeline import PipelineStats, Runner
+
+DECODER_BATCH = 256
+#: log1p mel ceiling (a power of ~1e13): extreme latents can overflow expm1 in the bridge.
+MAX_LOG1P_MEL = 30.0
+
+
+class MelSource:
+    """Vocoder mel frames ``[lo, hi)`` of one seed's trajectory, asked for in increasing order.
+
+    Decoder chunks start every ``hop / (steps_between + 1)`` decoder frames (``hop`` is half a
+    chunk). Each chunk is Hann-windowed and overlap-added; a decoder frame is final once every
+    chunk that starts at or before it is decoded, and only final frames reach the bridge.
+    ``max_chunks`` ends the trajectory (a fixed-length request: DESIGN section 1's plan);
+    None makes it open-ended (live).
+
+    :meth:`steer` bends the trajectory: the next chunk starts at the first decoder frame no
+    vocoder frame has used yet, so frames already turned into audio never change and the
+    next vocoder block already depends on the new latent.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        model: ModelSpec,
+        path: LatentPath,
+        chunk_frames: int,
+        steps_between: int,
+        stats: PipelineStats,
+        max_chunks: int | None = None,
+    ) -> None:
+        self._runner = runner
+        self._geo = model.geometry
+        self._path = path
+        self._chunk_frames = chunk_frames
+        self._window = chunk_window(chunk_frames)
+        self._hop = chunk_frames // 2
+        self._sub = steps_between + 1
+        self._stats = stats
+        self._max_chunks = max_chunks
+        self._chunks = 0
+        self._grid_base = 0  # offset of chunk m of the current grid: base + round(m hop / sub)
+        self._grid_m = 0
+        # Overlap-add accumulators; column 0 is decoder frame ``_dec_base``.
+        self._acc = np.zeros((0, 0))
+        self._weight = np.zeros(0)
+        self._dec_base = 0
+        self._dec_used = 0  # decoder frames [0, _dec_used) have reached the bridge
+        # Bridged vocoder frames; column 0 is vocoder frame ``_voc_base``.
+        self._voc = np.zeros((model.n_mels_voc, 0), np.float32)
+        self._voc_base = 0
+
+    @property
+    def path(self) -> LatentPath:
+        return self._path
+
+    def _next_offset(self) -> int:
+        return self._grid_base + round(self._grid_m * self._hop / self._sub)
+
+    def _exhausted(self) -> bool:
+        return self._max_chunks is not None and self._chunks >= self._max_chunks
+
+    def _decode_until(self, end: int) -> None:
+        """Decode every chunk that starts before decoder frame ``end``: frames < end are final."""
+        offsets: list[int] = []
+        latents: list[np.ndarray] = []
+        while not self._exhausted() and self._next_offset() < end:
+            offsets.append(self._next_offset())
+            latents.append(self._path.next())
+            self._grid_m += 1
+            self._chunks += 1
+        if not offsets:
+            return
+        z = np.stack(latents)
+        decoded = np.concatenate(
+            [self._runner.decode(z[i : i + DECODER_BATCH]) for i in range(0, len(z), DECODER_BATCH)]
+        )[:, :, : self._chunk_frames]
+        self._stats.decoder_chunks += len(offsets)
+        frames = self._chunk_frames
+        if self._acc.shape[0] == 0:
+            self._acc = np.zeros((decoded.shape[1], 0))
+        grow = offsets[-1] + frames - self._dec_base - self._weight.size
+        if grow > 0:
+            self._acc = np.concatenate([self._acc, np.zeros((self._acc.shape[0], grow))], axis=1)
+            self._weight = np.concatenate([self._weight, np.zeros(grow)])
+        for chunk, offset in zip(decoded, offsets, strict=True):
+            at = offset - self._dec_base
+            self._acc[:, at : at + frames] += chunk * self._window
+            self._weight[at : at + frames] += self._window
+
+    def vocoder_frames(self, lo: int, hi: int) -> np.ndarray:
+        """Vocoder mel frames ``[lo, hi)``, ``(n_mels_voc, hi - lo)`` float32.
+
+        ``lo`` must not be below the last :meth:`release` point.
+        """
+        if lo < self._voc_base:
+            raise ValueError(f"vocoder frame {lo} was released (kept from {self._voc_base})")
+        done = self._voc_base + self._voc.shape[1]
+        if hi > done:
+            self._bridge(done, hi)
+        return self._voc[:, lo - self._voc_base : hi - self._voc_base]
+
+    def _bridge(self, start: int, stop: int) -> None:
+        positions = self._geo.decoder_positions(stop - start, first=start)
+        d0 = math.floor(positions[0])
+        d1 = math.floor(positions[-1]) + 2  # the bridge interpolates frames i and i + 1
+        self._decode_until(d1)
+        if d1 > self._dec_base + self._weight.size:
+            raise ValueError(f"decoder frame {d1 - 1} is past the end of the trajectory")
+        acc = self._acc[:, d0 - self._dec_base : d1 - self._dec_base]
+        weight = self._weight[d0 - self._dec_base : d1 - self._dec_base]
+        mel = np.clip((acc / np.maximum(weight, 1e-8)).astype(np.float32), 0.0, MAX_LOG1P_MEL)
+        bridged = self._runner.bridge(mel[None], (positions - d0).astype(np.float32))[0]
+        self._voc = np.concatenate([self._voc, bridged], axis=1)
+        self._dec_used = max(self._dec_used, d1)
+        # Decoder frames before the next vocoder frame's first source frame are done with.
+        keep = math.floor(self._geo.decoder_positions(1, first=stop)[0])
+        drop = max(0, min(keep, self._dec_used) - self._dec_base)
+        if drop:
+            self._acc = self._acc[:, drop:]
+            self._weight = self._weight[drop:]
+            self._dec_base += drop
+
+    def release(self, before: int) -> None:
+        """Vocoder frames below ``before`` will not be asked for again: drop them."""
+        drop = min(before - self._voc_base, self._voc.shape[1])
+        if drop > 0:
+            self._voc = self._voc[:, drop:]
+            self._voc_base += drop
+
+    def steer(
+        self, target: np.ndarray | None, evolution: float, transition_frames: float, salt: int
+    ) -> None:
+        """Bend the trajectory toward ``target`` from the first unused decoder frame on,
+        gliding over ``transition_frames`` decoder frames (see :meth:`LatentPath.steer`)."""
+        step = self._hop / self._sub
+        if target is not None or self._path.steered:
+            self._grid_base, self._grid_m = self._dec_used, 0
+        self._path.steer(target, evolution, max(1, math.ceil(transition_frames / step)), salt)
+
+    @property
+    def buffered_frames(self) -> int:
+        """Decoder plus vocoder frames held now (bounded for an open-ended stream)."""
+        return int(self._weight.size + self._voc.shape[1])

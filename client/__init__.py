@@ -11,14 +11,17 @@ from distill_serve.client.client import (
     StreamHeader,
     build_spec,
 )
+from distill_serve.client.live import AsyncLiveSession, LiveSession
 
 __all__ = [
     "AsyncClient",
+    "AsyncLiveSession",
     "AudioBlock",
     "AudioResult",
     "Client",
     "DistillError",
     "GenerationStats",
+    "LiveSession",
     "ModelInfo",
     "StreamHeader",
     "build_spec",

@@ -5,20 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import soundfile as sf
 
-from distill_serve.client.client import SPATIAL, AudioResult, Client, DistillError
+from distill_serve.client.client import AudioResult, Client, DistillError
 
 WAV_SUBTYPES = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float32": "FLOAT"}
 
 
-def add_generate_args(p: argparse.ArgumentParser) -> None:
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    """What to generate: the arguments ``generate`` and ``live`` share."""
     p.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the server")
     p.add_argument("--mode", required=True, choices=["crossfade", "latent_interp", "slider"])
-    p.add_argument("--duration", type=float, required=True, help="seconds of audio")
     p.add_argument("--seed", type=int, default=None, help="trajectory seed (default: server's)")
     p.add_argument("--rate", type=int, default=0, help="output sample rate (default: model's)")
     p.add_argument("--encoding", choices=sorted(WAV_SUBTYPES), default="pcm16")
@@ -36,9 +37,31 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps-between", type=int, default=None, help="latent_interp density")
     p.add_argument("--evolution", type=float, default=None, help="slider drift in [0, 1]")
     p.add_argument("--chunk-duration", type=float, default=None, help="decoder chunk seconds")
-    p.add_argument("--stream", action="store_true", help="use the streaming RPC")
     p.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
     p.add_argument("--token", default=None, help="bearer token")
+
+
+def _spec_options(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`build_spec` keywords from :func:`_add_spec_args`' arguments."""
+    spatial = "dual_seed" if args.dual_seed else "stereo" if args.stereo else "mono"
+    return dict(
+        seed=args.seed,
+        sample_rate=args.rate,
+        encoding=args.encoding,
+        spatial=spatial,
+        stereo_width=args.width,
+        steps_between=args.steps_between,
+        evolution_amount=args.evolution,
+        chunk_duration_s=args.chunk_duration,
+        sliders=_sliders(args.slider),
+        latent=np.load(args.latent) if args.latent is not None else None,
+    )
+
+
+def add_generate_args(p: argparse.ArgumentParser) -> None:
+    _add_spec_args(p)
+    p.add_argument("--duration", type=float, required=True, help="seconds of audio")
+    p.add_argument("--stream", action="store_true", help="use the streaming RPC")
     p.add_argument("-o", "--output", type=Path, required=True, help="WAV file to write")
 
 
@@ -67,20 +90,7 @@ def _describe(exc: DistillError, server: str) -> str:
 
 def run_generate(args: argparse.Namespace) -> int:
     try:
-        spatial = "dual_seed" if args.dual_seed else "stereo" if args.stereo else "mono"
-        assert spatial in SPATIAL
-        options = dict(
-            seed=args.seed,
-            sample_rate=args.rate,
-            encoding=args.encoding,
-            spatial=spatial,
-            stereo_width=args.width,
-            steps_between=args.steps_between,
-            evolution_amount=args.evolution,
-            chunk_duration_s=args.chunk_duration,
-            sliders=_sliders(args.slider),
-            latent=np.load(args.latent) if args.latent is not None else None,
-        )
+        options = _spec_options(args)
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
     try:

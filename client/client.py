@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -15,6 +15,9 @@ import numpy as np
 from distill_serve.audio import Encoding, decode
 from distill_serve.client.v1 import distill_pb2 as pb
 from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from distill_serve.client.live import AsyncLiveSession, LiveSession
 
 MODES = {
     "crossfade": pb.CHUNK_MODE_CROSSFADE,
@@ -115,12 +118,16 @@ class StreamHeader:
 
 @dataclass(frozen=True)
 class AudioBlock:
-    """One streamed block ``(channels, n)`` starting at ``sample_offset``."""
+    """One streamed block ``(channels, n)`` starting at ``sample_offset``.
+
+    ``control_sequence`` (live sessions): the last control whose change this block reflects.
+    """
 
     sequence: int
     sample_offset: int
     audio: np.ndarray
     header: StreamHeader
+    control_sequence: int = 0
 
 
 @dataclass(frozen=True)
@@ -283,7 +290,9 @@ class _Collector:
         chunk = msg.audio
         audio = decode(chunk.data, self.header.encoding, self.header.channels)
         self.blocks.append(audio)
-        return AudioBlock(chunk.sequence, chunk.sample_offset, audio, self.header)
+        return AudioBlock(
+            chunk.sequence, chunk.sample_offset, audio, self.header, chunk.control_sequence
+        )
 
     def result(self) -> AudioResult:
         if self.header is None:
@@ -397,6 +406,26 @@ class Client(_Base):
             pass
         return collector.result()
 
+    def live(
+        self,
+        mode: str,
+        *,
+        seed: int | None = None,
+        sliders: Mapping[int, int] | None = None,
+        latent: Sequence[float] | np.ndarray | None = None,
+        lookahead: float | None = 0.3,
+        timeout: float | None = None,
+        **spec: Any,
+    ) -> LiveSession:
+        """Open a live session: iterate it for blocks, steer it with its ``set_*`` methods,
+        end it with ``stop()``. ``spec`` takes :func:`build_spec`'s other keywords."""
+        from distill_serve.client.live import LiveSession, start_request
+
+        first = start_request(
+            mode, lookahead, dict(spec, seed=seed, sliders=sliders, latent=latent)
+        )
+        return LiveSession(self._stub, first, self._kw(timeout))
+
     def _receive(
         self, collector: _Collector, request: pb.GenerateStreamRequest, timeout: float | None
     ) -> Iterator[AudioBlock]:
@@ -483,6 +512,25 @@ class AsyncClient(_Base):
         async for _ in self._receive(collector, request, timeout):
             pass
         return collector.result()
+
+    def live(
+        self,
+        mode: str,
+        *,
+        seed: int | None = None,
+        sliders: Mapping[int, int] | None = None,
+        latent: Sequence[float] | np.ndarray | None = None,
+        lookahead: float | None = 0.3,
+        timeout: float | None = None,
+        **spec: Any,
+    ) -> AsyncLiveSession:
+        """Open a live session (``async for`` its blocks); see :meth:`Client.live`."""
+        from distill_serve.client.live import AsyncLiveSession, start_request
+
+        first = start_request(
+            mode, lookahead, dict(spec, seed=seed, sliders=sliders, latent=latent)
+        )
+        return AsyncLiveSession(self._stub, first, self._kw(timeout))
 
     async def _receive(
         self, collector: _Collector, request: pb.GenerateStreamRequest, timeout: float | None

@@ -1,4 +1,4 @@
-"""The ``distill-serve`` command: export, serve, generate, info and demo."""
+"""The ``distill-serve`` command: export, serve, generate, live, info and demo."""
 
 from __future__ import annotations
 
@@ -180,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="ask a server for audio and write a WAV")
     add_generate_args(p)
     p.set_defaults(func=run_generate)
+
+    from distill_serve.client import live_cli
+
+    p = sub.add_parser(
+        "live",
+        help="play or record a live session, steered by control lines on stdin",
+        description=live_cli.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    live_cli.add_live_args(p)
+    p.set_defaults(func=live_cli.run_live)
 
     p = sub.add_parser("info", help="print a server's model info")
     add_info_args(p)

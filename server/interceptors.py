@@ -7,12 +7,14 @@ Both wrap the method handler that grpc would run (handlers are namedtuples, so
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
+
+from distill_serve.server.request import InvalidRequest
 
 #: RPCs anyone may call: health checks stay open for load balancers and orchestrators.
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -91,7 +93,9 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler: Any = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        if handler.request_streaming and not handler.stream_stream:
             return handler
         parse = handler.request_deserializer
 
@@ -102,6 +106,22 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
                 return _Malformed(str(exc) or type(exc).__name__)
 
         message = "request is not a valid protobuf message for this RPC"
+        if handler.stream_stream:
+            # A bidirectional handler reads its requests from an iterator: a message that
+            # did not parse raises InvalidRequest there, which the servicer reports as
+            # INVALID_ARGUMENT (with the stream's other errors).
+            inner_bidi = handler.stream_stream
+
+            async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+                async for request in requests:
+                    if isinstance(request, _Malformed):
+                        raise InvalidRequest("request", f"{message} ({request.error})")
+                    yield request
+
+            async def bidi(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                return await inner_bidi(checked(requests), context)
+
+            return handler._replace(request_deserializer=lenient, stream_stream=bidi)
         if handler.unary_unary:
             inner = handler.unary_unary
 

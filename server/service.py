@@ -2,7 +2,8 @@
 
 Only this module and :mod:`distill_serve.server.app` know gRPC types. Concurrency: the
 servicer runs on one asyncio loop; ``_active`` (the slot counter) is only touched from
-that loop, so it needs no lock. Pipeline steps run in ``_executor`` threads.
+that loop, so it needs no lock. Pipeline steps run in ``_executor`` threads; a live
+session's steps (controls and blocks) run one at a time, so its state needs no lock either.
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ import numpy as np
 from distill_serve.audio import Encoding, encode, wav_bytes
 from distill_serve.client.v1 import distill_pb2 as pb
 from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
-from distill_serve.server.engine import Engine
+from distill_serve.server.engine import Engine, RequestRunner
+from distill_serve.server.live import (
+    LiveBlock,
+    LiveSession,
+    Pacer,
+    RawControl,
+    check_control,
+    check_lookahead,
+)
 from distill_serve.server.metrics import Metrics
 from distill_serve.server.pipeline import PipelineStats, audio_blocks
 from distill_serve.server.request import (
@@ -33,6 +42,7 @@ from distill_serve.server.request import (
     Limits,
     RawRequest,
     Spatial,
+    check_slider_positions,
     validate,
 )
 
@@ -57,6 +67,9 @@ SPATIAL = {
     pb.SPATIAL_MODE_DUAL_SEED: Spatial.DUAL_SEED,
 }
 RETRY_AFTER_MS = 500
+#: Controls a live session buffers before the server stops reading (gRPC flow control then
+#: holds the client back): they are applied between blocks, all at once.
+CONTROL_QUEUE_SIZE = 16
 
 
 def raw_request(spec: pb.GenerationSpec) -> RawRequest:
@@ -85,6 +98,26 @@ def raw_request(spec: pb.GenerationSpec) -> RawRequest:
             [(p.index, p.position) for p in spec.sliders.positions] if which == "sliders" else None
         ),
         chunk_duration_s=spec.chunk_duration_s if spec.HasField("chunk_duration_s") else None,
+    )
+
+
+def raw_control(control: pb.LiveControl) -> RawControl:
+    """Proto live control -> plain control (checked by :func:`check_control`)."""
+    which = control.WhichOneof("target")
+    return RawControl(
+        sequence=control.sequence,
+        latent=list(control.latent.values) if which == "latent" else None,
+        slider_positions=(
+            [(p.index, p.position) for p in control.sliders.positions]
+            if which == "sliders"
+            else None
+        ),
+        evolution_amount=(
+            control.evolution_amount if control.HasField("evolution_amount") else None
+        ),
+        stereo_width=control.stereo_width if control.HasField("stereo_width") else None,
+        transition_s=control.transition_s if control.HasField("transition_s") else None,
+        stop=control.stop,
     )
 
 
@@ -134,11 +167,17 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
 
     # --- helpers -------------------------------------------------------------------------
     async def _admit(
-        self, spec: pb.GenerationSpec, rpc: str, context: grpc.aio.ServicerContext
+        self,
+        spec: pb.GenerationSpec,
+        rpc: str,
+        context: grpc.aio.ServicerContext,
+        open_ended: bool = False,
     ) -> _Run:
         engine = self._engine  # a reload swaps self._engine; this request keeps its own
         try:
-            params = validate(raw_request(spec), engine.model, self._limits, secrets.randbits(63))
+            params = validate(
+                raw_request(spec), engine.model, self._limits, secrets.randbits(63), open_ended
+            )
         except InvalidRequest as exc:
             self._metrics.rejected.labels("invalid_argument").inc()
             self._metrics.requests.labels(rpc, _mode_label(spec), "INVALID_ARGUMENT").inc()
@@ -166,6 +205,9 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         except asyncio.CancelledError:
             status = "CANCELLED"
             raise
+        except _Abort as exc:
+            status = exc.code.name
+            raise
         except Exception:
             status = "INTERNAL"
             raise
@@ -179,6 +221,13 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
                     time.perf_counter() - run.started
                 )
 
+    def _first_audio(self, run: _Run) -> None:
+        if run.first_audio is None:
+            run.first_audio = time.perf_counter() - run.started
+            self._metrics.first_audio.labels(run.rpc, run.params.mode.value).observe(
+                run.first_audio
+            )
+
     async def _blocks(self, run: _Run) -> AsyncIterator[np.ndarray]:
         """Pipeline blocks, each computed in a worker thread; stops when cancelled."""
         runner = run.engine.runner()
@@ -190,11 +239,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
                 run.provider, run.fallbacks = runner.provider, runner.fallbacks
                 if block is None:
                     return
-                if run.first_audio is None:
-                    run.first_audio = time.perf_counter() - run.started
-                    self._metrics.first_audio.labels(run.rpc, run.params.mode.value).observe(
-                        run.first_audio
-                    )
+                self._first_audio(run)
                 yield block
         except Exception as exc:
             log.exception("generation failed")
@@ -213,8 +258,8 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         try:
             with self._accounting(run):
                 blocks = [b async for b in self._blocks(run)]
-        except _Internal as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        except _Abort as exc:
+            await context.abort(exc.code, exc.details)
         audio = np.concatenate(blocks, axis=1)
         p = run.params
         container = pb.CONTAINER_WAV if request.container == pb.CONTAINER_WAV else pb.CONTAINER_RAW
@@ -254,8 +299,137 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
                     offset += block.shape[1]
                     sequence += 1
                 yield pb.GenerateStreamResponse(end=pb.StreamEnd(stats=run.stats_message()))
-        except _Internal as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        except _Abort as exc:
+            await context.abort(exc.code, exc.details)
+
+    async def GenerateLive(
+        self,
+        request_iterator: AsyncIterator[pb.LiveRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        requests = aiter(request_iterator)
+        try:
+            first = await anext(requests, None)
+            if first is None or first.WhichOneof("kind") != "start":
+                raise InvalidRequest("start", "the first LiveRequest must carry a LiveStart")
+            start = first.start
+            lookahead = check_lookahead(
+                start.lookahead_s if start.HasField("lookahead_s") else None, self._limits
+            )
+        except InvalidRequest as exc:
+            self._metrics.rejected.labels("invalid_argument").inc()
+            self._metrics.requests.labels("GenerateLive", "unknown", "INVALID_ARGUMENT").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        run = await self._admit(start.spec, "GenerateLive", context, open_ended=True)
+        positions = raw_request(start.spec).slider_positions
+        runner = run.engine.runner()
+        session = LiveSession(
+            runner,
+            run.engine.model,
+            run.params,
+            lookahead,
+            check_slider_positions(positions, run.engine.model) if positions else None,
+            run.stats,
+        )
+        controls: asyncio.Queue[pb.LiveControl | InvalidRequest | None] = asyncio.Queue(
+            CONTROL_QUEUE_SIZE
+        )
+        reader = asyncio.create_task(_read_controls(requests, controls))
+        try:
+            with self._accounting(run):
+                await self._live(run, runner, session, Pacer(lookahead), controls, context)
+        except _Abort as exc:
+            await context.abort(exc.code, exc.details)
+        finally:
+            reader.cancel()
+
+    async def _live(
+        self,
+        run: _Run,
+        runner: RequestRunner,
+        session: LiveSession,
+        pacer: Pacer,
+        controls: asyncio.Queue[pb.LiveControl | InvalidRequest | None],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Blocks paced to real time, controls applied between blocks, until the end."""
+        p, model = run.params, run.engine.model
+        loop = asyncio.get_running_loop()
+        header = pb.StreamHeader(format=run.audio_format(pb.CONTAINER_RAW), seed=p.seed)
+        header.format.total_samples = 0  # open-ended
+        await self._send(context, pb.GenerateStreamResponse(header=header))
+        sequence = last_control = 0
+        reason = ""
+        while True:
+            while not reason and not controls.empty():
+                item = controls.get_nowait()
+                if item is None:
+                    reason = "client_closed"
+                    break
+                try:
+                    if isinstance(item, InvalidRequest):
+                        raise item
+                    control = check_control(raw_control(item), model, p, last_control)
+                except InvalidRequest as exc:
+                    self._metrics.rejected.labels("invalid_argument").inc()
+                    raise _Abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"live control after sequence {last_control}: {exc}",
+                    ) from None
+                last_control = control.sequence
+                session.apply(control)
+                if control.stop:
+                    reason = "stop"
+            if not reason and session.seconds >= self._limits.max_live_s:
+                reason = "max_live_duration"
+            if not reason and (delay := pacer.delay(time.perf_counter())) > 0:
+                await asyncio.sleep(delay)
+                continue  # controls that came in meanwhile go into the next block
+            step = session.finish if reason else session.next_block
+            try:
+                block: LiveBlock = await loop.run_in_executor(self._executor, step)
+            except Exception as exc:
+                log.exception("live generation failed")
+                raise _Abort(
+                    grpc.StatusCode.INTERNAL, f"generation failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            run.provider, run.fallbacks = runner.provider, runner.fallbacks
+            self._first_audio(run)
+            n = block.audio.shape[1]
+            await self._send(
+                context,
+                pb.GenerateStreamResponse(
+                    audio=pb.AudioChunk(
+                        sequence=sequence,
+                        sample_offset=session.samples - n,
+                        num_samples=n,
+                        data=encode(block.audio, p.encoding),
+                        control_sequence=block.control_sequence,
+                    )
+                ),
+            )
+            pacer.sent(n / p.sample_rate, time.perf_counter())
+            sequence += 1
+            if reason:
+                break
+        await self._send(
+            context,
+            pb.GenerateStreamResponse(end=pb.StreamEnd(stats=run.stats_message(), reason=reason)),
+        )
+
+    async def _send(
+        self, context: grpc.aio.ServicerContext, msg: pb.GenerateStreamResponse
+    ) -> None:
+        """Write one live message; a client that reads nothing for the idle timeout is
+        dropped (flow control would otherwise hold the session and its slot forever)."""
+        timeout = self._limits.live_idle_timeout_s
+        try:
+            await asyncio.wait_for(context.write(msg), timeout)
+        except TimeoutError:
+            raise _Abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"live session idle: the client read no audio for {timeout:g} s",
+            ) from None
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
@@ -304,8 +478,36 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-class _Internal(Exception):
+class _Abort(Exception):
+    """Ends an RPC with ``code`` and ``details`` (after the outcome is recorded)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _Internal(_Abort):
     """A failure inside the pipeline, reported as INTERNAL without a traceback."""
+
+    def __init__(self, details: str) -> None:
+        super().__init__(grpc.StatusCode.INTERNAL, details)
+
+
+async def _read_controls(
+    requests: AsyncIterator[pb.LiveRequest],
+    queue: asyncio.Queue[pb.LiveControl | InvalidRequest | None],
+) -> None:
+    """Move a live session's controls into its bounded queue; None marks the client's
+    half-close, an :class:`InvalidRequest` a message that is not a control."""
+    try:
+        async for msg in requests:
+            if msg.WhichOneof("kind") != "control":
+                raise InvalidRequest("start", "send LiveStart once, first; then only controls")
+            await queue.put(msg.control)
+        await queue.put(None)
+    except InvalidRequest as exc:
+        await queue.put(exc)
 
 
 def _mode_label(spec: Any) -> str:

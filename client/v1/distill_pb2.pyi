@@ -465,11 +465,14 @@ class AudioChunk(_message.Message):
     SAMPLE_OFFSET_FIELD_NUMBER: _builtins.int
     NUM_SAMPLES_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    CONTROL_SEQUENCE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     sample_offset: _builtins.int
     """Offset of the block's first frame, in frames per channel."""
     num_samples: _builtins.int
     data: _builtins.bytes
+    control_sequence: _builtins.int
+    """GenerateLive: the sequence of the last LiveControl this block reflects (0: none yet)."""
     def __init__(
         self,
         *,
@@ -477,10 +480,11 @@ class AudioChunk(_message.Message):
         sample_offset: _builtins.int = ...,
         num_samples: _builtins.int = ...,
         data: _builtins.bytes = ...,
+        control_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "num_samples", b"num_samples", "sample_offset", b"sample_offset", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_sequence", b"control_sequence", "data", b"data", "num_samples", b"num_samples", "sample_offset", b"sample_offset", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -493,16 +497,22 @@ class StreamEnd(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """GenerateLive: why the session ended: "stop" (a control asked), "client_closed" (the
+    client half-closed its requests) or "max_live_duration" (Limits.max_live_s reached).
+    """
     @_builtins.property
     def stats(self) -> Global___GenerationStats: ...
     def __init__(
         self,
         *,
         stats: Global___GenerationStats | None = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "stats", b"stats"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -598,11 +608,22 @@ class Limits(_message.Message):
     MAX_STEPS_BETWEEN_FIELD_NUMBER: _builtins.int
     MIN_CHUNK_DURATION_S_FIELD_NUMBER: _builtins.int
     MAX_CHUNK_DURATION_S_FIELD_NUMBER: _builtins.int
+    MAX_LIVE_S_FIELD_NUMBER: _builtins.int
+    LIVE_IDLE_TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    MIN_LOOKAHEAD_S_FIELD_NUMBER: _builtins.int
+    MAX_LOOKAHEAD_S_FIELD_NUMBER: _builtins.int
     max_duration_s: _builtins.float
     max_concurrent_generations: _builtins.int
     max_steps_between: _builtins.int
     min_chunk_duration_s: _builtins.float
     max_chunk_duration_s: _builtins.float
+    max_live_s: _builtins.float
+    """Longest GenerateLive session, seconds."""
+    live_idle_timeout_s: _builtins.float
+    """A live session whose client reads no audio for this long is ended (DEADLINE_EXCEEDED)."""
+    min_lookahead_s: _builtins.float
+    """The lookahead_s range a live session may ask for."""
+    max_lookahead_s: _builtins.float
     def __init__(
         self,
         *,
@@ -611,10 +632,14 @@ class Limits(_message.Message):
         max_steps_between: _builtins.int = ...,
         min_chunk_duration_s: _builtins.float = ...,
         max_chunk_duration_s: _builtins.float = ...,
+        max_live_s: _builtins.float = ...,
+        live_idle_timeout_s: _builtins.float = ...,
+        min_lookahead_s: _builtins.float = ...,
+        max_lookahead_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_chunk_duration_s", b"max_chunk_duration_s", "max_concurrent_generations", b"max_concurrent_generations", "max_duration_s", b"max_duration_s", "max_steps_between", b"max_steps_between", "min_chunk_duration_s", b"min_chunk_duration_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["live_idle_timeout_s", b"live_idle_timeout_s", "max_chunk_duration_s", b"max_chunk_duration_s", "max_concurrent_generations", b"max_concurrent_generations", "max_duration_s", b"max_duration_s", "max_live_s", b"max_live_s", "max_lookahead_s", b"max_lookahead_s", "max_steps_between", b"max_steps_between", "min_chunk_duration_s", b"min_chunk_duration_s", "min_lookahead_s", b"min_lookahead_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -708,3 +733,131 @@ class GetModelInfoResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetModelInfoResponse: _TypeAlias = GetModelInfoResponse  # noqa: Y015
+
+@_typing.final
+class LiveStart(_message.Message):
+    """LiveStart opens a live session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    LOOKAHEAD_S_FIELD_NUMBER: _builtins.int
+    lookahead_s: _builtins.float
+    """How far ahead of real time the server may generate, in seconds; absent means 0.3.
+    Bounded by Limits.min_lookahead_s and Limits.max_lookahead_s. A change is heard after
+    about lookahead_s plus one block.
+    """
+    @_builtins.property
+    def spec(self) -> Global___GenerationSpec:
+        """What to play. duration_s must be 0: a live session runs until a control says stop."""
+
+    def __init__(
+        self,
+        *,
+        spec: Global___GenerationSpec | None = ...,
+        lookahead_s: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lookahead_s", b"_lookahead_s", "lookahead_s", b"lookahead_s", "spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lookahead_s", b"_lookahead_s", "lookahead_s", b"lookahead_s", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__lookahead_s: _TypeAlias = _typing.Literal["lookahead_s"]  # noqa: Y015
+    _WhichOneofArgType__lookahead_s: _TypeAlias = _typing.Literal["_lookahead_s", b"_lookahead_s"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lookahead_s) -> _WhichOneofReturnType__lookahead_s | None: ...
+
+Global___LiveStart: _TypeAlias = LiveStart  # noqa: Y015
+
+@_typing.final
+class LiveControl(_message.Message):
+    """LiveControl steers a live session from its next audio block on; unset fields keep their
+    values.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    LATENT_FIELD_NUMBER: _builtins.int
+    SLIDERS_FIELD_NUMBER: _builtins.int
+    EVOLUTION_AMOUNT_FIELD_NUMBER: _builtins.int
+    STEREO_WIDTH_FIELD_NUMBER: _builtins.int
+    TRANSITION_S_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Strictly increasing, starting at 1. AudioChunk.control_sequence reports it back."""
+    evolution_amount: _builtins.float
+    """Drift per chunk around the target, in [0, 1] (slider mode, or after a target was set)."""
+    stereo_width: _builtins.float
+    """Stereo width of a SPATIAL_MODE_STEREO_MID_SIDE session, in [0, 2]."""
+    transition_s: _builtins.float
+    """Glide time to the new target or width, seconds in [0, 60]; absent means 0 (the target
+    then fades in over the decoder's chunk crossfade, about half a chunk).
+    """
+    stop: _builtins.bool
+    """Fade out (50 ms) and end the session, after applying this message's other fields."""
+    @_builtins.property
+    def latent(self) -> Global___LatentVector: ...
+    @_builtins.property
+    def sliders(self) -> Global___SliderPositions:
+        """Sliders named here move; the others keep their positions (those of LiveStart, or 0)."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        latent: Global___LatentVector | None = ...,
+        sliders: Global___SliderPositions | None = ...,
+        evolution_amount: _builtins.float | None = ...,
+        stereo_width: _builtins.float | None = ...,
+        transition_s: _builtins.float | None = ...,
+        stop: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_evolution_amount", b"_evolution_amount", "_stereo_width", b"_stereo_width", "_transition_s", b"_transition_s", "evolution_amount", b"evolution_amount", "latent", b"latent", "sliders", b"sliders", "stereo_width", b"stereo_width", "target", b"target", "transition_s", b"transition_s"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_evolution_amount", b"_evolution_amount", "_stereo_width", b"_stereo_width", "_transition_s", b"_transition_s", "evolution_amount", b"evolution_amount", "latent", b"latent", "sequence", b"sequence", "sliders", b"sliders", "stereo_width", b"stereo_width", "stop", b"stop", "target", b"target", "transition_s", b"transition_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__evolution_amount: _TypeAlias = _typing.Literal["evolution_amount"]  # noqa: Y015
+    _WhichOneofArgType__evolution_amount: _TypeAlias = _typing.Literal["_evolution_amount", b"_evolution_amount"]  # noqa: Y015
+    _WhichOneofReturnType__stereo_width: _TypeAlias = _typing.Literal["stereo_width"]  # noqa: Y015
+    _WhichOneofArgType__stereo_width: _TypeAlias = _typing.Literal["_stereo_width", b"_stereo_width"]  # noqa: Y015
+    _WhichOneofReturnType__transition_s: _TypeAlias = _typing.Literal["transition_s"]  # noqa: Y015
+    _WhichOneofArgType__transition_s: _TypeAlias = _typing.Literal["_transition_s", b"_transition_s"]  # noqa: Y015
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["latent", "sliders"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__evolution_amount) -> _WhichOneofReturnType__evolution_amount | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stereo_width) -> _WhichOneofReturnType__stereo_width | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__transition_s) -> _WhichOneofReturnType__transition_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___LiveControl: _TypeAlias = LiveControl  # noqa: Y015
+
+@_typing.final
+class LiveRequest(_message.Message):
+    """LiveRequest is one message of a GenerateLive request stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    CONTROL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start(self) -> Global___LiveStart: ...
+    @_builtins.property
+    def control(self) -> Global___LiveControl: ...
+    def __init__(
+        self,
+        *,
+        start: Global___LiveStart | None = ...,
+        control: Global___LiveControl | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["control", b"control", "kind", b"kind", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control", b"control", "kind", b"kind", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["start", "control"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___LiveRequest: _TypeAlias = LiveRequest  # noqa: Y015

@@ -50,6 +50,11 @@ class DistillServiceStub:
                 request_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.GenerateLive = channel.stream_stream(
+                '/distill_serve.v1.DistillService/GenerateLive',
+                request_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.LiveRequest.SerializeToString,
+                response_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateStreamResponse.FromString,
+                _registered_method=True)
 
 
 class DistillServiceServicer:
@@ -77,6 +82,16 @@ class DistillServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateLive(self, request_iterator, context):
+        """GenerateLive plays an open-ended sound that the client steers while it plays. The first
+        LiveRequest carries a LiveStart, later ones LiveControl messages. Replies follow
+        GenerateStream's contract (header, audio, end); each AudioChunk names the last control
+        it reflects. The server keeps at most lookahead_s of audio ahead of real time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DistillServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +109,11 @@ def add_DistillServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GetModelInfoRequest.FromString,
                     response_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'GenerateLive': grpc.stream_stream_rpc_method_handler(
+                    servicer.GenerateLive,
+                    request_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.LiveRequest.FromString,
+                    response_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +198,33 @@ class DistillService:
             '/distill_serve.v1.DistillService/GetModelInfo',
             distill__serve_dot_client_dot_v1_dot_distill__pb2.GetModelInfoRequest.SerializeToString,
             distill__serve_dot_client_dot_v1_dot_distill__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateLive(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/distill_serve.v1.DistillService/GenerateLive',
+            distill__serve_dot_client_dot_v1_dot_distill__pb2.LiveRequest.SerializeToString,
+            distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,12 @@ class DistillServiceStub:
     """GenerateStream returns a header, audio blocks as they are ready, and a closing message."""
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_distill_pb2.GetModelInfoRequest, _distill_pb2.GetModelInfoResponse]
     """GetModelInfo describes the loaded bundle, its sliders, rates, limits and provider."""
+    GenerateLive: _grpc.StreamStreamMultiCallable[_distill_pb2.LiveRequest, _distill_pb2.GenerateStreamResponse]
+    """GenerateLive plays an open-ended sound that the client steers while it plays. The first
+    LiveRequest carries a LiveStart, later ones LiveControl messages. Replies follow
+    GenerateStream's contract (header, audio, end); each AudioChunk names the last control
+    it reflects. The server keeps at most lookahead_s of audio ahead of real time.
+    """
 
 @_typing.type_check_only
 class DistillServiceAsyncStub(DistillServiceStub):
@@ -58,6 +64,12 @@ class DistillServiceAsyncStub(DistillServiceStub):
     """GenerateStream returns a header, audio blocks as they are ready, and a closing message."""
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_distill_pb2.GetModelInfoRequest, _distill_pb2.GetModelInfoResponse]  # type: ignore[assignment]
     """GetModelInfo describes the loaded bundle, its sliders, rates, limits and provider."""
+    GenerateLive: _aio.StreamStreamMultiCallable[_distill_pb2.LiveRequest, _distill_pb2.GenerateStreamResponse]  # type: ignore[assignment]
+    """GenerateLive plays an open-ended sound that the client steers while it plays. The first
+    LiveRequest carries a LiveStart, later ones LiveControl messages. Replies follow
+    GenerateStream's contract (header, audio, end); each AudioChunk names the last control
+    it reflects. The server keeps at most lookahead_s of audio ahead of real time.
+    """
 
 class DistillServiceServicer(metaclass=_abc_1.ABCMeta):
     """DistillService generates audio from latent trajectories."""
@@ -85,5 +97,17 @@ class DistillServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_distill_pb2.GetModelInfoResponse, _abc.Awaitable[_distill_pb2.GetModelInfoResponse]]:
         """GetModelInfo describes the loaded bundle, its sliders, rates, limits and provider."""
+
+    @_abc_1.abstractmethod
+    def GenerateLive(
+        self,
+        request_iterator: _MaybeAsyncIterator[_distill_pb2.LiveRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_distill_pb2.GenerateStreamResponse], _abc.AsyncIterator[_distill_pb2.GenerateStreamResponse]]:
+        """GenerateLive plays an open-ended sound that the client steers while it plays. The first
+        LiveRequest carries a LiveStart, later ones LiveControl messages. Replies follow
+        GenerateStream's contract (header, audio, end); each AudioChunk names the last control
+        it reflects. The server keeps at most lookahead_s of audio ahead of real time.
+        """
 
 def add_DistillServiceServicer_to_server(servicer: DistillServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

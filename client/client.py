@@ -275,7 +275,7 @@ class _Collector:
         self.stats: GenerationStats | None = None
         self.first: float | None = None
 
-    def feed(self, msg: pb.GenerateStreamResponse) -> AudioBlock | None:
+    def feed(self, msg: pb.GenerateStreamResponse | pb.GenerateLiveResponse) -> AudioBlock | None:
         kind = msg.WhichOneof("event")
         if kind == "header":
             self.header = _header(msg.header)

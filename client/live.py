@@ -31,12 +31,12 @@ from distill_serve.client.v1 import distill_pb2 as pb
 from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
 
 
-def start_request(mode: str, lookahead: float | None, options: Any) -> pb.LiveRequest:
+def start_request(mode: str, lookahead: float | None, options: Any) -> pb.GenerateLiveRequest:
     """The first message of a live session (``options``: :func:`build_spec` keywords)."""
     start = pb.LiveStart(spec=build_spec(mode, 0.0, **options))
     if lookahead is not None:
         start.lookahead_s = lookahead
-    return pb.LiveRequest(start=start)
+    return pb.GenerateLiveRequest(start=start)
 
 
 def control_fields(
@@ -76,7 +76,7 @@ class _Controls:
         self.end_reason = ""
         self.stats: GenerationStats | None = None
 
-    def _put(self, msg: pb.LiveRequest | None) -> None:
+    def _put(self, msg: pb.GenerateLiveRequest | None) -> None:
         raise NotImplementedError
 
     def send(self, control: pb.LiveControl) -> int:
@@ -84,7 +84,7 @@ class _Controls:
         with self._lock:  # numbers and queue order agree across threads
             self._sequence += 1
             control.sequence = self._sequence
-            self._put(pb.LiveRequest(control=control))
+            self._put(pb.GenerateLiveRequest(control=control))
             return self._sequence
 
     def set_sliders(self, positions: Mapping[int, int], transition_s: float | None = None) -> int:
@@ -119,19 +119,19 @@ class LiveSession(_Controls):
     """A blocking live session (see :meth:`distill_serve.client.Client.live`)."""
 
     def __init__(
-        self, stub: pb_grpc.DistillServiceStub, first: pb.LiveRequest, kw: dict[str, Any]
+        self, stub: pb_grpc.DistillServiceStub, first: pb.GenerateLiveRequest, kw: dict[str, Any]
     ) -> None:
         super().__init__()
-        self._queue: queue.Queue[pb.LiveRequest | None] = queue.Queue()
+        self._queue: queue.Queue[pb.GenerateLiveRequest | None] = queue.Queue()
         self._collector = _Collector(time.perf_counter())
         self._call = stub.GenerateLive(self._requests(first), **kw)
 
-    def _requests(self, first: pb.LiveRequest) -> Iterator[pb.LiveRequest]:
+    def _requests(self, first: pb.GenerateLiveRequest) -> Iterator[pb.GenerateLiveRequest]:
         yield first
         while (msg := self._queue.get()) is not None:
             yield msg
 
-    def _put(self, msg: pb.LiveRequest | None) -> None:
+    def _put(self, msg: pb.GenerateLiveRequest | None) -> None:
         self._queue.put(msg)
 
     def __iter__(self) -> Iterator[AudioBlock]:
@@ -166,19 +166,21 @@ class AsyncLiveSession(_Controls):
     Call its control methods from the event loop's thread."""
 
     def __init__(
-        self, stub: pb_grpc.DistillServiceStub, first: pb.LiveRequest, kw: dict[str, Any]
+        self, stub: pb_grpc.DistillServiceStub, first: pb.GenerateLiveRequest, kw: dict[str, Any]
     ) -> None:
         super().__init__()
-        self._queue: asyncio.Queue[pb.LiveRequest | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[pb.GenerateLiveRequest | None] = asyncio.Queue()
         self._collector = _Collector(time.perf_counter())
         self._call = stub.GenerateLive(self._requests(first), **kw)
 
-    async def _requests(self, first: pb.LiveRequest) -> AsyncIterator[pb.LiveRequest]:
+    async def _requests(
+        self, first: pb.GenerateLiveRequest
+    ) -> AsyncIterator[pb.GenerateLiveRequest]:
         yield first
         while (msg := await self._queue.get()) is not None:
             yield msg
 
-    def _put(self, msg: pb.LiveRequest | None) -> None:
+    def _put(self, msg: pb.GenerateLiveRequest | None) -> None:
         self._queue.put_nowait(msg)
 
     async def __aiter__(self) -> AsyncIterator[AudioBlock]:

@@ -304,14 +304,16 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
 
     async def GenerateLive(
         self,
-        request_iterator: AsyncIterator[pb.LiveRequest],
+        request_iterator: AsyncIterator[pb.GenerateLiveRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
         requests = aiter(request_iterator)
         try:
             first = await anext(requests, None)
             if first is None or first.WhichOneof("kind") != "start":
-                raise InvalidRequest("start", "the first LiveRequest must carry a LiveStart")
+                raise InvalidRequest(
+                    "start", "the first GenerateLiveRequest must carry a LiveStart"
+                )
             start = first.start
             lookahead = check_lookahead(
                 start.lookahead_s if start.HasField("lookahead_s") else None, self._limits
@@ -357,7 +359,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         loop = asyncio.get_running_loop()
         header = pb.StreamHeader(format=run.audio_format(pb.CONTAINER_RAW), seed=p.seed)
         header.format.total_samples = 0  # open-ended
-        await self._send(context, pb.GenerateStreamResponse(header=header))
+        await self._send(context, pb.GenerateLiveResponse(header=header))
         sequence = last_control = 0
         reason = ""
         while True:
@@ -398,7 +400,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             n = block.audio.shape[1]
             await self._send(
                 context,
-                pb.GenerateStreamResponse(
+                pb.GenerateLiveResponse(
                     audio=pb.AudioChunk(
                         sequence=sequence,
                         sample_offset=session.samples - n,
@@ -414,12 +416,10 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
                 break
         await self._send(
             context,
-            pb.GenerateStreamResponse(end=pb.StreamEnd(stats=run.stats_message(), reason=reason)),
+            pb.GenerateLiveResponse(end=pb.StreamEnd(stats=run.stats_message(), reason=reason)),
         )
 
-    async def _send(
-        self, context: grpc.aio.ServicerContext, msg: pb.GenerateStreamResponse
-    ) -> None:
+    async def _send(self, context: grpc.aio.ServicerContext, msg: pb.GenerateLiveResponse) -> None:
         """Write one live message; a client that reads nothing for the idle timeout is
         dropped (flow control would otherwise hold the session and its slot forever)."""
         timeout = self._limits.live_idle_timeout_s
@@ -458,6 +458,10 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
                 max_steps_between=self._limits.max_steps_between,
                 min_chunk_duration_s=model.min_chunk_duration_s,
                 max_chunk_duration_s=model.max_chunk_duration_s,
+                max_live_s=self._limits.max_live_s,
+                live_idle_timeout_s=self._limits.live_idle_timeout_s,
+                min_lookahead_s=self._limits.min_lookahead_s,
+                max_lookahead_s=self._limits.max_lookahead_s,
             ),
             files=[pb.BundleFile(path=f.path, role=f.role, sha256=f.sha256) for f in bundle.files],
             execution_provider=self._engine.primary_provider,
@@ -495,7 +499,7 @@ class _Internal(_Abort):
 
 
 async def _read_controls(
-    requests: AsyncIterator[pb.LiveRequest],
+    requests: AsyncIterator[pb.GenerateLiveRequest],
     queue: asyncio.Queue[pb.LiveControl | InvalidRequest | None],
 ) -> None:
     """Move a live session's controls into its bounded queue; None marks the client's

@@ -1,5 +1,5 @@
-"""The C++ client (client/cpp), built with CMake against Debian's gRPC, run against a live
-server: its WAV has the requested length and equals the Python client's audio."""
+"""The C++ clients (client/cpp), built with CMake against Debian's gRPC, run against a live
+server: their WAVs have the requested length and equal the Python client's audio."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def cpp_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     binary = build / "distill_generate"
-    assert binary.is_file()
+    assert binary.is_file() and (build / "distill_live").is_file()
     return binary
 
 
@@ -116,3 +116,33 @@ def test_cpp_client_reports_refusal(cpp_client: Path, server: ServerThread, tmp_
     )
     assert proc.returncode == 1
     assert "duration_s" in proc.stderr and not (tmp_path / "x.wav").exists()
+
+
+def test_cpp_live_example_steers_a_session(
+    cpp_client: Path, server: ServerThread, tmp_path: Path
+) -> None:
+    """client/cpp/distill_live: audio thread reads blocks while the UI thread sends controls
+    read from stdin. Until its first control the audio is the Python client's, sample for
+    sample; it ends with the server's fade-out."""
+    wav = tmp_path / "live.wav"
+    proc = subprocess.run(
+        [str(cpp_client.parent / "distill_live"), "--server", server.target, "--mode", "slider",
+         "--slider", "0=4", "--seed", "21", "--rate", "32000", "-o", str(wav)],
+        input="wait 0.6\nslider 1=-6\nwait 0.4\nstop\n", capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "ended by stop" in proc.stdout
+    unsteered = int(proc.stdout.split(" frames before the first control")[0].rsplit(" ", 1)[1])
+    audio, rate = sf.read(str(wav), dtype="int16", always_2d=True)
+    assert rate == 32000 and unsteered > 0.3 * rate and audio.shape[0] > unsteered
+    with Client(server.target, timeout=60) as c:
+        session = c.live("slider", seed=21, sample_rate=32000, sliders={0: 4})
+        blocks = []
+        for block in session:
+            blocks.append(block.audio)
+            if sum(b.shape[1] for b in blocks) >= unsteered:
+                session.stop()
+    ref = np.round(np.concatenate(blocks, axis=1).T[:unsteered] * 32767).astype(np.int16)
+    np.testing.assert_array_equal(audio[:unsteered], ref)
+    assert np.abs(audio[-10:]).max() < 100  # faded out

@@ -835,8 +835,8 @@ class LiveControl(_message.Message):
 Global___LiveControl: _TypeAlias = LiveControl  # noqa: Y015
 
 @_typing.final
-class LiveRequest(_message.Message):
-    """LiveRequest is one message of a GenerateLive request stream."""
+class GenerateLiveRequest(_message.Message):
+    """GenerateLiveRequest is one message of a GenerateLive request stream."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -860,4 +860,38 @@ class LiveRequest(_message.Message):
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
-Global___LiveRequest: _TypeAlias = LiveRequest  # noqa: Y015
+Global___GenerateLiveRequest: _TypeAlias = GenerateLiveRequest  # noqa: Y015
+
+@_typing.final
+class GenerateLiveResponse(_message.Message):
+    """GenerateLiveResponse is one message of a live stream: header, audio, then end (as
+    GenerateStreamResponse; header.format.total_samples is 0, the length being open).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    AUDIO_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___StreamHeader: ...
+    @_builtins.property
+    def audio(self) -> Global___AudioChunk: ...
+    @_builtins.property
+    def end(self) -> Global___StreamEnd: ...
+    def __init__(
+        self,
+        *,
+        header: Global___StreamHeader | None = ...,
+        audio: Global___AudioChunk | None = ...,
+        end: Global___StreamEnd | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "end", b"end", "event", b"event", "header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "end", b"end", "event", b"event", "header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["header", "audio", "end"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___GenerateLiveResponse: _TypeAlias = GenerateLiveResponse  # noqa: Y015

@@ -52,8 +52,8 @@ class DistillServiceStub:
                 _registered_method=True)
         self.GenerateLive = channel.stream_stream(
                 '/distill_serve.v1.DistillService/GenerateLive',
-                request_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.LiveRequest.SerializeToString,
-                response_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateStreamResponse.FromString,
+                request_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveRequest.SerializeToString,
+                response_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveResponse.FromString,
                 _registered_method=True)
 
 
@@ -84,7 +84,7 @@ class DistillServiceServicer:
 
     def GenerateLive(self, request_iterator, context):
         """GenerateLive plays an open-ended sound that the client steers while it plays. The first
-        LiveRequest carries a LiveStart, later ones LiveControl messages. Replies follow
+        GenerateLiveRequest carries a LiveStart, later ones LiveControl messages. Replies follow
         GenerateStream's contract (header, audio, end); each AudioChunk names the last control
         it reflects. The server keeps at most lookahead_s of audio ahead of real time.
         """
@@ -112,8 +112,8 @@ def add_DistillServiceServicer_to_server(servicer, server):
             ),
             'GenerateLive': grpc.stream_stream_rpc_method_handler(
                     servicer.GenerateLive,
-                    request_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.LiveRequest.FromString,
-                    response_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateStreamResponse.SerializeToString,
+                    request_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveRequest.FromString,
+                    response_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,8 +223,8 @@ class DistillService:
             request_iterator,
             target,
             '/distill_serve.v1.DistillService/GenerateLive',
-            distill__serve_dot_client_dot_v1_dot_distill__pb2.LiveRequest.SerializeToString,
-            distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateStreamResponse.FromString,
+            distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveRequest.SerializeToString,
+            distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveResponse.FromString,
             options,
             channel_credentials,
             insecure,

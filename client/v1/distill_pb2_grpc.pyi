@@ -46,9 +46,9 @@ class DistillServiceStub:
     """GenerateStream returns a header, audio blocks as they are ready, and a closing message."""
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_distill_pb2.GetModelInfoRequest, _distill_pb2.GetModelInfoResponse]
     """GetModelInfo describes the loaded bundle, its sliders, rates, limits and provider."""
-    GenerateLive: _grpc.StreamStreamMultiCallable[_distill_pb2.LiveRequest, _distill_pb2.GenerateStreamResponse]
+    GenerateLive: _grpc.StreamStreamMultiCallable[_distill_pb2.GenerateLiveRequest, _distill_pb2.GenerateLiveResponse]
     """GenerateLive plays an open-ended sound that the client steers while it plays. The first
-    LiveRequest carries a LiveStart, later ones LiveControl messages. Replies follow
+    GenerateLiveRequest carries a LiveStart, later ones LiveControl messages. Replies follow
     GenerateStream's contract (header, audio, end); each AudioChunk names the last control
     it reflects. The server keeps at most lookahead_s of audio ahead of real time.
     """
@@ -64,9 +64,9 @@ class DistillServiceAsyncStub(DistillServiceStub):
     """GenerateStream returns a header, audio blocks as they are ready, and a closing message."""
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_distill_pb2.GetModelInfoRequest, _distill_pb2.GetModelInfoResponse]  # type: ignore[assignment]
     """GetModelInfo describes the loaded bundle, its sliders, rates, limits and provider."""
-    GenerateLive: _aio.StreamStreamMultiCallable[_distill_pb2.LiveRequest, _distill_pb2.GenerateStreamResponse]  # type: ignore[assignment]
+    GenerateLive: _aio.StreamStreamMultiCallable[_distill_pb2.GenerateLiveRequest, _distill_pb2.GenerateLiveResponse]  # type: ignore[assignment]
     """GenerateLive plays an open-ended sound that the client steers while it plays. The first
-    LiveRequest carries a LiveStart, later ones LiveControl messages. Replies follow
+    GenerateLiveRequest carries a LiveStart, later ones LiveControl messages. Replies follow
     GenerateStream's contract (header, audio, end); each AudioChunk names the last control
     it reflects. The server keeps at most lookahead_s of audio ahead of real time.
     """
@@ -101,11 +101,11 @@ class DistillServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def GenerateLive(
         self,
-        request_iterator: _MaybeAsyncIterator[_distill_pb2.LiveRequest],
+        request_iterator: _MaybeAsyncIterator[_distill_pb2.GenerateLiveRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_distill_pb2.GenerateStreamResponse], _abc.AsyncIterator[_distill_pb2.GenerateStreamResponse]]:
+    ) -> _typing.Union[_abc.Iterator[_distill_pb2.GenerateLiveResponse], _abc.AsyncIterator[_distill_pb2.GenerateLiveResponse]]:
         """GenerateLive plays an open-ended sound that the client steers while it plays. The first
-        LiveRequest carries a LiveStart, later ones LiveControl messages. Replies follow
+        GenerateLiveRequest carries a LiveStart, later ones LiveControl messages. Replies follow
         GenerateStream's contract (header, audio, end); each AudioChunk names the last control
         it reflects. The server keeps at most lookahead_s of audio ahead of real time.
         """

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks import e2e, machine
+from benchmarks import e2e, live, machine
 
 
 def table(rows: list[dict[str, Any]], title: str) -> str:
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache/distill-serve/bench")
     p.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    p.add_argument("--live-only", action="store_true", help="only the live-session benchmark")
     args = p.parse_args(argv)
 
     quick = args.quick
@@ -83,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     # never imports torch, so nothing it leaves running competes with what is measured.
     bundle = args.bundle or demo_bundle()
     with e2e.server(bundle) as (target, pid):
+        result["live"] = live.bench(target, quick)
+        print(table(result["live"]["control_latency"], "live: control to first reflecting block"))
+        print(table(result["live"]["capacity"], "live: sessions kept in real time"), flush=True)
+        if args.live_only:
+            return _write(result, args.out, quick)
         seconds = [1.0] if quick else [1.0, 10.0, 30.0]
         result["latency"] = e2e.latency(target, seconds, repeats)
         print(table(result["latency"], "gRPC latency (seconds)"), flush=True)
@@ -111,8 +117,12 @@ def main(argv: list[str] | None = None) -> int:
             row["ort_pct_of_fma_peak"] = 100 * row["ort_gflops"] / peak
     result["vocoder"] = rows
 
+    return _write(result, args.out, quick)
+
+
+def _write(result: dict[str, Any], out: Path | None, quick: bool) -> int:
     stamp = f"{dt.datetime.now():%Y%m%d-%H%M%S}{'-quick' if quick else ''}"
-    out = args.out or Path("benchmarks/results") / f"{result['machine']['host']}-{stamp}.json"
+    out = out or Path("benchmarks/results") / f"{result['machine']['host']}-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

@@ -79,7 +79,12 @@ def _serve(args: argparse.Namespace) -> int:
             bundle=args.bundle,
             host=args.host,
             port=args.port,
-            limits=Limits(max_duration_s=args.max_duration, max_concurrent=args.max_concurrent),
+            limits=Limits(
+                max_duration_s=args.max_duration,
+                max_concurrent=args.max_concurrent,
+                max_live_s=args.max_live_seconds,
+                live_idle_timeout_s=args.live_idle_timeout,
+            ),
             engine=EngineConfig(
                 use_cuda=not args.no_cuda,
                 gpu_mem_limit=args.gpu_mem_limit,
@@ -143,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=50051)
     p.add_argument("--max-concurrent", type=int, default=4, help="concurrent generations")
     p.add_argument("--max-duration", type=float, default=60.0, help="longest request, seconds")
+    p.add_argument(
+        "--max-live-seconds", type=float, default=3600.0, help="longest live session, seconds"
+    )
+    p.add_argument(
+        "--live-idle-timeout",
+        type=float,
+        default=30.0,
+        help="drop a live session whose client reads no audio for this long, seconds",
+    )
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus HTTP port")
     p.add_argument("--no-cuda", action="store_true", help="CPU execution provider only")
     p.add_argument("--gpu-mem-limit", type=int, default=None, help="CUDA arena limit, bytes")

@@ -126,6 +126,8 @@ def run_info(args: argparse.Namespace) -> int:
         return _fail(_describe(exc, args.server))
     print(f"latent_dim: {info.latent_dim}")
     print(f"execution provider: {info.execution_provider}, vocoder {info.vocoder_precision}")
+    if info.provider_note:
+        print(f"CUDA not serving: {info.provider_note}")
     print(
         f"sample rates: {', '.join(map(str, info.sample_rates))} "
         f"(default {info.default_sample_rate})"

@@ -150,6 +150,8 @@ class ModelInfo:
     execution_provider: str
     files: list[tuple[str, str, str]] = field(default_factory=list)
     vocoder_precision: str = "fp32"
+    #: why CUDA is not serving although it was wanted ("" when it is, or was not wanted)
+    provider_note: str = ""
 
     @classmethod
     def from_pb(cls, r: pb.GetModelInfoResponse) -> ModelInfo:
@@ -167,6 +169,7 @@ class ModelInfo:
             execution_provider=r.execution_provider,
             files=[(f.path, f.role, f.sha256) for f in r.files],
             vocoder_precision=r.vocoder_precision or "fp32",
+            provider_note=r.provider_note,
         )
 
 

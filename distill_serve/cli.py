@@ -91,6 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
                 intra_op_threads=args.threads,
                 fault_injection=args.fault_injection,
                 vocoder_precision=args.vocoder_precision,
+                cudnn_conv_algo_search=args.cudnn_conv_algo_search,
             ),
             metrics_port=args.metrics_port,
             grace_s=args.grace,
@@ -161,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cuda", action="store_true", help="CPU execution provider only")
     p.add_argument("--gpu-mem-limit", type=int, default=None, help="CUDA arena limit, bytes")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads")
+    p.add_argument(
+        "--cudnn-conv-algo-search",
+        choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT"],
+        default="HEURISTIC",
+        help="cuDNN algorithm search of onnxruntime's CUDA provider",
+    )
     p.add_argument(
         "--vocoder-precision",
         choices=sorted(VOCODER_ROLES),

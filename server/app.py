@@ -147,8 +147,12 @@ class DistillServer:
         self.port = 0
 
     def _attach(self, engine: Engine) -> Engine:
-        """Count the engine's CUDA fallbacks in this server's metrics."""
+        """Count the engine's CUDA fallbacks and failed CUDA starts in this server's metrics
+        (a failure before the server existed counts once, here)."""
         engine.on_fallback = lambda graph: self.metrics.fallbacks.labels(graph).inc()
+        engine.on_primary_failure = lambda reason: self.metrics.primary_failures.inc()
+        if engine.provider_note and not engine.has_primary:
+            self.metrics.primary_failures.inc()
         return engine
 
     async def start(self) -> int:
@@ -204,6 +208,8 @@ async def run(config: ServerConfig) -> None:
         f"(bundle {engine.bundle.root}, provider {engine.primary_provider})",
         flush=True,
     )
+    if engine.provider_note:
+        print(f"CUDA not serving: {engine.provider_note}", flush=True)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 

@@ -176,3 +176,23 @@ def plan_blocks(
         start = stop
         size = min(largest, int(size * growth))
     return blocks
+
+
+def fit_window(
+    lo: int, hi: int, first: int, last: int | None, buckets: tuple[int, ...]
+) -> tuple[int, int]:
+    """Widen the vocoder window ``[lo, hi)`` to the smallest bucket that fits, taking extra
+    frames on the left (down to ``first``, the first frame still available) or else on the
+    right (up to ``last``, the end of the mel; None: open-ended). Extra context does not
+    change the block's samples (it lies beyond the vocoder's receptive field). Returns the
+    window unchanged when no bucket fits (a clip shorter than the bucket)."""
+    size = hi - lo
+    for bucket in buckets:
+        if bucket < size:
+            continue
+        if hi - bucket >= first:
+            return hi - bucket, hi
+        if last is None or lo + bucket <= last:
+            return lo, lo + bucket
+        break
+    return lo, hi

@@ -1,8 +1,15 @@
 """onnxruntime sessions for a bundle, with CUDA first and CPU on out-of-memory.
 
-Concurrency: onnxruntime sessions are safe to ``run`` from many threads. ``Engine._lock``
-guards only the swap of primary (CUDA) sessions during a rebuild and the fault-injection
-counter; no run holds it.
+Every graph has a CPU session, always ready. The primary path (:class:`_Primary`) holds the
+GPU sessions of the decoder and vocoder (or, under fault injection, CPU stand-ins for them);
+:mod:`distill_serve.server.cuda` says why it is shaped as it is (fixed shapes, one owner
+thread, IO binding). A primary path that cannot be built leaves the engine serving on CPU,
+says why (:attr:`Engine.provider_note`), and is retried every ``primary_retry_s``.
+
+Concurrency: CPU sessions are ``run`` from many threads; primary sessions only from the
+primary's :class:`~distill_serve.server.cuda.DeviceWorker` thread. ``Engine._lock`` guards
+the swap of the primary path, the retry timer and the fault-injection counters; no run
+holds it.
 """
 
 from __future__ import annotations
@@ -19,14 +26,25 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 
 from distill_serve.bundle import VOCODER_ROLES, Bundle, load_bundle
+from distill_serve.server.cuda import (
+    CUDA,
+    DECODER_BATCHES,
+    VOCODER_BUCKETS,
+    BoundSession,
+    DeviceWorker,
+    cuda_unavailable_reason,
+)
 from distill_serve.server.model import ModelSpec
 from distill_serve.server.resample import Polyphase
 
 log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
 OOM_MARKERS = ("out of memory", "failed to allocate memory", "bfcarena", "alloc_failed")
+CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+#: Graphs the primary path runs; the bridge and resamplers stay on CPU (see server/cuda.py).
+PRIMARY_GRAPHS = ("decoder", "vocoder")
+MAX_RETRY_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -38,13 +56,22 @@ class EngineConfig:
         gpu_mem_limit: CUDA arena limit in bytes (None: onnxruntime's default).
         intra_op_threads: CPU threads per session (0: onnxruntime's default).
         fault_injection: build a primary path even without CUDA (on the CPU provider) so
-            that :meth:`Engine.inject_oom` can exercise the fallback without a GPU.
+            that :meth:`Engine.inject_oom` and ``inject_init_failures`` can exercise the
+            fallbacks without a GPU.
         allow_spinning: let onnxruntime's idle worker threads spin. Off by default: the
             pipeline alternates between several sessions and numpy/scipy steps, and on two
             cores the spinning pools of one session starve the next (10 s requests took
             1.8-3.0 s with spinning, 1.8-2.3 s without, on the demo bundle).
         vocoder_precision: "fp32" (the exported graph) or "int8" (the bundle's
             ``vocoder_int8`` graph from ``distill-serve export --int8``).
+        fixed_shapes: primary sessions per fixed shape (server/cuda.py); None: on for CUDA,
+            off for the fault-injection stand-in (whose audio then equals the CPU path's).
+        cudnn_conv_algo_search: onnxruntime's cuDNN algorithm search (EXHAUSTIVE, HEURISTIC
+            or DEFAULT); HEURISTIC is the cheapest that still picks fast kernels.
+        primary_retry_s: how long to wait before building a failed primary path again
+            (doubling up to 10 minutes).
+        inject_init_failures: testing: the first N primary builds fail as a CUDA arena out of
+            memory at session creation would (needs ``fault_injection``).
     """
 
     use_cuda: bool = True
@@ -53,6 +80,10 @@ class EngineConfig:
     fault_injection: bool = False
     allow_spinning: bool = False
     vocoder_precision: str = "fp32"
+    fixed_shapes: bool | None = None
+    cudnn_conv_algo_search: str = "HEURISTIC"
+    primary_retry_s: float = 60.0
+    inject_init_failures: int = 0
 
     def __post_init__(self) -> None:
         if self.vocoder_precision not in VOCODER_ROLES:
@@ -60,6 +91,13 @@ class EngineConfig:
                 f"vocoder_precision must be one of {sorted(VOCODER_ROLES)}, "
                 f"got {self.vocoder_precision!r}"
             )
+        if self.cudnn_conv_algo_search not in CONV_ALGO_SEARCH:
+            raise ValueError(
+                f"cudnn_conv_algo_search must be one of {list(CONV_ALGO_SEARCH)}, "
+                f"got {self.cudnn_conv_algo_search!r}"
+            )
+        if self.inject_init_failures and not self.fault_injection:
+            raise ValueError("inject_init_failures needs fault_injection=True")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -69,13 +107,60 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 class _Graph:
-    """One graph: a primary session (CUDA, or a stand-in under fault injection) and CPU."""
+    """One graph: its file and its CPU session."""
 
     def __init__(self, path: Path, cpu: ort.InferenceSession) -> None:
         self.path = path
         self.cpu = cpu
-        self.primary: ort.InferenceSession | None = None
         self.input_names = [i.name for i in cpu.get_inputs()]
+
+
+class _Primary:
+    """The decoder and vocoder on the primary provider, run by one device thread.
+
+    With fixed shapes there is one IO-bound session per decoder batch size and per vocoder
+    window length; otherwise one session per graph with dynamic shapes.
+    """
+
+    def __init__(
+        self,
+        sessions: dict[str, ort.InferenceSession | dict[int, BoundSession]],
+        worker: DeviceWorker,
+        provider: str,
+    ) -> None:
+        self._sessions = sessions
+        self._worker = worker
+        self.provider = provider
+
+    @property
+    def vocoder_buckets(self) -> tuple[int, ...]:
+        vocoder = self._sessions["vocoder"]
+        return tuple(sorted(vocoder)) if isinstance(vocoder, dict) else ()
+
+    def serves(self, name: str, x: np.ndarray) -> bool:
+        """Whether this input runs here (a vocoder window that fits no bucket runs on CPU)."""
+        sessions = self._sessions.get(name)
+        if isinstance(sessions, dict) and name == "vocoder":
+            return x.shape[2] in sessions
+        return sessions is not None
+
+    def run(self, name: str, x: np.ndarray) -> np.ndarray:
+        sessions = self._sessions[name]
+        if not isinstance(sessions, dict):
+            session = sessions
+            feed = {session.get_inputs()[0].name: x}
+            return self._worker.call(lambda: np.asarray(session.run(None, feed)[0]))
+        if name == "decoder":
+            n = x.shape[0]
+            batch = next(b for b in sorted(sessions) if b >= n)
+            padded = np.zeros((batch, *x.shape[1:]), np.float32)
+            padded[:n] = x
+            return self._worker.call(lambda: sessions[batch].run(padded))[:n]
+        bound = sessions[x.shape[2]]
+        return self._worker.call(lambda: bound.run(x))
+
+    def close(self) -> None:
+        self._worker.close()
 
 
 class Engine:
@@ -92,8 +177,16 @@ class Engine:
         self.model = ModelSpec.from_bundle(bundle)
         #: called with the graph name on each CUDA out-of-memory fallback (a server counts them)
         self.on_fallback = on_fallback
+        #: called with the reason each time the primary path cannot be built
+        self.on_primary_failure: Callable[[str], None] | None = None
+        #: why CUDA is not serving although it was wanted ("" when it is, or was not wanted)
+        self.provider_note = ""
         self._lock = threading.Lock()
         self._inject = 0
+        self._init_failures = self.config.inject_init_failures
+        self._retry: threading.Timer | None = None
+        self._retry_s = self.config.primary_retry_s
+        self._primary: _Primary | None = None
         self._graphs: dict[str, _Graph] = {}
         roles = {
             "decoder": "decoder",
@@ -104,7 +197,7 @@ class Engine:
             self._graphs[name] = self._load(bundle.graph(role))
         for rate in self.model.resamplers:
             self._graphs[f"resampler:{rate}"] = self._load(bundle.graph("resampler", rate=rate))
-        self.primary_provider = self._build_primary()
+        self._build_primary()
 
     @classmethod
     def from_dir(
@@ -118,6 +211,12 @@ class Engine:
     @property
     def vocoder_precision(self) -> str:
         return self.config.vocoder_precision
+
+    @property
+    def primary_provider(self) -> str:
+        """The provider the primary path really runs on (CPU when there is none)."""
+        primary = self._primary
+        return primary.provider if primary is not None else CPU
 
     # --- sessions ----------------------------------------------------------------------
     def _options(self) -> ort.SessionOptions:
@@ -137,51 +236,127 @@ class Engine:
     def _load(self, path: Path) -> _Graph:
         return _Graph(path, self._session(path, [CPU]))
 
-    def _install_primary(self, sessions: dict[str, ort.InferenceSession]) -> None:
+    def _cuda_options(self) -> dict[str, str]:
+        opts = {
+            "arena_extend_strategy": "kSameAsRequested",
+            "cudnn_conv_algo_search": self.config.cudnn_conv_algo_search,
+            "cudnn_conv1d_pad_to_nc1d": "1",  # torch's Conv1d layout for cuDNN
+        }
+        if self.config.gpu_mem_limit:
+            opts["gpu_mem_limit"] = str(self.config.gpu_mem_limit)
+        return opts
+
+    def _make_primary(self, providers: list[Any], device: str, provider: str) -> _Primary:
+        """Sessions for :data:`PRIMARY_GRAPHS`; raises if a session cannot be made or does
+        not run on ``provider``."""
         with self._lock:
-            for name, session in sessions.items():
-                self._graphs[name].primary = session
-
-    def _cuda_wanted(self) -> bool:
-        return self.config.use_cuda and CUDA in ort.get_available_providers()
-
-    def _build_primary(self) -> str:
-        """(Re)build the primary sessions; returns the provider really in use."""
-        if self._cuda_wanted():
-            cuda_opts: dict[str, str] = {"arena_extend_strategy": "kSameAsRequested"}
-            if self.config.gpu_mem_limit:
-                cuda_opts["gpu_mem_limit"] = str(self.config.gpu_mem_limit)
-            sessions: dict[str, ort.InferenceSession] = {}
-            for name, graph in self._graphs.items():
-                session = self._session(graph.path, [(CUDA, cuda_opts), CPU])
-                if session.get_providers()[0] != CUDA:
-                    log.warning(
-                        "CUDA was requested but onnxruntime runs %s on %s (CUDA 13 / cuDNN 9 "
-                        "libraries missing? install distill-serve[cuda]); serving on CPU",
-                        graph.path.name,
-                        session.get_providers()[0],
+            if self._init_failures > 0:
+                self._init_failures -= 1
+                raise RuntimeException(
+                    "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Exception during "
+                    "initialization: BFCArena::AllocateRawInternal Failed to allocate memory "
+                    "(fault injection)"
+                )
+        fixed = self.config.fixed_shapes
+        fixed = provider == CUDA if fixed is None else fixed
+        first = providers[0]
+        expected = first if isinstance(first, str) else first[0]
+        worker = DeviceWorker()
+        try:
+            sessions: dict[str, ort.InferenceSession | dict[int, BoundSession]] = {}
+            for name in PRIMARY_GRAPHS:
+                path = self._graphs[name].path
+                if not fixed:
+                    sessions[name] = self._checked(path, providers, expected)
+                    continue
+                shapes = self._fixed_shapes(name)
+                sessions[name] = {
+                    key: worker.call(
+                        lambda shape=shape, path=path: BoundSession(
+                            self._checked(path, providers, expected), shape, device
+                        )
                     )
-                    sessions = {}
-                    break
-                sessions[name] = session
-            if sessions:
-                self._install_primary(sessions)
-                return CUDA
-        if self.config.fault_injection:
-            self._install_primary(
-                {name: self._session(g.path, [CPU]) for name, g in self._graphs.items()}
+                    for key, shape in shapes.items()
+                }
+        except BaseException:
+            worker.close()
+            raise
+        return _Primary(sessions, worker, provider)
+
+    def _fixed_shapes(self, name: str) -> dict[int, tuple[int, ...]]:
+        m = self.model
+        if name == "decoder":
+            return {b: (b, m.latent_dim) for b in DECODER_BATCHES}
+        return {t: (1, m.n_mels_voc, t) for t in VOCODER_BUCKETS}
+
+    def _checked(self, path: Path, providers: list[Any], provider: str) -> ort.InferenceSession:
+        session = self._session(path, providers)
+        running = session.get_providers()[0]
+        if running != provider:
+            raise RuntimeError(
+                f"onnxruntime runs {path.name} on {running}, not {provider} "
+                "(it falls back silently when a CUDA library is missing)"
             )
-            return f"{CPU} (fault-injection stand-in for CUDA)"
-        return CPU
+        return session
+
+    def _build_primary(self) -> None:
+        """(Re)build the primary path; on failure serve on CPU, say why and retry later."""
+        if self.config.use_cuda:
+            reason = cuda_unavailable_reason()
+            if reason is not None:  # no driver, no provider, missing libraries: no retry
+                self._primary_failed(f"CUDA unavailable: {reason}", retry=False)
+                if not self.config.fault_injection:
+                    return
+            else:
+                self._try_primary([(CUDA, self._cuda_options()), CPU], "cuda", CUDA)
+                return
+        if self.config.fault_injection:
+            self._try_primary([CPU], "cpu", f"{CPU} (fault-injection stand-in for CUDA)")
+
+    def _try_primary(self, providers: list[Any], device: str, provider: str) -> None:
+        try:
+            primary = self._make_primary(providers, device, provider)
+        except Exception as exc:  # any init error leaves the server on CPU
+            self._primary_failed(f"primary sessions could not be created: {exc}", retry=True)
+            return
+        with self._lock:
+            old, self._primary = self._primary, primary
+            self._retry_s = self.config.primary_retry_s
+            if provider == CUDA or not self.config.use_cuda:  # the note was about this path
+                self.provider_note = ""
+        if old is not None:
+            old.close()
+        log.info("primary path up on %s", provider)
+
+    def _primary_failed(self, reason: str, retry: bool) -> None:
+        log.warning("%s; serving on CPU%s", reason, " (will retry)" if retry else "")
+        with self._lock:
+            self.provider_note = reason
+            if retry:
+                self._retry = threading.Timer(self._retry_s, self._build_primary)
+                self._retry.daemon = True
+                self._retry.start()
+                self._retry_s = min(MAX_RETRY_S, 2 * self._retry_s)
+        if self.on_primary_failure is not None:
+            self.on_primary_failure(reason)
 
     @property
     def has_primary(self) -> bool:
-        return self._graphs["vocoder"].primary is not None
+        return self._primary is not None
 
     def rebuild_primary(self) -> None:
-        """Recreate the CUDA sessions: after an OOM the BFC arena can stay broken."""
+        """Recreate the primary sessions: after an OOM the BFC arena can stay broken."""
         log.info("rebuilding primary (%s) sessions", self.primary_provider)
         self._build_primary()
+
+    def close(self) -> None:
+        """Stop the retry timer and the device thread."""
+        with self._lock:
+            if self._retry is not None:
+                self._retry.cancel()
+            primary, self._primary = self._primary, None
+        if primary is not None:
+            primary.close()
 
     def inject_oom(self, count: int = 1) -> None:
         """Fault injection: the next ``count`` primary-path runs raise onnxruntime's OOM."""
@@ -210,37 +385,47 @@ class Engine:
     def graph(self, name: str) -> _Graph:
         return self._graphs[name]
 
+    @property
+    def primary(self) -> _Primary | None:
+        return self._primary
+
 
 class RequestRunner:
     """Runs graphs for one request: primary first, CPU for the rest after an OOM."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self.on_primary = engine.has_primary
+        self._primary = engine.primary  # a rebuild mid-request does not switch sessions
+        self.on_primary = self._primary is not None
         self.fallbacks = 0
 
     @property
     def provider(self) -> str:
-        return self._engine.primary_provider if self.on_primary else CPU
+        return self._primary.provider if self.on_primary and self._primary else CPU
+
+    @property
+    def vocoder_buckets(self) -> tuple[int, ...]:
+        """Window lengths the vocoder should get (empty: any length)."""
+        return self._primary.vocoder_buckets if self.on_primary and self._primary else ()
 
     def _run(self, name: str, *inputs: np.ndarray) -> np.ndarray:
         graph = self._engine.graph(name)
-        feeds = dict(zip(graph.input_names, inputs, strict=True))
-        primary = graph.primary
-        if self.on_primary and primary is not None:
+        primary = self._primary
+        if self.on_primary and primary is not None and primary.serves(name, inputs[0]):
             try:
                 if self._engine._take_injection():
                     raise RuntimeException(
                         "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : CUDA failure 2: out of "
                         "memory; BFCArena::AllocateRawInternal (fault injection)"
                     )
-                return np.asarray(primary.run(None, feeds)[0])
+                return primary.run(name, inputs[0])
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
                 self.on_primary = False
                 self.fallbacks += 1
                 self._engine.report_fallback(name, exc)
+        feeds = dict(zip(graph.input_names, inputs, strict=True))
         return np.asarray(graph.cpu.run(None, feeds)[0])
 
     def decode(self, z: np.ndarray) -> np.ndarray:

@@ -165,7 +165,7 @@ class LiveSession:
         self.model = model
         self.stats = stats if stats is not None else PipelineStats()
         sources = [mel_source(runner, model, params, s, self.stats) for s in seeds(params)]
-        self._renderer = BlockRenderer(runner, model, params, sources, self.stats)
+        self._renderer = BlockRenderer(runner, model, params, sources, self.stats, None)
         self.block_frames = live_block_frames(lookahead_s, model)
         self._next = 0  # first vocoder frame of the next block
         self._sliders = dict(sliders or {})

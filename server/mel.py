@@ -159,6 +159,11 @@ class MelSource:
         self._path.steer(target, evolution, max(1, math.ceil(transition_frames / step)), salt)
 
     @property
+    def first_frame(self) -> int:
+        """The first vocoder frame still held (frames below it were released)."""
+        return self._voc_base
+
+    @property
     def buffered_frames(self) -> int:
         """Decoder plus vocoder frames held now (bounded for an open-ended stream)."""
         return int(self._weight.size + self._voc.shape[1])

@@ -43,6 +43,11 @@ class Metrics:
             ["graph"],
             registry=r,
         )
+        self.primary_failures = Counter(
+            "distill_cuda_init_failures",
+            "Times the CUDA sessions could not be created (the server then serves on CPU)",
+            registry=r,
+        )
         self.active = Gauge(
             "distill_active_generations", "Generations running now", ["rpc"], registry=r
         )

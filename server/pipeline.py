@@ -21,6 +21,7 @@ from distill_serve.server.dsp import (
     Block,
     CausalPeakNormaliser,
     MidSide,
+    fit_window,
     plan_blocks,
 )
 from distill_serve.server.mel import MelSource
@@ -53,6 +54,11 @@ class Runner(Protocol):
 
     def polyphase(self, rate: int) -> Polyphase:
         """The resampler graph from the vocoder rate to ``rate``."""
+        ...
+
+    @property
+    def vocoder_buckets(self) -> tuple[int, ...]:
+        """Vocoder window lengths to use (empty: any; see server/cuda.py)."""
         ...
 
 
@@ -122,12 +128,15 @@ class BlockRenderer:
         params: GenerationParams,
         sources: list[MelSource],
         stats: PipelineStats,
+        total_frames: int | None,
     ) -> None:
         self.sources = sources
         self._runner = runner
         self._stats = stats
         self._hop = model.geometry.vocoder_hop
-        self._context = model.context_frames
+        self._total = total_frames  # None: open-ended (live)
+        # Frames kept behind a block: its context, or a whole bucket when windows are widened.
+        self._keep = max(model.context_frames, *runner.vocoder_buckets, 0)
         rate = model.vocoder_rate
         self._antialias = AntiAlias(
             rate, model.antialias_cutoff_hz, model.antialias_order, len(sources)
@@ -155,16 +164,20 @@ class BlockRenderer:
         few samples until the next block or :meth:`flush`). ``fade`` multiplies the block's
         first ``len(fade)`` samples at the vocoder rate and drops the rest."""
         hop = self._hop
+        lo, hi = block.lo, block.hi
+        if buckets := self._runner.vocoder_buckets:
+            first = max(s.first_frame for s in self.sources)
+            lo, hi = fit_window(lo, hi, first, self._total, buckets)
         audio = np.stack(
             [
-                self._runner.vocode(s.vocoder_frames(block.lo, block.hi)[None])[
-                    (block.start - block.lo) * hop : (block.stop - block.lo) * hop
+                self._runner.vocode(s.vocoder_frames(lo, hi)[None])[
+                    (block.start - lo) * hop : (block.stop - lo) * hop
                 ]
                 for s in self.sources
             ]
         )
         for s in self.sources:
-            s.release(block.stop - self._context)
+            s.release(block.stop - self._keep)
         self._stats.vocoder_blocks += 1
         audio = self._antialias(np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0))
         if self.mid_side is not None:
@@ -189,7 +202,7 @@ def audio_blocks(
     stats = stats if stats is not None else PipelineStats()
     t_voc, steps = fixed_length_plan(model, params)
     sources = [mel_source(runner, model, params, s, stats, max_chunks=steps) for s in seeds(params)]
-    renderer = BlockRenderer(runner, model, params, sources, stats)
+    renderer = BlockRenderer(runner, model, params, sources, stats, t_voc)
     remaining = params.total_samples
 
     def emit(block: np.ndarray) -> np.ndarray:

@@ -468,6 +468,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             native_chunk_duration_s=model.chunk_duration_s,
             bundle_format_version=int(bundle.manifest["format_version"]),
             vocoder_precision=self._engine.vocoder_precision,
+            provider_note=self._engine.provider_note,
         )
 
     def swap_engine(self, engine: Engine) -> None:

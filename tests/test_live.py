@@ -195,6 +195,8 @@ class CheapRunner:
     """A stand-in for the onnxruntime graphs with the same shapes (numpy, microseconds), to
     run an hour-scale session in seconds."""
 
+    vocoder_buckets: tuple[int, ...] = ()
+
     def __init__(self, engine: Engine) -> None:
         m = engine.model
         self._hop, self._mels, self._frames = m.geometry.vocoder_hop, m.n_mels_voc, m.chunk_frames

@@ -690,6 +690,7 @@ class GetModelInfoResponse(_message.Message):
     NATIVE_CHUNK_DURATION_S_FIELD_NUMBER: _builtins.int
     BUNDLE_FORMAT_VERSION_FIELD_NUMBER: _builtins.int
     VOCODER_PRECISION_FIELD_NUMBER: _builtins.int
+    PROVIDER_NOTE_FIELD_NUMBER: _builtins.int
     latent_dim: _builtins.int
     default_sample_rate: _builtins.int
     execution_provider: _builtins.str
@@ -698,6 +699,10 @@ class GetModelInfoResponse(_message.Message):
     bundle_format_version: _builtins.int
     vocoder_precision: _builtins.str
     """The vocoder graph being served: "fp32" or "int8" (serve --vocoder-precision)."""
+    provider_note: _builtins.str
+    """Why CUDA is not serving although it was wanted (no driver, missing libraries, session
+    creation out of memory, ...); empty when it is, or when the server runs with --no-cuda.
+    """
     @_builtins.property
     def sliders(self) -> _containers.RepeatedCompositeFieldContainer[Global___Slider]: ...
     @_builtins.property
@@ -725,10 +730,11 @@ class GetModelInfoResponse(_message.Message):
         native_chunk_duration_s: _builtins.float = ...,
         bundle_format_version: _builtins.int = ...,
         vocoder_precision: _builtins.str = ...,
+        provider_note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_format_version", b"bundle_format_version", "containers", b"containers", "default_sample_rate", b"default_sample_rate", "encodings", b"encodings", "execution_provider", b"execution_provider", "files", b"files", "latent_dim", b"latent_dim", "limits", b"limits", "native_chunk_duration_s", b"native_chunk_duration_s", "sample_rates", b"sample_rates", "sliders", b"sliders", "vocoder_precision", b"vocoder_precision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_format_version", b"bundle_format_version", "containers", b"containers", "default_sample_rate", b"default_sample_rate", "encodings", b"encodings", "execution_provider", b"execution_provider", "files", b"files", "latent_dim", b"latent_dim", "limits", b"limits", "native_chunk_duration_s", b"native_chunk_duration_s", "provider_note", b"provider_note", "sample_rates", b"sample_rates", "sliders", b"sliders", "vocoder_precision", b"vocoder_precision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

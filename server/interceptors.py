@@ -7,6 +7,7 @@ Both wrap the method handler that grpc would run (handlers are namedtuples, so
 from __future__ import annotations
 
 import hmac
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -121,7 +122,16 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
             async def bidi(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
                 return await inner_bidi(checked(requests), context)
 
-            return handler._replace(request_deserializer=lenient, stream_stream=bidi)
+            async def bidi_gen(
+                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                async for reply in inner_bidi(checked(requests), context):
+                    yield reply
+
+            # grpc.aio runs a bidirectional handler as a coroutine (writes through the
+            # context) or as an async generator (reflection's); keep the handler's kind.
+            wrapped = bidi_gen if inspect.isasyncgenfunction(inner_bidi) else bidi
+            return handler._replace(request_deserializer=lenient, stream_stream=wrapped)
         if handler.unary_unary:
             inner = handler.unary_unary
 

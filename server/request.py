@@ -219,10 +219,9 @@ def _slider_latent(raw: RawRequest, model: ModelSpec) -> np.ndarray | None:
         return None
     if raw.latent is not None:
         return check_latent(raw.latent, model)
-    if model.sliders is None:
-        raise InvalidRequest("slider_input", "mode slider needs a latent vector")
     if raw.slider_positions is None:
-        raise InvalidRequest(
-            "slider_input", "mode slider needs a latent vector or slider positions"
-        )
-    return model.sliders.latent(check_slider_positions(raw.slider_positions, model))
+        need = "a latent vector" if model.sliders is None else "a latent vector or slider positions"
+        raise InvalidRequest("slider_input", f"mode slider needs {need}")
+    positions = check_slider_positions(raw.slider_positions, model)  # refuses a model without
+    assert model.sliders is not None
+    return model.sliders.latent(positions)

@@ -2,7 +2,7 @@
 
 Prints tables and writes JSON (default ``benchmarks/results/<host>-<time>.json``) naming the
 machine. ``--quick`` (demo model, short clips) finishes in about two minutes for CI; it
-asserts nothing.
+asserts nothing. ``--cuda`` runs the GPU measurements instead (``benchmarks/cuda.py``).
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ def demo_bundle() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--cuda" in argv:  # the GPU run has its own steps and options (benchmarks/cuda.py)
+        from benchmarks import cuda
+
+        return cuda.main([a for a in argv if a != "--cuda"])
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true", help="demo model, short clips (CI smoke)")
     p.add_argument("--full-model", action="store_true", help="also the full 44 kHz BigVGAN")

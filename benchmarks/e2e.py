@@ -34,8 +34,10 @@ def rss_mb(pid: int) -> float:
 
 @contextmanager
 def server(
-    bundle: Path, max_concurrent: int = 8, extra_args: tuple[str, ...] = ()
+    bundle: Path, max_concurrent: int = 8, extra_args: tuple[str, ...] = (), cuda: bool = False
 ) -> Iterator[tuple[str, int]]:
+    """A ``distill-serve serve`` subprocess on a free loopback port (``cuda``: without
+    ``--no-cuda``); yields its address and pid."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -49,7 +51,7 @@ def server(
             str(bundle),
             "--port",
             str(port),
-            "--no-cuda",
+            *(() if cuda else ("--no-cuda",)),
             "--max-concurrent",
             str(max_concurrent),
             *extra_args,

@@ -89,9 +89,38 @@ def eager_model(name: str) -> torch.nn.Module:
     return model.eval()
 
 
+def _cuda_session(graph: Path, algo: str) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    ort.preload_dlls()
+    cuda = (
+        "CUDAExecutionProvider",
+        {"cudnn_conv_algo_search": algo, "cudnn_conv1d_pad_to_nc1d": "1"},
+    )
+    session = ort.InferenceSession(str(graph), opts, providers=[cuda, "CPUExecutionProvider"])
+    if session.get_providers()[0] != "CUDAExecutionProvider":
+        raise RuntimeError(f"onnxruntime runs {graph.name} on {session.get_providers()[0]}")
+    return session
+
+
 def runner(name: str, backend: str, cache: Path, threads: int) -> Callable[[np.ndarray], object]:
     """A function that vocodes ``(1, 128, T)`` mels with one backend."""
     graphs = paths(name, cache)
+    if backend.startswith("ort_cuda"):
+        plain = backend == "ort_cuda_plain"
+        algo = "EXHAUSTIVE" if backend == "ort_cuda_exhaustive" else "HEURISTIC"
+        session = _cuda_session(graphs["onnx_plain" if plain else "onnx"], algo)
+        return lambda x: session.run(None, {"mel": x})
+    if backend == "torch_cuda":
+        model = eager_model(name).cuda()
+
+        def run_cuda(x: np.ndarray) -> object:
+            with torch.inference_mode():
+                out = model(torch.from_numpy(x).cuda())
+                torch.cuda.synchronize()
+                return out.float().cpu()
+
+        return run_cuda
     if backend.startswith("ort_cpu"):
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -114,6 +143,31 @@ def runner(name: str, backend: str, cache: Path, threads: int) -> Callable[[np.n
             return model(torch.from_numpy(x)).float()
 
     return run
+
+
+def alternating_shapes(name: str, backend: str, cache: Path) -> dict[str, float]:
+    """The cost of changing input shapes (the issue's 60-second check): one session, one
+    thread; T = 36 and 72 alternating ten times, then T = 72 ten times. Median seconds per
+    run of each phase."""
+    run = runner(name, backend, cache, 0)
+    a, b = test_mel(36), test_mel(72)
+    run(a)
+    run(b)
+    alternating = []
+    for _ in range(10):
+        for x in (a, b):
+            start = time.perf_counter()
+            run(x)
+            alternating.append(time.perf_counter() - start)
+    fixed = []
+    for _ in range(10):
+        start = time.perf_counter()
+        run(b)
+        fixed.append(time.perf_counter() - start)
+    return {
+        "alternating_s": float(np.median(alternating)),
+        "fixed_s": float(np.median(fixed)),
+    }
 
 
 #: reduced-precision backends and the fp32 backend their SNR is measured against
@@ -146,6 +200,9 @@ def _time(fn: Callable[[], object], repeats: int) -> float:
 
 WARMUP_CALLS = 3  # TorchScript's profiling executor optimises over its first calls
 BACKENDS = ("torch_eager", "ort_cpu", "ort_cpu_plain", "ort_cpu_int8", "torchscript")
+#: GPU backends (python -m benchmarks --cuda): onnxruntime CUDA on the exported graph, on the
+#: plain graph, with the EXHAUSTIVE cuDNN search, and torch eager CUDA on the same weights.
+CUDA_BACKENDS = ("ort_cuda", "ort_cuda_plain", "ort_cuda_exhaustive", "torch_cuda")
 
 
 def measure(
@@ -238,10 +295,10 @@ CONFIGS = {"demo": demo_vocoder_config(), "full_44k": dict(FULL_44K_CONFIG)}
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.vocoder")
-    p.add_argument("action", choices=["prepare", "measure", "snr"])
+    p.add_argument("action", choices=["prepare", "measure", "snr", "shapes"])
     p.add_argument("model", choices=sorted(CONFIGS))
     # torch_bf16 (autocast, oneDNN AVX512-BF16) is measured on request only
-    p.add_argument("backend", nargs="?", choices=[*BACKENDS, "torch_bf16"])
+    p.add_argument("backend", nargs="?", choices=[*BACKENDS, *CUDA_BACKENDS, "torch_bf16"])
     p.add_argument("--seconds", default="1.0")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cache", type=Path, required=True)
@@ -250,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.action == "prepare":
         prepare(args.model, args.cache, plain=not args.no_plain)
+        return 0
+    if args.action == "shapes":
+        print(json.dumps(alternating_shapes(args.model, args.backend or "ort_cuda", args.cache)))
         return 0
     if args.action == "snr":
         print(reduced_precision_snr(args.model, args.cache, args.backend or "ort_cpu_int8"))

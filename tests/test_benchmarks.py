@@ -57,3 +57,28 @@ def test_quick_benchmark_writes_results(demo_bundle: Path, tmp_path: Path) -> No
     assert all(0 < r["stream_first_audio_s"] <= r["stream_total_s"] for r in result["latency"])
     assert [r["clients"] for r in result["throughput"]] == [1, 2]
     assert result["memory"]["idle_mb"] > 0
+    live = result["live"]
+    assert live["control_latency"][0]["changes"] == 3
+    assert live["control_latency"][0]["control_to_block_p50_s"] > 0
+    assert live["capacity"][0]["sessions"] == 1
+
+
+def test_cuda_benchmark_dry_run_covers_every_step(demo_bundle: Path, tmp_path: Path) -> None:
+    """The GPU benchmark with CPU stand-ins: every step runs, so device time is not spent
+    finding a bug in the script."""
+    out = tmp_path / "cuda.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--cuda", "--dry-run-cpu", "--demo-bundle",
+         str(demo_bundle), "--cache", str(tmp_path / "cache"), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["errors"] == {} and result["skipped"] == []
+    assert result["provider"]["available"]
+    assert set(result["shapes"]) == {"demo/ort_cuda"}
+    assert result["vocoder"][0]["ort_cuda_vs_torch_cuda"] > 0
+    served = result["served_demo"]
+    assert set(served["cuda_vs_cpu_snr_db"]) == {"crossfade", "latent_interp", "slider"}
+    assert [r["clients"] for r in served["cuda"]["throughput"]] == [1, 8]
+    assert set(result["oom"]) == {"below_weights", "below_a_run"}

@@ -6,8 +6,9 @@ run goes on; steps past ``--budget-s`` are listed as skipped):
 1. ``provider``: onnxruntime's providers, why CUDA cannot run (if it cannot), the GPU;
 2. ``shapes``: the cost of changing input shapes on one CUDA session (T = 36/72 alternating,
    then fixed), HEURISTIC and EXHAUSTIVE cuDNN search;
-3. ``vocoder``: onnxruntime CUDA (exported graph, plain graph, EXHAUSTIVE search) against
-   torch eager CUDA on the same weights, 1 / 5 / 20 s, each backend in its own process;
+3. ``vocoder``: onnxruntime CUDA (exported graph, plain graph, EXHAUSTIVE search, fp16
+   convolutions) against torch eager CUDA on the same weights, 1 / 5 / 20 s, each backend in
+   its own process; SNR of fp16 against fp32 and of onnxruntime against torch;
 4. ``served``: per bundle (demo, full) and provider (CUDA, CPU): per mode, the first request
    after start (cold) and warm unary and first streamed audio for 10 s; CUDA vs CPU audio
    SNR and streamed vs unary SNR; throughput at 1 and 8 clients with each client's count;
@@ -118,7 +119,7 @@ def backends(dry_run: bool) -> dict[str, str]:
             "ort_cuda_plain": "ort_cpu_plain",
             "torch_cuda": "torch_eager",
         }
-    names = ("ort_cuda", "ort_cuda_plain", "ort_cuda_exhaustive", "torch_cuda")
+    names = ("ort_cuda", "ort_cuda_plain", "ort_cuda_exhaustive", "ort_cuda_fp16", "torch_cuda")
     return {name: name for name in names}
 
 
@@ -148,6 +149,11 @@ def vocoder(models: list[str], seconds: list[float], cache: Path, dry_run: bool)
             row.update({f"rtf_{name}": r[str(s)] for name, r in rtf.items()})
             row["ort_cuda_vs_torch_cuda"] = rtf["torch_cuda"][str(s)] / rtf["ort_cuda"][str(s)]
             rows.append(row)
+        if not dry_run:  # SNRs on the GPU: fp16 vs fp32 graph, ORT CUDA vs torch CUDA
+            for backend in ("ort_cuda_fp16", "ort_cuda"):
+                snr = float(_vocoder_child(["snr", model, backend, "--cache", str(cache)]))
+                for row in rows[-len(seconds) :]:
+                    row[f"snr_db_{backend}"] = snr
     return rows
 
 

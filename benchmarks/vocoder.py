@@ -30,6 +30,7 @@ import torch
 from distill_serve.export.antialias import polyphase_activations
 from distill_serve.export.demo import demo_vocoder_config
 from distill_serve.export.graphs import export_onnx, export_torchscript
+from distill_serve.export.half import half_convolutions
 from distill_serve.export.parity import snr_db
 from distill_serve.export.quantize import quantize_vocoder
 from distill_serve.export.vocoder import FULL_44K_CONFIG, random_vocoder
@@ -46,6 +47,7 @@ def paths(name: str, cache: Path) -> dict[str, Path]:
         "torchscript": cache / f"{name}-polyphase.pt",
         "onnx_plain": cache / f"{name}-plain.onnx",
         "onnx_int8": cache / f"{name}-int8.onnx",
+        "onnx_fp16": cache / f"{name}-fp16.onnx",
     }
 
 
@@ -57,6 +59,8 @@ def prepare(name: str, cache: Path, plain: bool = True) -> dict[str, Path]:
         del out["onnx_plain"]
     if all(p.exists() for p in out.values()):
         return out
+    if out["onnx"].exists() and not out["onnx_fp16"].exists():  # a cache from before fp16
+        half_convolutions(out["onnx"], out["onnx_fp16"])
     model = eager_model(name)
     rewritten, _ = polyphase_activations(model)
     example = [torch.randn(1, 128, 40)]
@@ -69,6 +73,8 @@ def prepare(name: str, cache: Path, plain: bool = True) -> dict[str, Path]:
         export_torchscript(rewritten, example, out["torchscript"])
     if not out["onnx_int8"].exists():
         quantize_vocoder(out["onnx"], out["onnx_int8"], calibration_mels())
+    if not out["onnx_fp16"].exists():
+        half_convolutions(out["onnx"], out["onnx_fp16"])
     return out
 
 
@@ -107,9 +113,9 @@ def runner(name: str, backend: str, cache: Path, threads: int) -> Callable[[np.n
     """A function that vocodes ``(1, 128, T)`` mels with one backend."""
     graphs = paths(name, cache)
     if backend.startswith("ort_cuda"):
-        plain = backend == "ort_cuda_plain"
+        graph = {"ort_cuda_plain": "onnx_plain", "ort_cuda_fp16": "onnx_fp16"}.get(backend, "onnx")
         algo = "EXHAUSTIVE" if backend == "ort_cuda_exhaustive" else "HEURISTIC"
-        session = _cuda_session(graphs["onnx_plain" if plain else "onnx"], algo)
+        session = _cuda_session(graphs[graph], algo)
         return lambda x: session.run(None, {"mel": x})
     if backend == "torch_cuda":
         model = eager_model(name).cuda()
@@ -171,7 +177,12 @@ def alternating_shapes(name: str, backend: str, cache: Path) -> dict[str, float]
 
 
 #: reduced-precision backends and the fp32 backend their SNR is measured against
-SNR_REFERENCE = {"ort_cpu_int8": "ort_cpu", "torch_bf16": "torch_eager"}
+SNR_REFERENCE = {
+    "ort_cpu_int8": "ort_cpu",
+    "torch_bf16": "torch_eager",
+    "ort_cuda_fp16": "ort_cuda",
+    "ort_cuda": "torch_cuda",
+}
 
 
 def reduced_precision_snr(
@@ -201,8 +212,9 @@ def _time(fn: Callable[[], object], repeats: int) -> float:
 WARMUP_CALLS = 3  # TorchScript's profiling executor optimises over its first calls
 BACKENDS = ("torch_eager", "ort_cpu", "ort_cpu_plain", "ort_cpu_int8", "torchscript")
 #: GPU backends (python -m benchmarks --cuda): onnxruntime CUDA on the exported graph, on the
-#: plain graph, with the EXHAUSTIVE cuDNN search, and torch eager CUDA on the same weights.
-CUDA_BACKENDS = ("ort_cuda", "ort_cuda_plain", "ort_cuda_exhaustive", "torch_cuda")
+#: plain graph, with the EXHAUSTIVE cuDNN search, on the fp16-convolution graph, and torch
+#: eager CUDA on the same weights.
+CUDA_BACKENDS = ("ort_cuda", "ort_cuda_plain", "ort_cuda_exhaustive", "ort_cuda_fp16", "torch_cuda")
 
 
 def measure(

@@ -17,12 +17,14 @@ from typing import Any
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-ROLES = ("decoder", "bridge", "vocoder", "vocoder_int8", "resampler")
+ROLES = ("decoder", "bridge", "vocoder", "vocoder_int8", "vocoder_fp16", "resampler")
 #: The vocoder graph's role for each precision a server can be asked to run.
-VOCODER_ROLES: dict[str, str] = {"fp32": "vocoder", "int8": "vocoder_int8"}
+VOCODER_ROLES: dict[str, str] = {"fp32": "vocoder", "int8": "vocoder_int8", "fp16": "vocoder_fp16"}
 #: What to do when a bundle lacks an optional graph (others: re-export with that format).
 MISSING_GRAPH_HINTS: dict[str, str] = {
     "vocoder_int8": "re-export it with `distill-serve export --int8`, "
+    "or serve with --vocoder-precision fp32",
+    "vocoder_fp16": "re-export it with `distill-serve export --fp16`, "
     "or serve with --vocoder-precision fp32",
 }
 

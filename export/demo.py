@@ -113,6 +113,7 @@ def export_demo_bundle(
             format=fmt,
             rates=rates,
             int8=True,
+            fp16=True,
             progress=progress,
             extra_metadata={"demo": True, "demo_seed": seed},
         )

@@ -29,6 +29,7 @@ from distill_serve.export.antialias import polyphase_activations
 from distill_serve.export.bridge import MelBridge, VocoderMelConfig
 from distill_serve.export.checkpoint import DistillCheckpoint, load_checkpoint
 from distill_serve.export.graphs import export_onnx, export_torchscript, onnx_io
+from distill_serve.export.half import half_convolutions
 from distill_serve.export.parity import ParityResult, check_parity
 from distill_serve.export.quantize import quantize_vocoder
 from distill_serve.export.resampler import PolyphaseResampler, reference_resample
@@ -62,6 +63,8 @@ class ExportConfig:
         seed: seed of the random parity inputs.
         int8: also write ``vocoder.int8.onnx`` (dense convolutions in int8, see
             ``export/quantize.py``), checked against torch with its own, lower SNR bound.
+        fp16: also write ``vocoder.fp16.onnx`` (convolutions in fp16, the rest fp32, see
+            ``export/half.py``) for GPUs, checked against torch with its own SNR bound.
     """
 
     checkpoint: Path
@@ -72,6 +75,7 @@ class ExportConfig:
     parity_long_frames: int = 430
     seed: int = 0
     int8: bool = False
+    fp16: bool = False
     progress: bool = True
     extra_metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -196,7 +200,8 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
     resample_rates = [r for r in rates if r != vmel.sample_rate]
     n_graphs = 3 + len(resample_rates)
     stage = _Stage(
-        total=n_graphs * (2 if want_ts else 1) + 1 + int(config.int8), enabled=config.progress
+        total=n_graphs * (2 if want_ts else 1) + 1 + int(config.int8) + int(config.fp16),
+        enabled=config.progress,
     )
     files: list[BundleFile] = []
     parity: dict[str, ParityResult] = {}
@@ -319,6 +324,18 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
             )
             add(int8_path, "vocoder_int8", "onnx")
             stage.done()
+        fp16_report = None
+        if config.fp16:
+            stage.step("convert vocoder.fp16.onnx")
+            fp16_path = out / "vocoder.fp16.onnx"
+            t0 = time.perf_counter()
+            fp16_report = half_convolutions(out / "vocoder.onnx", fp16_path)
+            timings[fp16_path.name] = round(time.perf_counter() - t0, 2)
+            parity[fp16_path.name] = check_parity(
+                fp16_path.name, "vocoder_fp16", voc_cases, voc_reference, _ort_runner(fp16_path)
+            )
+            add(fp16_path, "vocoder_fp16", "onnx")
+            stage.done()
         # --- resamplers --------------------------------------------------------------------
         resamplers: dict[str, Any] = {}
         test = _resampler_test_signal(vmel.sample_rate, rng)
@@ -375,6 +392,7 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
     manifest = _manifest(config, ckpt, vocoder, geometry, rates, resamplers, reach, files, parity)
     manifest["vocoder"]["graph_rewrites"] = {"polyphase_activations": rewritten}
     manifest["vocoder"]["int8"] = int8_report.to_dict() if int8_report else None
+    manifest["vocoder"]["fp16"] = fp16_report.to_dict() if fp16_report else None
     manifest["export_seconds"] = round(time.perf_counter() - started, 1)
     manifest["graph_export_seconds"] = timings
     write_manifest(out, manifest)

@@ -31,6 +31,8 @@ THRESHOLDS: dict[str, Threshold] = {
     # int8 is an approximation by design: the bound catches a broken quantization (a wrong
     # scale gives < 10 dB), not the ~30-40 dB that calibrated int8 reaches.
     "vocoder_int8": Threshold(min_snr_db=20.0, max_abs=0.5),
+    # fp16 convolutions: ~54 dB on the demo model; the bound catches a broken conversion.
+    "vocoder_fp16": Threshold(min_snr_db=40.0, max_abs=0.05),
     "resampler": Threshold(min_snr_db=60.0, max_abs=1e-4),
 }
 

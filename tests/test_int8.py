@@ -77,4 +77,4 @@ def test_int8_missing_from_bundle_names_the_export_flag(demo_bundle: Path) -> No
 
 def test_unknown_precision_is_refused() -> None:
     with pytest.raises(ValueError, match="vocoder_precision"):
-        EngineConfig(vocoder_precision="fp16")
+        EngineConfig(vocoder_precision="bf16")

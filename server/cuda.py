@@ -82,10 +82,15 @@ def cuda_unavailable_reason() -> str | None:
 
 
 class DeviceWorker:
-    """One thread that owns a device: :meth:`call` runs a function on it and waits."""
+    """One thread that owns a device: :meth:`call` runs a function on it and waits.
+
+    It lives as long as its engine: primary sessions are rebuilt (after an out-of-memory)
+    while requests may still run on the old ones, all on this same thread.
+    """
 
     def __init__(self, name: str = "cuda-0") -> None:
         self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -97,9 +102,15 @@ class DeviceWorker:
                     future.set_result(fn())
                 except BaseException as exc:  # handed to the caller
                     future.set_exception(exc)
+        while not self._jobs.empty():  # closed: refuse what came in meanwhile
+            job = self._jobs.get_nowait()
+            if job is not None:
+                job[1].set_exception(RuntimeError("the device worker is closed"))
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the device thread and return its result (or raise its error)."""
+        if self._closed.is_set():
+            raise RuntimeError("the device worker is closed")
         future: Future[T] = Future()
         self._jobs.put((fn, future))
         return future.result()
@@ -109,6 +120,7 @@ class DeviceWorker:
         return self._thread
 
     def close(self) -> None:
+        self._closed.set()
         self._jobs.put(None)
 
 

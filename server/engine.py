@@ -159,9 +159,6 @@ class _Primary:
         bound = sessions[x.shape[2]]
         return self._worker.call(lambda: bound.run(x))
 
-    def close(self) -> None:
-        self._worker.close()
-
 
 class Engine:
     """Sessions for the decoder, bridge, vocoder and resamplers of one bundle."""
@@ -187,6 +184,7 @@ class Engine:
         self._retry: threading.Timer | None = None
         self._retry_s = self.config.primary_retry_s
         self._primary: _Primary | None = None
+        self._worker: DeviceWorker | None = None  # the device's thread, made with the primary
         self._graphs: dict[str, _Graph] = {}
         roles = {
             "decoder": "decoder",
@@ -261,26 +259,25 @@ class Engine:
         fixed = provider == CUDA if fixed is None else fixed
         first = providers[0]
         expected = first if isinstance(first, str) else first[0]
-        worker = DeviceWorker()
-        try:
-            sessions: dict[str, ort.InferenceSession | dict[int, BoundSession]] = {}
-            for name in PRIMARY_GRAPHS:
-                path = self._graphs[name].path
-                if not fixed:
-                    sessions[name] = self._checked(path, providers, expected)
-                    continue
-                shapes = self._fixed_shapes(name)
-                sessions[name] = {
-                    key: worker.call(
-                        lambda shape=shape, path=path: BoundSession(
-                            self._checked(path, providers, expected), shape, device
-                        )
+        with self._lock:
+            if self._worker is None:
+                self._worker = DeviceWorker()
+            worker = self._worker
+        sessions: dict[str, ort.InferenceSession | dict[int, BoundSession]] = {}
+        for name in PRIMARY_GRAPHS:
+            path = self._graphs[name].path
+            if not fixed:
+                sessions[name] = self._checked(path, providers, expected)
+                continue
+            shapes = self._fixed_shapes(name)
+            sessions[name] = {
+                key: worker.call(
+                    lambda shape=shape, path=path: BoundSession(
+                        self._checked(path, providers, expected), shape, device
                     )
-                    for key, shape in shapes.items()
-                }
-        except BaseException:
-            worker.close()
-            raise
+                )
+                for key, shape in shapes.items()
+            }
         return _Primary(sessions, worker, provider)
 
     def _fixed_shapes(self, name: str) -> dict[int, tuple[int, ...]]:
@@ -319,13 +316,11 @@ class Engine:
         except Exception as exc:  # any init error leaves the server on CPU
             self._primary_failed(f"primary sessions could not be created: {exc}", retry=True)
             return
-        with self._lock:
-            old, self._primary = self._primary, primary
+        with self._lock:  # runners holding the old primary finish on it (same thread)
+            self._primary = primary
             self._retry_s = self.config.primary_retry_s
             if provider == CUDA or not self.config.use_cuda:  # the note was about this path
                 self.provider_note = ""
-        if old is not None:
-            old.close()
         log.info("primary path up on %s", provider)
 
     def _primary_failed(self, reason: str, retry: bool) -> None:
@@ -354,9 +349,10 @@ class Engine:
         with self._lock:
             if self._retry is not None:
                 self._retry.cancel()
-            primary, self._primary = self._primary, None
-        if primary is not None:
-            primary.close()
+            self._primary = None
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.close()
 
     def inject_oom(self, count: int = 1) -> None:
         """Fault injection: the next ``count`` primary-path runs raise onnxruntime's OOM."""

@@ -184,3 +184,23 @@ def test_bad_algo_search_is_refused() -> None:
         EngineConfig(cudnn_conv_algo_search="FAST")
     with pytest.raises(ValueError, match="fault_injection"):
         EngineConfig(inject_init_failures=1)
+
+
+def test_a_request_on_the_old_primary_survives_a_rebuild(demo_bundle: Path) -> None:
+    """A rebuild (after an OOM elsewhere) swaps the sessions while requests still hold the
+    old ones: they keep running on the engine's one device thread (this once hung)."""
+    eng = Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False, fault_injection=True))
+    try:
+        runner = eng.runner()
+        z = np.zeros((3, eng.model.latent_dim), np.float32)
+        before = runner.decode(z)
+        eng.rebuild_primary()
+        assert eng.primary is not runner._primary  # the swap happened
+        np.testing.assert_array_equal(runner.decode(z), before)
+        np.testing.assert_array_equal(eng.runner().decode(z), before)
+    finally:
+        eng.close()
+    worker = DeviceWorker()
+    worker.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        worker.call(lambda: 1)

@@ -8,8 +8,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from distill_serve.bundle import VOCODER_ROLES
+
+if TYPE_CHECKING:
+    from distill_serve.server.app import ServerConfig
 
 DEFAULT_RATES = "16000,22050,24000,32000,44100,48000,96000"
 
@@ -101,10 +105,40 @@ def _serve(args: argparse.Namespace) -> int:
             tls_client_ca=args.tls_client_ca,
             auth_tokens=_tokens(args.token_file),
         )
+        if args.ray:
+            return _serve_ray(args, config)
         asyncio.run(run(config))
     except (BundleError, OSError, ValueError) as exc:
         print(f"distill-serve serve: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _serve_ray(args: argparse.Namespace, config: ServerConfig) -> int:
+    """``serve --ray``: the same servicer as Ray Serve replicas behind Serve's gRPC proxy."""
+    try:
+        from distill_serve.server import ray_serve
+    except ImportError as exc:
+        raise ValueError(
+            f"--ray needs Ray Serve: pip install 'distill-serve[ray]' ({exc})"
+        ) from exc
+    from distill_serve.server.app import ensure_demo_bundle
+
+    if config.tls_cert is not None:
+        raise ValueError("--ray: Serve's gRPC proxy has no TLS; terminate TLS in front of it")
+    ray_config = ray_serve.RayConfig(
+        address=args.ray_address,
+        replicas=args.replicas,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        target_ongoing_requests=args.target_ongoing_requests,
+        cpus_per_replica=args.cpus_per_replica,
+        gpus_per_replica=args.gpus_per_replica,
+    )
+    bundle = config.bundle or ensure_demo_bundle()
+    ray_serve.run(
+        bundle, config.engine, config.limits, config.auth_tokens, ray_config, args.host, args.port
+    )
     return 0
 
 
@@ -195,6 +229,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="accepted bearer tokens, one a line (also DISTILL_SERVE_TOKENS=a,b)",
+    )
+    ray = p.add_argument_group("Ray Serve (--ray; needs distill-serve[ray])")
+    ray.add_argument("--ray", action="store_true", help="serve as Ray Serve replicas")
+    ray.add_argument("--replicas", type=int, default=1, help="fixed number of replicas")
+    ray.add_argument("--min-replicas", type=int, default=None, help="autoscaling lower bound")
+    ray.add_argument("--max-replicas", type=int, default=None, help="autoscaling upper bound")
+    ray.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        default=2.0,
+        help="autoscaling target of requests in flight per replica",
+    )
+    ray.add_argument(
+        "--ray-address", default=None, help="cluster to join ('auto'); default: a local head"
+    )
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0)
+    ray.add_argument(
+        "--gpus-per-replica", type=float, default=0.0, help="fractional shares one GPU (0.25)"
     )
     p.add_argument(
         "--fault-injection",

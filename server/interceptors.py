@@ -47,6 +47,16 @@ def _deny(handler: Any, code: grpc.StatusCode, message: str) -> Any:
     return handler._replace(stream_stream=stream)
 
 
+def token_valid(header: str, tokens: Sequence[bytes]) -> bool:
+    """Whether ``authorization`` header ``Bearer <token>`` names one of ``tokens`` (compared
+    in constant time)."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    given = token.strip().encode()
+    return any(hmac.compare_digest(given, t) for t in tokens)
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Requires ``authorization: Bearer <token>`` on every RPC but health checks.
 
@@ -59,11 +69,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         self._tokens = [t.encode() for t in tokens]
 
     def _valid(self, header: str) -> bool:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        given = token.strip().encode()
-        return any(hmac.compare_digest(given, t) for t in self._tokens)
+        return token_valid(header, self._tokens)
 
     async def intercept_service(
         self,

@@ -1,0 +1,229 @@
+"""Ray Serve scenarios, run inside a loopback-only network namespace by tests/test_ray.py.
+
+``python -m tests.ray_scenarios BUNDLE OUT.json``: starts a local Ray head, deploys the
+bundle on two replicas behind Serve's gRPC proxy, a plain server of the same bundle beside
+it, and records what each scenario saw in ``OUT.json`` (the test asserts on it). Ray binds
+every interface, which is why this never runs on the host's network.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from distill_serve.client import Client, DistillError
+from distill_serve.server.app import ServerConfig
+from distill_serve.server.engine import Engine, EngineConfig
+from distill_serve.server.ray_serve import RayConfig, start
+from distill_serve.server.request import Limits
+
+PORT = 50199
+TOKEN = "ray-test-token"
+MODES = {
+    "crossfade": {},
+    "latent_interp": {"steps_between": 2},
+    "slider": {"sliders": {1: 4, 2: -3}, "evolution_amount": 0.25},
+}
+
+
+def equivalence(ray_target: str, plain_target: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    kw = {"timeout": 120, "token": TOKEN}
+    with Client(ray_target, **kw) as ray_c, Client(plain_target, **kw) as plain_c:  # type: ignore[arg-type]
+        for mode, options in MODES.items():
+            spec = dict(options, seed=9, sample_rate=48000, encoding="float32", spatial="stereo")
+            plain = plain_c.generate(mode, 2.2, **spec).audio
+            unary = ray_c.generate(mode, 2.2, **spec).audio
+            streamed = ray_c.generate_streamed(mode, 2.2, **spec).audio
+            out[mode] = {
+                "unary_identical": bool(np.array_equal(plain, unary)),
+                "stream_identical": bool(np.array_equal(plain, streamed)),
+                "shape": list(unary.shape),
+            }
+        info = ray_c.info()
+        out["info"] = {"latent_dim": info.latent_dim, "rates": info.sample_rates}
+    return out
+
+
+def health_reflection_auth(target: str) -> dict[str, Any]:
+    with grpc.insecure_channel(target) as ch:
+        health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        reply = next(
+            stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+            )
+        )
+        services = [s.name for s in reply.list_services_response.service]
+    with Client(target, timeout=10) as c:  # no token
+        try:
+            c.info()
+            unauthenticated = "OK"
+        except DistillError as exc:
+            unauthenticated = exc.code.name
+        try:
+            list(c.stream("crossfade", 1.0))
+            stream_unauthenticated = "OK"
+        except DistillError as exc:
+            stream_unauthenticated = exc.code.name
+    return {
+        "health": health_pb2.HealthCheckResponse.ServingStatus.Name(health.status),
+        "reflection_services": services,
+        "no_token": unauthenticated,
+        "no_token_stream": stream_unauthenticated,
+    }
+
+
+def _status(fn: Any) -> tuple[str, int | None]:
+    try:
+        fn()
+        return "OK", None
+    except DistillError as exc:
+        return exc.code.name, exc.retry_after_ms
+
+
+def limits_cancel_deadline(target: str) -> dict[str, Any]:
+    """Two replicas of one slot each: two long streams fill them, a third request is
+    refused; cancelling and a passed deadline give the slots back."""
+    out: dict[str, Any] = {}
+    with Client(target, timeout=120, token=TOKEN) as c:
+        streams = [iter(c.stream("crossfade", 30.0, seed=i)) for i in range(2)]
+        for s in streams:
+            next(s)
+        out["bad_spec"] = _status(lambda: c.generate("crossfade", -1.0))
+        out["bad_spec_stream"] = _status(lambda: list(c.stream("crossfade", -1.0)))
+        out["busy"] = _status(lambda: c.generate("crossfade", 1.0, seed=5))
+        out["busy_stream"] = _status(lambda: list(c.stream("crossfade", 1.0, seed=5)))
+        for s in streams:
+            s.close()  # cancels the call
+        time.sleep(1.0)
+        out["after_cancel"] = [_status(lambda: c.generate("crossfade", 1.0, seed=6))[0]]
+        out["deadline"] = _status(lambda: list(c.stream("crossfade", 30.0, seed=7, timeout=0.5)))
+        time.sleep(1.0)
+        pair: list[str] = []
+        threads = [
+            threading.Thread(
+                target=lambda k=k: pair.append(
+                    _status(lambda: c.generate("crossfade", 3.0, seed=k))[0]
+                )
+            )
+            for k in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        out["after_deadline"] = sorted(pair)
+    return out
+
+
+def _with_retry(fn: Any, tries: int = 40) -> Any:
+    """Call ``fn``, honouring RESOURCE_EXHAUSTED's retry hint, as a client would."""
+    for _ in range(tries):
+        try:
+            return fn()
+        except DistillError as exc:
+            if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED or exc.retry_after_ms is None:
+                raise
+            time.sleep(exc.retry_after_ms / 1000)
+    return fn()
+
+
+def replica_kill(target: str) -> dict[str, Any]:
+    """Two long streams, one per replica (one slot each; a refused one retries on the hint
+    and lands on the other), then one replica is killed while both are in flight."""
+    import ray
+    from ray import serve
+
+    replicas = [
+        a for a in ray.util.list_named_actors(all_namespaces=True) if "REPLICA" in a["name"]
+    ]
+    results: dict[int, Any] = {}
+    playing = threading.Barrier(3)
+
+    def stream(i: int) -> None:
+        with Client(target, timeout=120, token=TOKEN) as c:
+            blocks = _with_retry(lambda: iter(c.stream("crossfade", 40.0, seed=i)))
+            try:
+                next(blocks)
+                playing.wait(60)
+                results[i] = ["OK", None, 1 + sum(1 for _ in blocks)]
+            except DistillError as exc:
+                results[i] = [exc.code.name, exc.retry_after_ms, exc.details[:120]]
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    playing.wait(60)  # both streams have their first block: each replica holds one
+    victim = ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"])
+    ray.kill(victim, no_restart=True)
+    killed_at = time.time()
+    running = 0
+    while time.time() - killed_at < 60:  # until a new replica replaced the killed one
+        state = serve.status().applications["distill"].deployments["DistillDeployment"]
+        running = state.replica_states.get("RUNNING", 0)
+        names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+        if (
+            running == 2
+            and replicas[0]["name"] not in names
+            and len([n for n in names if "REPLICA" in n]) == 2
+        ):
+            break
+        time.sleep(0.5)
+    recovered = round(time.time() - killed_at, 1)
+    with Client(target, timeout=60, token=TOKEN) as c:
+        new = [
+            _status(lambda: _with_retry(lambda: c.generate("crossfade", 1.0, seed=1)))[0]
+            for _ in range(3)
+        ]
+    for t in threads:
+        t.join(120)
+    return {
+        "streams": results,
+        "new_requests": new,
+        "replicas_running": running,
+        "recovered_in_s": recovered,
+        "hung": any(t.is_alive() for t in threads),
+    }
+
+
+def main(bundle: str, out_path: str) -> int:
+    engine = EngineConfig(use_cuda=False)
+    limits = Limits(max_concurrent=1)
+    result: dict[str, Any] = {}
+    started = time.perf_counter()
+    start(Path(bundle), engine, limits, (TOKEN,), RayConfig(replicas=2), "127.0.0.1", PORT)
+    result["ray_start_s"] = round(time.perf_counter() - started, 1)
+    from tests.conftest import ServerThread
+
+    plain = ServerThread(
+        ServerConfig(port=0, limits=Limits(max_concurrent=4), auth_tokens=(TOKEN,)),
+        Engine.from_dir(bundle, engine),
+    )
+    ray_target = f"127.0.0.1:{PORT}"
+    for name, fn in (
+        ("equivalence", lambda: equivalence(ray_target, plain.target)),
+        ("health_reflection_auth", lambda: health_reflection_auth(ray_target)),
+        ("limits", lambda: limits_cancel_deadline(ray_target)),
+        ("replica_kill", lambda: replica_kill(ray_target)),
+    ):
+        try:
+            result[name] = fn()
+        except Exception as exc:  # recorded for the test to report
+            result[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        Path(out_path).write_text(json.dumps(result, indent=2))
+    plain.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))

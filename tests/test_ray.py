@@ -1,0 +1,99 @@
+"""distill-serve on Ray Serve (two replicas behind Serve's gRPC proxy) against a plain server
+of the same bundle: equivalence, health, reflection, auth, limits, cancellation, deadlines
+and a replica killed under load.
+
+Everything runs in one subprocess inside a new network namespace that has only loopback
+(``unshare -n``, ``lo`` up): Ray binds every interface and rewrites 127.0.0.1 to the host's
+address, so it must never run on the host's network. See tests/ray_scenarios.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _namespace_problem() -> str | None:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "unshare (util-linux) and ip (iproute2) are needed for a loopback-only namespace"
+    probe = subprocess.run(
+        ["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True, text=True
+    )
+    if probe.returncode != 0:
+        return f"cannot create a network namespace here: {probe.stderr.strip()} (needs root)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def ray_run(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory, report) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    pytest.importorskip("ray.serve", reason="Ray Serve is in the dev extra (distill-serve[ray])")
+    problem = _namespace_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    out = tmp_path_factory.mktemp("ray") / "result.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    command = (
+        f"ip link set lo up && exec {sys.executable} -m tests.ray_scenarios {demo_bundle} {out}"
+    )
+    proc = subprocess.run(
+        ["unshare", "-n", "sh", "-c", command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    result: dict[str, Any] = json.loads(out.read_text())
+    report(f"ray: started in {result['ray_start_s']} s; replica kill: {result.get('replica_kill')}")
+    return result
+
+
+def test_every_mode_is_byte_identical_through_ray(ray_run: dict[str, Any]) -> None:
+    eq = ray_run["equivalence"]
+    assert "error" not in eq, eq
+    for mode in ("crossfade", "latent_interp", "slider"):
+        assert eq[mode]["unary_identical"] and eq[mode]["stream_identical"], eq[mode]
+        assert eq[mode]["shape"] == [2, round(2.2 * 48000)]
+    assert eq["info"]["latent_dim"] == 64 and 48000 in eq["info"]["rates"]
+
+
+def test_health_reflection_and_auth_through_the_proxy(ray_run: dict[str, Any]) -> None:
+    h = ray_run["health_reflection_auth"]
+    assert "error" not in h, h
+    assert h["health"] == "SERVING"
+    assert "distill_serve.v1.DistillService" in h["reflection_services"]
+    assert h["no_token"] == "UNAUTHENTICATED" and h["no_token_stream"] == "UNAUTHENTICATED"
+
+
+def test_limits_cancellation_and_deadlines(ray_run: dict[str, Any]) -> None:
+    lim = ray_run["limits"]
+    assert "error" not in lim, lim
+    assert lim["bad_spec"][0] == "INVALID_ARGUMENT"
+    assert lim["bad_spec_stream"][0] == "INVALID_ARGUMENT"
+    assert lim["busy"] == ["RESOURCE_EXHAUSTED", 500]  # with the retry hint
+    assert lim["busy_stream"] == ["RESOURCE_EXHAUSTED", 500]
+    assert lim["after_cancel"] == ["OK"]  # cancelling freed the replicas' slots
+    assert lim["deadline"][0] == "DEADLINE_EXCEEDED"
+    assert lim["after_deadline"] == ["OK", "OK"]
+
+
+def test_a_killed_replica_gives_retryable_errors_and_comes_back(ray_run: dict[str, Any]) -> None:
+    kill = ray_run["replica_kill"]
+    assert "error" not in kill, kill
+    assert not kill["hung"]
+    outcomes = sorted(tuple(v[:2]) for v in kill["streams"].values())
+    # the stream on the killed replica: retryable, with the hint; the other one finished
+    assert outcomes == [("OK", None), ("UNAVAILABLE", 500)], kill["streams"]
+    assert kill["new_requests"] == ["OK", "OK", "OK"]
+    assert kill["replicas_running"] == 2

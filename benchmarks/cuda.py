@@ -31,7 +31,6 @@ import datetime as dt
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -199,33 +198,10 @@ def served(bundle: Path, cuda: bool, seconds: float, window_s: float) -> dict[st
                 "fallbacks": sum(w.stats.cpu_fallbacks for w in warm if w.stats),
             }
             out.setdefault("_audio", {})[mode] = warm[0].audio
-        out["throughput"] = _throughput(target, [1, 8], window_s)
-        out["server_rss_mb"] = e2e.rss_mb(pid)
+        out["throughput"], memory = e2e.throughput(target, pid, [1, 8], window_s, clip_s=2.0)
+        out["server_rss_mb"] = memory["peak_under_load_mb"]
         out["gpu_memory_mb"] = gpu_memory_mb(pid)
     return out
-
-
-def _throughput(target: str, clients: list[int], window_s: float) -> list[dict[str, Any]]:
-    rows = []
-    for n in clients:
-        done = [0] * n
-        stop = time.perf_counter() + window_s
-
-        def work(k: int, done: list[int] = done, stop: float = stop) -> None:
-            with Client(target, timeout=600) as c:
-                while time.perf_counter() < stop:
-                    c.generate("crossfade", 2.0, seed=k)
-                    done[k] += 1
-
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(n)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - start
-        rows.append({"clients": n, "audio_s_per_s": 2.0 * sum(done) / wall, "per_client": done})
-    return rows
 
 
 def served_pair(bundle: Path, seconds: float, window_s: float, dry_run: bool) -> dict[str, Any]:

@@ -85,24 +85,21 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from distill_serve.server.engine import EngineConfig
-    from distill_serve.server.ray_serve import APP_NAME, RayConfig, build_app, start
+    from distill_serve.server.ray_serve import RayConfig, start
     from distill_serve.server.request import Limits
 
-    started = time.perf_counter()
     for n in (int(r) for r in args.replicas.split(",")):
         engine = EngineConfig(use_cuda=False, intra_op_threads=max(1, cores // n))
         ray_config = RayConfig(replicas=n, cpus_per_replica=cores / n)
-        limits = Limits(max_concurrent=8)
-        if not ray.is_initialized():
-            start(bundle, engine, limits, (), ray_config, "127.0.0.1", PORT)
-            result["ray_start_s"] = round(time.perf_counter() - started, 1)
-        else:
-            serve.run(build_app(bundle, engine, limits, (), ray_config), name=APP_NAME)
-        row = {"server": "ray", "replicas": n}
+        started = time.perf_counter()
+        start(bundle, engine, Limits(max_concurrent=8), (), ray_config, "127.0.0.1", PORT)
+        row: dict[str, Any] = {"server": "ray", "replicas": n}
+        row["start_s"] = round(time.perf_counter() - started, 1)
         row.update(measure(f"127.0.0.1:{PORT}", clients, args.window_s))
         print(json.dumps(row), flush=True)
         result["runs"].append(row)
-    serve.shutdown()
+        serve.shutdown()  # a fresh Ray per configuration (redeploying in place did not work)
+        ray.shutdown()
     out = args.out or Path("benchmarks/results") / f"ray-scale-{dt.datetime.now():%Y%m%d-%H%M}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

@@ -424,9 +424,7 @@ class Client(_Base):
         end it with ``stop()``. ``spec`` takes :func:`build_spec`'s other keywords."""
         from distill_serve.client.live import LiveSession, start_request
 
-        first = start_request(
-            mode, lookahead, dict(spec, seed=seed, sliders=sliders, latent=latent)
-        )
+        first = start_request(mode, lookahead, seed, sliders, latent, spec)
         return LiveSession(self._stub, first, self._kw(timeout))
 
     def _receive(
@@ -530,9 +528,7 @@ class AsyncClient(_Base):
         """Open a live session (``async for`` its blocks); see :meth:`Client.live`."""
         from distill_serve.client.live import AsyncLiveSession, start_request
 
-        first = start_request(
-            mode, lookahead, dict(spec, seed=seed, sliders=sliders, latent=latent)
-        )
+        first = start_request(mode, lookahead, seed, sliders, latent, spec)
         return AsyncLiveSession(self._stub, first, self._kw(timeout))
 
     async def _receive(

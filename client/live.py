@@ -31,9 +31,18 @@ from distill_serve.client.v1 import distill_pb2 as pb
 from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
 
 
-def start_request(mode: str, lookahead: float | None, options: Any) -> pb.GenerateLiveRequest:
-    """The first message of a live session (``options``: :func:`build_spec` keywords)."""
-    start = pb.LiveStart(spec=build_spec(mode, 0.0, **options))
+def start_request(
+    mode: str,
+    lookahead: float | None,
+    seed: int | None,
+    sliders: Mapping[int, int] | None,
+    latent: Sequence[float] | np.ndarray | None,
+    options: Any,
+) -> pb.GenerateLiveRequest:
+    """The first message of a live session (``options``: :func:`build_spec`'s other
+    keywords)."""
+    spec = build_spec(mode, 0.0, seed=seed, sliders=sliders, latent=latent, **options)
+    start = pb.LiveStart(spec=spec)
     if lookahead is not None:
         start.lookahead_s = lookahead
     return pb.GenerateLiveRequest(start=start)
@@ -109,10 +118,13 @@ class _Controls:
         """Fade out and end: iteration ends once the fade-out has arrived."""
         return self.send(control_fields(stop=True))
 
-    def _finish(self, collector: _Collector, end: pb.StreamEnd | None) -> None:
+    def _on_message(self, collector: _Collector, msg: pb.GenerateLiveResponse) -> AudioBlock | None:
+        """One reply: the block it carries, if any (the end message sets ``end_reason``)."""
+        if msg.WhichOneof("event") == "end":
+            self.end_reason = msg.end.reason
+        block = collector.feed(msg)
         self.stats = collector.stats
-        if end is not None:
-            self.end_reason = end.reason
+        return block
 
 
 class LiveSession(_Controls):
@@ -135,18 +147,13 @@ class LiveSession(_Controls):
         self._queue.put(msg)
 
     def __iter__(self) -> Iterator[AudioBlock]:
-        end = None
         try:
             for msg in self._call:
-                if msg.WhichOneof("event") == "end":
-                    end = msg.end
-                block = self._collector.feed(msg)
-                if block is not None:
+                if (block := self._on_message(self._collector, msg)) is not None:
                     yield block
         except grpc.RpcError as exc:
             raise DistillError.wrap(exc) from None
         finally:
-            self._finish(self._collector, end)
             self.close()
 
     def close(self) -> None:
@@ -184,18 +191,13 @@ class AsyncLiveSession(_Controls):
         self._queue.put_nowait(msg)
 
     async def __aiter__(self) -> AsyncIterator[AudioBlock]:
-        end = None
         try:
             async for msg in self._call:
-                if msg.WhichOneof("event") == "end":
-                    end = msg.end
-                block = self._collector.feed(msg)
-                if block is not None:
+                if (block := self._on_message(self._collector, msg)) is not None:
                     yield block
         except grpc.RpcError as exc:
             raise DistillError.wrap(exc) from None
         finally:
-            self._finish(self._collector, end)
             self.close()
 
     def close(self) -> None:

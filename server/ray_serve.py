@@ -238,6 +238,34 @@ def build_app(
     )
 
 
+def app_from_config(args: dict[str, Any]) -> Any:
+    """The application for a Serve config file or KubeRay's ``RayService``:
+    ``import_path: distill_serve.server.ray_serve:app_from_config`` with ``args``
+    ``{bundle, replicas, min_replicas, max_replicas, cpus_per_replica, gpus_per_replica,
+    max_concurrent, use_cuda, gpu_mem_limit, tokens}`` (all but ``bundle`` optional)."""
+    known = {
+        "bundle", "replicas", "min_replicas", "max_replicas", "cpus_per_replica",
+        "gpus_per_replica", "max_concurrent", "use_cuda", "gpu_mem_limit", "tokens",
+    }  # fmt: skip
+    unknown = sorted(set(args) - known)
+    if unknown or "bundle" not in args:
+        raise ValueError(f"args need 'bundle' and take {sorted(known)}; unknown: {unknown}")
+    ray_config = RayConfig(
+        replicas=int(args.get("replicas", 1)),
+        min_replicas=args.get("min_replicas"),
+        max_replicas=args.get("max_replicas"),
+        cpus_per_replica=float(args.get("cpus_per_replica", 1.0)),
+        gpus_per_replica=float(args.get("gpus_per_replica", 0.0)),
+    )
+    engine = EngineConfig(
+        use_cuda=bool(args.get("use_cuda", True)), gpu_mem_limit=args.get("gpu_mem_limit")
+    )
+    limits = Limits(max_concurrent=int(args.get("max_concurrent", 4)))
+    return build_app(
+        Path(args["bundle"]), engine, limits, tuple(args.get("tokens", ())), ray_config
+    )
+
+
 def start(
     bundle: Path,
     engine: EngineConfig,

@@ -3,14 +3,11 @@ and serving it (here on the CPU provider, which has fp16 convolution kernels).""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import onnx
-import pytest
 from onnx import TensorProto
 
-from distill_serve.bundle import BundleError, load_bundle
 from distill_serve.export.parity import snr_db
 from distill_serve.server.engine import Engine, EngineConfig
 from tests.conftest import generate, manifest, params
@@ -46,12 +43,3 @@ def test_fp16_engine_serves_close_to_fp32(demo_bundle: Path, engine: Engine, rep
     snr = snr_db(ref, out)
     report(f"fp16 vocoder, 2 s crossfade after post-processing: {snr:.1f} dB SNR vs fp32")
     assert out.shape == ref.shape and 40.0 <= snr < 90.0
-
-
-def test_fp16_missing_from_bundle_names_the_export_flag(demo_bundle: Path) -> None:
-    bundle = load_bundle(demo_bundle)
-    without = dataclasses.replace(
-        bundle, files=tuple(f for f in bundle.files if f.role != "vocoder_fp16")
-    )
-    with pytest.raises(BundleError, match="export --fp16"):
-        Engine(without, EngineConfig(use_cuda=False, vocoder_precision="fp16"))

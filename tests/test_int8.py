@@ -66,13 +66,13 @@ def test_int8_server_reports_its_precision(int8_engine: Engine) -> None:
         server.stop()
 
 
-def test_int8_missing_from_bundle_names_the_export_flag(demo_bundle: Path) -> None:
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_missing_precision_names_the_export_flag(demo_bundle: Path, precision: str) -> None:
     bundle = load_bundle(demo_bundle)
-    without = dataclasses.replace(
-        bundle, files=tuple(f for f in bundle.files if f.role != "vocoder_int8")
-    )
-    with pytest.raises(BundleError, match="export --int8"):
-        Engine(without, EngineConfig(use_cuda=False, vocoder_precision="int8"))
+    role = f"vocoder_{precision}"
+    without = dataclasses.replace(bundle, files=tuple(f for f in bundle.files if f.role != role))
+    with pytest.raises(BundleError, match=f"export --{precision}"):
+        Engine(without, EngineConfig(use_cuda=False, vocoder_precision=precision))
 
 
 def test_unknown_precision_is_refused() -> None:

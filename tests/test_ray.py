@@ -97,3 +97,15 @@ def test_a_killed_replica_gives_retryable_errors_and_comes_back(ray_run: dict[st
     assert outcomes == [("OK", None), ("UNAVAILABLE", 500)], kill["streams"]
     assert kill["new_requests"] == ["OK", "OK", "OK"]
     assert kill["replicas_running"] == 2
+
+
+def test_app_from_config_builds_the_application(demo_bundle: Path) -> None:
+    """What a Serve config file or KubeRay's RayService imports (binding needs no cluster)."""
+    ray_serve = pytest.importorskip("distill_serve.server.ray_serve")
+    pytest.importorskip("ray.serve")
+    app = ray_serve.app_from_config({"bundle": str(demo_bundle), "replicas": 2})
+    assert type(app).__name__ == "Application"
+    with pytest.raises(ValueError, match="unknown"):
+        ray_serve.app_from_config({"bundle": str(demo_bundle), "replica": 2})
+    with pytest.raises(ValueError, match="--min-replicas"):
+        ray_serve.RayConfig(max_replicas=3)

@@ -17,6 +17,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "distill_serve/v1/distill.grpc.pb.h"
+#include "wav.h"
 
 namespace v1 = distill_serve::v1;
 
@@ -71,30 +72,6 @@ bool Parse(int argc, char** argv, Options* o, std::string* error) {
   }
   if (o->output.empty()) { *error = "-o out.wav is required"; return false; }
   return true;
-}
-
-void WriteLE(std::ofstream& f, uint32_t value, int bytes) {
-  for (int i = 0; i < bytes; ++i) f.put(static_cast<char>((value >> (8 * i)) & 0xFF));
-}
-
-// A canonical 44-byte RIFF/WAVE header; format 1 = integer PCM, 3 = IEEE float.
-void WriteWav(const std::string& path, const std::string& data, uint32_t rate, uint32_t channels,
-              uint32_t bytes_per_sample, bool is_float) {
-  std::ofstream f(path, std::ios::binary);
-  uint32_t block_align = channels * bytes_per_sample;
-  f.write("RIFF", 4);
-  WriteLE(f, 36 + static_cast<uint32_t>(data.size()), 4);
-  f.write("WAVEfmt ", 8);
-  WriteLE(f, 16, 4);
-  WriteLE(f, is_float ? 3 : 1, 2);
-  WriteLE(f, channels, 2);
-  WriteLE(f, rate, 4);
-  WriteLE(f, rate * block_align, 4);
-  WriteLE(f, block_align, 2);
-  WriteLE(f, bytes_per_sample * 8, 2);
-  f.write("data", 4);
-  WriteLE(f, static_cast<uint32_t>(data.size()), 4);
-  f.write(data.data(), static_cast<std::streamsize>(data.size()));
 }
 
 }  // namespace
@@ -175,7 +152,7 @@ int main(int argc, char** argv) {
   }
   const auto& format = header.format();
   uint32_t bytes = kEncodings.at(o.encoding).second;
-  WriteWav(o.output, audio, format.sample_rate(), format.channels(), bytes,
+  distill_example::WriteWav(o.output, audio, format.sample_rate(), format.channels(), bytes,
            o.encoding == "float32");
   double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::cout << "wrote " << o.output << ": " << expected_offset << " frames, "

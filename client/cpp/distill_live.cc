@@ -21,6 +21,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "distill_serve/v1/distill.grpc.pb.h"
+#include "wav.h"
 
 namespace v1 = distill_serve::v1;
 
@@ -76,29 +77,6 @@ bool Parse(int argc, char** argv, Options* o, std::string* error) {
   }
   if (o->output.empty()) { *error = "-o out.wav is required"; return false; }
   return true;
-}
-
-void WriteLE(std::ofstream& f, uint32_t value, int bytes) {
-  for (int i = 0; i < bytes; ++i) f.put(static_cast<char>((value >> (8 * i)) & 0xFF));
-}
-
-void WriteWav(const std::string& path, const std::string& data, uint32_t rate, uint32_t channels,
-              uint32_t bytes_per_sample, bool is_float) {
-  std::ofstream f(path, std::ios::binary);
-  uint32_t block_align = channels * bytes_per_sample;
-  f.write("RIFF", 4);
-  WriteLE(f, 36 + static_cast<uint32_t>(data.size()), 4);
-  f.write("WAVEfmt ", 8);
-  WriteLE(f, 16, 4);
-  WriteLE(f, is_float ? 3 : 1, 2);
-  WriteLE(f, channels, 2);
-  WriteLE(f, rate, 4);
-  WriteLE(f, rate * block_align, 4);
-  WriteLE(f, block_align, 2);
-  WriteLE(f, bytes_per_sample * 8, 2);
-  f.write("data", 4);
-  WriteLE(f, static_cast<uint32_t>(data.size()), 4);
-  f.write(data.data(), static_cast<std::streamsize>(data.size()));
 }
 
 using Stream = grpc::ClientReaderWriter<v1::GenerateLiveRequest, v1::GenerateLiveResponse>;
@@ -222,7 +200,7 @@ int main(int argc, char** argv) {
     std::_Exit(1);
   }
   const auto& format = header.format();
-  WriteWav(o.output, audio, format.sample_rate(), format.channels(),
+  distill_example::WriteWav(o.output, audio, format.sample_rate(), format.channels(),
            kEncodings.at(o.encoding).second, o.encoding == "float32");
   std::cout << "wrote " << o.output << ": " << frames << " frames, " << format.sample_rate()
             << " Hz, " << format.channels() << " ch; seed " << header.seed() << "; "

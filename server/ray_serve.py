@@ -19,7 +19,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,6 @@ class RayConfig:
     target_ongoing_requests: float = 2.0
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0
-    extra_servicer_functions: Sequence[str] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -291,7 +290,7 @@ def start(
         http_options=HTTPOptions(host=host, port=0),
         grpc_options=gRPCOptions(
             port=port,
-            grpc_servicer_functions=[*SERVICER_FUNCTIONS, *ray_config.extra_servicer_functions],
+            grpc_servicer_functions=SERVICER_FUNCTIONS,
         ),
     )
     app = build_app(bundle, engine, limits, tokens, ray_config)

@@ -21,7 +21,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "distill_serve/v1/distill.grpc.pb.h"
-#include "wav.h"
+#include "common.h"
 
 namespace v1 = distill_serve::v1;
 
@@ -136,14 +136,8 @@ int main(int argc, char** argv) {
   Options o;
   std::string error;
   if (!Parse(argc, argv, &o, &error)) return Usage(error);
-  static const std::map<std::string, v1::ChunkMode> kModes = {
-      {"crossfade", v1::CHUNK_MODE_CROSSFADE},
-      {"latent_interp", v1::CHUNK_MODE_LATENT_INTERP},
-      {"slider", v1::CHUNK_MODE_SLIDER}};
-  static const std::map<std::string, std::pair<v1::AudioEncoding, uint32_t>> kEncodings = {
-      {"pcm16", {v1::AUDIO_ENCODING_PCM16, 2}},
-      {"pcm24", {v1::AUDIO_ENCODING_PCM24, 3}},
-      {"float32", {v1::AUDIO_ENCODING_FLOAT32, 4}}};
+  const auto& kModes = distill_example::Modes();
+  const auto& kEncodings = distill_example::Encodings();
   if (!kModes.count(o.mode)) return Usage("unknown mode " + o.mode);
   if (!kEncodings.count(o.encoding)) return Usage("unknown encoding " + o.encoding);
 

@@ -1,11 +1,35 @@
-// WAV output for the C++ examples (client/cpp).
+// What the C++ examples (client/cpp) share: the names their command lines take for chunk
+// modes and encodings, and WAV output.
 #pragma once
 
 #include <cstdint>
 #include <fstream>
+#include <map>
 #include <string>
+#include <utility>
+
+#include "distill_serve/v1/distill.pb.h"
 
 namespace distill_example {
+
+namespace v1 = distill_serve::v1;
+
+inline const std::map<std::string, v1::ChunkMode>& Modes() {
+  static const std::map<std::string, v1::ChunkMode> modes = {
+      {"crossfade", v1::CHUNK_MODE_CROSSFADE},
+      {"latent_interp", v1::CHUNK_MODE_LATENT_INTERP},
+      {"slider", v1::CHUNK_MODE_SLIDER}};
+  return modes;
+}
+
+// Encoding name -> (enum, bytes per sample).
+inline const std::map<std::string, std::pair<v1::AudioEncoding, uint32_t>>& Encodings() {
+  static const std::map<std::string, std::pair<v1::AudioEncoding, uint32_t>> encodings = {
+      {"pcm16", {v1::AUDIO_ENCODING_PCM16, 2}},
+      {"pcm24", {v1::AUDIO_ENCODING_PCM24, 3}},
+      {"float32", {v1::AUDIO_ENCODING_FLOAT32, 4}}};
+  return encodings;
+}
 
 inline void WriteLE(std::ofstream& f, uint32_t value, int bytes) {
   for (int i = 0; i < bytes; ++i) f.put(static_cast<char>((value >> (8 * i)) & 0xFF));

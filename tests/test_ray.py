@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,3 +110,43 @@ def test_app_from_config_builds_the_application(demo_bundle: Path) -> None:
         ray_serve.app_from_config({"bundle": str(demo_bundle), "replica": 2})
     with pytest.raises(ValueError, match="--min-replicas"):
         ray_serve.RayConfig(max_replicas=3)
+
+
+CLI_SCRIPT = """
+set -e
+ip link set lo up
+{py} -m distill_serve serve --ray --bundle {bundle} --replicas 2 --port 50311 > {log} 2>&1 &
+server=$!
+for i in $(seq 120); do grep -q "gRPC on" {log} && break; sleep 0.5; done
+{py} -m distill_serve info --server 127.0.0.1:50311
+{py} -m distill_serve generate --server 127.0.0.1:50311 --mode slider --slider 0=3 \\
+    --duration 2 --seed 4 --rate 48000 -o {out}/unary.wav
+{py} -m distill_serve generate --server 127.0.0.1:50311 --mode crossfade --duration 1.5 \\
+    --stream -o {out}/stream.wav
+kill -TERM $server
+wait $server
+"""
+
+
+def test_cli_against_serve_ray(demo_bundle: Path, tmp_path: Path) -> None:
+    """`distill-serve serve --ray --replicas 2` answers the CLI's `info` and `generate`
+    (its own Ray head, in its own loopback-only namespace), then stops on SIGTERM."""
+    pytest.importorskip("ray.serve", reason="Ray Serve is in the dev extra (distill-serve[ray])")
+    problem = _namespace_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    log = tmp_path / "serve.log"
+    script = CLI_SCRIPT.format(py=sys.executable, bundle=demo_bundle, log=log, out=tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        ["unshare", "-n", "sh", "-c", script],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    served = log.read_text() if log.exists() else ""
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + served[-2000:]
+    assert "latent_dim: 64" in proc.stdout
+    assert "wrote" in proc.stdout and "(stream," in proc.stdout and "(unary," in proc.stdout
+    assert "distill-serve on Ray Serve stopped" in served
+    assert sf.info(str(tmp_path / "unary.wav")).frames == 2 * 48000
+    assert sf.info(str(tmp_path / "stream.wav")).frames == round(1.5 * 44100)

@@ -115,10 +115,6 @@ class DeviceWorker:
         self._jobs.put((fn, future))
         return future.result()
 
-    @property
-    def thread(self) -> threading.Thread:
-        return self._thread
-
     def close(self) -> None:
         self._closed.set()
         self._jobs.put(None)

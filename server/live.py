@@ -175,10 +175,6 @@ class LiveSession:
         self.finished = False
 
     @property
-    def block_seconds(self) -> float:
-        return self.block_frames * self.model.geometry.vocoder_hop / self.model.vocoder_rate
-
-    @property
     def seconds(self) -> float:
         """Audio rendered so far, in seconds."""
         return self.samples / self.params.sample_rate

@@ -70,10 +70,6 @@ class MelSource:
         self._voc = np.zeros((model.n_mels_voc, 0), np.float32)
         self._voc_base = 0
 
-    @property
-    def path(self) -> LatentPath:
-        return self._path
-
     def _next_offset(self) -> int:
         return self._grid_base + round(self._grid_m * self._hop / self._sub)
 

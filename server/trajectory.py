@@ -147,12 +147,6 @@ class LatentPath:
         return self._drift is not None
 
 
-def random_anchors(seed: int, count: int, dim: int) -> np.ndarray:
-    """``max(2, count)`` standard-normal anchors from ``seed``, shape ``(N, D)``."""
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((max(2, count), dim)).astype(np.float32)
-
-
 def drifting_anchors(start: np.ndarray, seed: int, count: int, evolution: float) -> np.ndarray:
     """Slider mode: anchor 0 is ``start``; each next one moves toward a random target by
     ``evolution`` (0 keeps it static). Targets have the start's norm. Shape ``(N, D)``."""

@@ -36,11 +36,17 @@ def _export(args: argparse.Namespace) -> int:
 
             manifest = export_demo_bundle(
                 args.out, fmt=args.format, rates=args.rates, progress=not args.quiet
-            )  # the demo bundle always carries the int8 and fp16 vocoders
+            )
+        elif args.stand_in:
+            from distill_serve.export.demo import export_stand_in_bundle
+
+            manifest = export_stand_in_bundle(
+                args.out, fmt=args.format, rates=args.rates, progress=not args.quiet
+            )  # the stand-in always carries the int8 and fp16 vocoders
         else:
             if args.checkpoint is None or args.vocoder is None:
                 print(
-                    "distill-serve export: give --checkpoint and --vocoder, or --demo",
+                    "distill-serve export: give --checkpoint and --vocoder, --demo or --stand-in",
                     file=sys.stderr,
                 )
                 return 2
@@ -155,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a checkpoint + vocoder to a model bundle")
     p.add_argument("--checkpoint", type=Path, help="Distill .distill checkpoint")
-    p.add_argument("--vocoder", help="BigVGAN Hugging Face id or local dir")
+    p.add_argument(
+        "--vocoder",
+        help="hifigan-universal, a HiFi-GAN checkpoint (config.json beside it) or dir, "
+        "or a BigVGAN Hugging Face id or local dir",
+    )
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     p.add_argument("--format", choices=["onnx", "torchscript", "both"], default="onnx")
     p.add_argument(
@@ -174,7 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write an fp16-convolution vocoder for GPUs (--vocoder-precision fp16)",
     )
-    p.add_argument("--demo", action="store_true", help="build the small demo bundle instead")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--demo",
+        action="store_true",
+        help="build the demo bundle (trained demo decoder + HiFi-GAN universal) instead",
+    )
+    which.add_argument(
+        "--stand-in",
+        action="store_true",
+        help="build the random-weight stand-in bundle the tests and benchmarks use instead",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_export)
 

@@ -19,7 +19,7 @@ from distill_serve.server.engine import EngineConfig
 REQUESTS: dict[str, dict[str, Any]] = {
     "crossfade": {},
     "latent_interp": {"steps_between": 3},
-    "slider": {"sliders": {0: 4, 3: -6}, "evolution_amount": 0.2},
+    "slider": {"sliders": {0: 4, 3: -6}, "evolution_amount": 0.5},
 }
 
 

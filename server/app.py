@@ -83,7 +83,7 @@ class ServerConfig:
 def demo_bundle_dir() -> Path:
     """Where the demo bundle is cached (``$DISTILL_SERVE_CACHE`` or ``~/.cache``)."""
     root = os.environ.get("DISTILL_SERVE_CACHE") or Path.home() / ".cache" / "distill-serve"
-    return Path(root) / "demo-bundle-v3"
+    return Path(root) / "demo-bundle-v4"
 
 
 def ensure_demo_bundle(path: Path | None = None) -> Path:
@@ -101,7 +101,7 @@ def ensure_demo_bundle(path: Path | None = None) -> Path:
             f"no demo bundle at {path} and the export extra is not installed ({exc}); "
             "pip install 'distill-serve[export]' or pass --bundle DIR"
         ) from exc
-    log.info("building the demo bundle in %s (once; about a minute)", path)
+    log.info("building the demo bundle in %s (once; under a minute)", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=path.parent))
     try:

@@ -1,5 +1,5 @@
-"""Shared fixtures: one demo bundle per session (built through the CLI), engines and
-real gRPC servers on loopback running in a background thread."""
+"""Shared fixtures: one stand-in bundle per session (random weights, built through the CLI),
+engines and real gRPC servers on loopback running in a background thread."""
 
 from __future__ import annotations
 
@@ -55,16 +55,16 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 @pytest.fixture(scope="session")
-def demo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``distill-serve export --demo --format both`` into a session temp dir."""
-    out = tmp_path_factory.mktemp("bundle") / "demo"
+def stand_in_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``distill-serve export --stand-in --format both`` into a session temp dir."""
+    out = tmp_path_factory.mktemp("bundle") / "stand-in"
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "distill_serve",
             "export",
-            "--demo",
+            "--stand-in",
             "--out",
             str(out),
             "--format",
@@ -77,6 +77,19 @@ def demo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "wrote bundle" in proc.stdout
+    return out
+
+
+@pytest.fixture(scope="session")
+def hifigan_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The random stand-in decoder with HiFi-GAN universal (real weights), exported."""
+    from distill_serve.export.demo import make_demo_checkpoint
+    from distill_serve.export.exporter import ExportConfig, export_bundle
+
+    tmp = tmp_path_factory.mktemp("hifigan")
+    out = tmp / "bundle"
+    ckpt = make_demo_checkpoint(tmp / "d.distill")
+    export_bundle(ExportConfig(ckpt, "hifigan-universal", out, progress=False))
     return out
 
 
@@ -107,8 +120,8 @@ def generate(engine: Engine, p: GenerationParams) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def engine(demo_bundle: Path) -> Engine:
-    return Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False))
+def engine(stand_in_bundle: Path) -> Engine:
+    return Engine.from_dir(stand_in_bundle, EngineConfig(use_cuda=False))
 
 
 class ServerThread:

@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quick_benchmark_writes_results(demo_bundle: Path, tmp_path: Path) -> None:
+def test_quick_benchmark_writes_results(stand_in_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [
@@ -19,7 +19,7 @@ def test_quick_benchmark_writes_results(demo_bundle: Path, tmp_path: Path) -> No
             "benchmarks",
             "--quick",
             "--bundle",
-            str(demo_bundle),
+            str(stand_in_bundle),
             "--cache",
             str(tmp_path / "cache"),
             "--out",
@@ -63,13 +63,13 @@ def test_quick_benchmark_writes_results(demo_bundle: Path, tmp_path: Path) -> No
     assert live["capacity"][0]["sessions"] == 1
 
 
-def test_cuda_benchmark_dry_run_covers_every_step(demo_bundle: Path, tmp_path: Path) -> None:
+def test_cuda_benchmark_dry_run_covers_every_step(stand_in_bundle: Path, tmp_path: Path) -> None:
     """The GPU benchmark with CPU stand-ins: every step runs, so device time is not spent
     finding a bug in the script."""
     out = tmp_path / "cuda.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--cuda", "--dry-run-cpu", "--demo-bundle",
-         str(demo_bundle), "--cache", str(tmp_path / "cache"), "--out", str(out)],
+         str(stand_in_bundle), "--cache", str(tmp_path / "cache"), "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -39,6 +39,7 @@ class ServeProcess:
             env=env,
         )
         self.lines: list[str] = []
+        self.env = env
         ready = threading.Event()
 
         def pump() -> None:
@@ -70,7 +71,7 @@ def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProces
     cache = tmp_path_factory.mktemp("cache")
     env = dict(os.environ, DISTILL_SERVE_CACHE=str(cache), PYTHONUNBUFFERED="1")
     server = ServeProcess([], env)
-    assert (cache / "demo-bundle-v3" / "manifest.json").is_file()
+    assert (cache / "demo-bundle-v4" / "manifest.json").is_file()
     yield server
     assert server.stop() == 0
 
@@ -82,7 +83,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_info_prints_sliders(cli_server: ServeProcess) -> None:
     out = run_cli("info", "--server", cli_server.target)
     assert out.returncode == 0, out.stderr
-    assert "latent_dim: 64" in out.stdout and "brightness" in out.stdout
+    assert "latent_dim: 64" in out.stdout and "pc1" in out.stdout
     assert "CPUExecutionProvider" in out.stdout
 
 
@@ -141,7 +142,8 @@ def test_generate_from_latent_file(cli_server: ServeProcess, tmp_path: Path) -> 
         str(wav),
     )
     assert out.returncode == 0, out.stderr
-    assert sf.info(str(wav)).frames == round(0.5 * 44100)
+    info = sf.info(str(wav))  # the demo vocoder's own rate (HiFi-GAN, 22.05 kHz)
+    assert (info.samplerate, info.frames) == (22050, round(0.5 * 22050))
 
 
 def test_clear_one_line_errors(cli_server: ServeProcess, tmp_path: Path) -> None:
@@ -200,7 +202,7 @@ def test_sigterm_drains_inflight_stream(cli_server: ServeProcess, tmp_path: Path
     t.join(timeout=120)
     assert server.proc.wait(timeout=60) == 0
     assert "error" not in got, got.get("error")
-    assert got["samples"] == 8 * 44100  # the in-flight stream finished whole
+    assert got["samples"] == 8 * 22050  # the in-flight stream finished whole (demo: 22.05 kHz)
     assert any("draining" in line for line in server.lines)
     with pytest.raises(DistillError), Client(server.target, timeout=2) as c:
         c.info()  # the server is gone
@@ -252,3 +254,32 @@ def test_token_file_and_sighup_reload(cli_server: ServeProcess, tmp_path: Path) 
         assert again.returncode == 0 and "latent_dim: 64" in again.stdout
     finally:
         assert server.stop() == 0
+
+
+def test_demo_clips_sound_like_their_corpus(
+    cli_server: ServeProcess, stand_in_bundle: Path, tmp_path: Path, report
+) -> None:  # type: ignore[no-untyped-def]
+    """`distill-serve demo` (trained decoder + HiFi-GAN universal, from the cache the server
+    built) writes clips whose loudness and spectrum move like sound, where the random stand-in
+    gives stationary noise with fixed lines."""
+    from benchmarks.quality import texture
+    from distill_serve.server.engine import Engine, EngineConfig
+    from tests.conftest import generate, params
+
+    out = subprocess.run(
+        [*CLI, "demo", "--out", str(tmp_path), "--duration", "6"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=cli_server.env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    stand_in = Engine.from_dir(stand_in_bundle, EngineConfig(use_cuda=False))
+    baseline = texture(generate(stand_in, params(stand_in, duration_s=6.0))[0], 44100)
+    report(f"texture stand-in (random weights) crossfade: {baseline}")
+    assert baseline.loudness_std_db < 1.0
+    for mode in ("crossfade", "latent_interp", "slider"):
+        audio, rate = sf.read(tmp_path / f"{mode}.wav")
+        t = texture(audio.mean(axis=1), rate)
+        report(f"texture demo {mode}: {t}")
+        assert t.loudness_std_db > 2.0 and t.centroid_std_hz > 150.0, mode

@@ -89,8 +89,8 @@ def test_device_worker_runs_on_one_thread_and_passes_errors() -> None:
     assert sorted(results) == sorted(i * i for i in range(12) if i != 7) and errors == ["seven"]
 
 
-def test_bound_session_matches_a_plain_run(demo_bundle: Path) -> None:
-    session = ort.InferenceSession(str(demo_bundle / "vocoder.onnx"), providers=[CPU])
+def test_bound_session_matches_a_plain_run(stand_in_bundle: Path) -> None:
+    session = ort.InferenceSession(str(stand_in_bundle / "vocoder.onnx"), providers=[CPU])
     bound = BoundSession(session, (1, 128, 48), "cpu")
     rng = np.random.default_rng(1)
     for _ in range(2):  # the bound buffers are reused
@@ -101,9 +101,9 @@ def test_bound_session_matches_a_plain_run(demo_bundle: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def fixed_engine(demo_bundle: Path) -> Engine:
+def fixed_engine(stand_in_bundle: Path) -> Engine:
     config = EngineConfig(use_cuda=False, fault_injection=True, fixed_shapes=True)
-    return Engine.from_dir(demo_bundle, config)
+    return Engine.from_dir(stand_in_bundle, config)
 
 
 @pytest.mark.parametrize("mode", list(ChunkMode))
@@ -132,11 +132,11 @@ def test_fixed_shape_path_runs_live_sessions(engine: Engine, fixed_engine: Engin
     assert snr_db(a, b) >= 100.0
 
 
-def test_failed_start_serves_on_cpu_and_retries(demo_bundle: Path) -> None:
+def test_failed_start_serves_on_cpu_and_retries(stand_in_bundle: Path) -> None:
     config = EngineConfig(
         use_cuda=False, fault_injection=True, inject_init_failures=2, primary_retry_s=0.2
     )
-    eng = Engine.from_dir(demo_bundle, config)
+    eng = Engine.from_dir(stand_in_bundle, config)
     try:
         assert not eng.has_primary and eng.primary_provider == CPU
         assert "could not be created" in eng.provider_note
@@ -165,9 +165,9 @@ def test_failed_start_serves_on_cpu_and_retries(demo_bundle: Path) -> None:
         eng.close()
 
 
-def test_the_reason_cuda_is_not_running_is_named(demo_bundle: Path) -> None:
+def test_the_reason_cuda_is_not_running_is_named(stand_in_bundle: Path) -> None:
     reason = cuda_unavailable_reason()
-    eng = Engine.from_dir(demo_bundle, EngineConfig(use_cuda=True))
+    eng = Engine.from_dir(stand_in_bundle, EngineConfig(use_cuda=True))
     try:
         if reason is None:  # a machine with a GPU and its libraries
             assert eng.primary_provider == CUDA and eng.provider_note == ""
@@ -186,10 +186,10 @@ def test_bad_algo_search_is_refused() -> None:
         EngineConfig(inject_init_failures=1)
 
 
-def test_a_request_on_the_old_primary_survives_a_rebuild(demo_bundle: Path) -> None:
+def test_a_request_on_the_old_primary_survives_a_rebuild(stand_in_bundle: Path) -> None:
     """A rebuild (after an OOM elsewhere) swaps the sessions while requests still hold the
     old ones: they keep running on the engine's one device thread (this once hung)."""
-    eng = Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False, fault_injection=True))
+    eng = Engine.from_dir(stand_in_bundle, EngineConfig(use_cuda=False, fault_injection=True))
     try:
         runner = eng.runner()
         z = np.zeros((3, eng.model.latent_dim), np.float32)

@@ -1,4 +1,4 @@
-"""The demo bundle written by ``distill-serve export --demo``: hashes, graphs, parity."""
+"""The stand-in bundle written by ``distill-serve export --stand-in``: hashes, graphs, parity."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from distill_serve.server.resample import ResamplerGeometry, StreamingResampler,
 from tests.conftest import manifest
 
 
-def test_manifest_describes_bundle(demo_bundle: Path) -> None:
-    m = manifest(demo_bundle)
+def test_manifest_describes_bundle(stand_in_bundle: Path) -> None:
+    m = manifest(stand_in_bundle)
     assert m["format_version"] == FORMAT_VERSION
     assert m["latent_dim"] == 64
     assert m["chunk"]["chunk_frames"] == 94 and m["chunk"]["hop_frames"] == 47
@@ -45,15 +45,15 @@ def test_manifest_describes_bundle(demo_bundle: Path) -> None:
             assert f["inputs"] and f["outputs"] and f["inputs"][0]["shape"]
 
 
-def test_hashes_match_files(demo_bundle: Path) -> None:
-    for f in manifest(demo_bundle)["files"]:
-        assert sha256_file(demo_bundle / f["path"]) == f["sha256"], f["path"]
-    load_bundle(demo_bundle)  # the server's own check
+def test_hashes_match_files(stand_in_bundle: Path) -> None:
+    for f in manifest(stand_in_bundle)["files"]:
+        assert sha256_file(stand_in_bundle / f["path"]) == f["sha256"], f["path"]
+    load_bundle(stand_in_bundle)  # the server's own check
 
 
-def test_every_graph_passes_checker_and_loads(demo_bundle: Path) -> None:
-    for f in manifest(demo_bundle)["files"]:
-        path = demo_bundle / f["path"]
+def test_every_graph_passes_checker_and_loads(stand_in_bundle: Path) -> None:
+    for f in manifest(stand_in_bundle)["files"]:
+        path = stand_in_bundle / f["path"]
         if f["format"] == "onnx":
             onnx.checker.check_model(str(path), full_check=True)
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -62,9 +62,9 @@ def test_every_graph_passes_checker_and_loads(demo_bundle: Path) -> None:
             torch.jit.load(str(path))
 
 
-def test_parity_meets_thresholds(demo_bundle: Path) -> None:
-    results = manifest(demo_bundle)["parity"]
-    assert len(results) == len(manifest(demo_bundle)["files"])
+def test_parity_meets_thresholds(stand_in_bundle: Path) -> None:
+    results = manifest(stand_in_bundle)["parity"]
+    assert len(results) == len(manifest(stand_in_bundle)["files"])
     for name, r in results.items():
         assert r["passed"], name
         assert r["min_snr_db"] >= r["threshold"]["min_snr_db"], name
@@ -77,12 +77,14 @@ def test_parity_meets_thresholds(demo_bundle: Path) -> None:
 
 
 @pytest.mark.parametrize("rate", [16000, 22050, 48000, 96000])
-def test_exported_resampler_matches_torchaudio_across_blocks(demo_bundle: Path, rate: int) -> None:
-    m = manifest(demo_bundle)
+def test_exported_resampler_matches_torchaudio_across_blocks(
+    stand_in_bundle: Path, rate: int
+) -> None:
+    m = manifest(stand_in_bundle)
     spec = m["resamplers"][str(rate)]
     geo = ResamplerGeometry.from_manifest(spec)
     session = ort.InferenceSession(
-        str(demo_bundle / spec["file"]), providers=["CPUExecutionProvider"]
+        str(stand_in_bundle / spec["file"]), providers=["CPUExecutionProvider"]
     )
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -118,8 +120,8 @@ def _copy(bundle: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def test_flipped_byte_is_refused_naming_file(demo_bundle: Path, tmp_path: Path) -> None:
-    b = _copy(demo_bundle, tmp_path)
+def test_flipped_byte_is_refused_naming_file(stand_in_bundle: Path, tmp_path: Path) -> None:
+    b = _copy(stand_in_bundle, tmp_path)
     path = b / "vocoder.onnx"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -128,12 +130,14 @@ def test_flipped_byte_is_refused_naming_file(demo_bundle: Path, tmp_path: Path) 
         load_bundle(b)
 
 
-def test_missing_file_wrong_version_and_edited_manifest(demo_bundle: Path, tmp_path: Path) -> None:
-    b = _copy(demo_bundle, tmp_path)
+def test_missing_file_wrong_version_and_edited_manifest(
+    stand_in_bundle: Path, tmp_path: Path
+) -> None:
+    b = _copy(stand_in_bundle, tmp_path)
     (b / "bridge.onnx").unlink()
     with pytest.raises(BundleError, match=r"bridge\.onnx: listed in the manifest but missing"):
         load_bundle(b)
-    shutil.copyfile(demo_bundle / "bridge.onnx", b / "bridge.onnx")
+    shutil.copyfile(stand_in_bundle / "bridge.onnx", b / "bridge.onnx")
     m = manifest(b)
     m["format_version"] = 99
     (b / "manifest.json").write_text(json.dumps(m))
@@ -148,7 +152,7 @@ def test_missing_file_wrong_version_and_edited_manifest(demo_bundle: Path, tmp_p
     (b / "manifest.json").write_text(json.dumps(unsealed))
     with pytest.raises(BundleError, match="no manifest_sha256 seal"):
         load_bundle(b)
-    m["postprocess"]["peak_target"] = manifest(demo_bundle)["postprocess"]["peak_target"]
+    m["postprocess"]["peak_target"] = manifest(stand_in_bundle)["postprocess"]["peak_target"]
     m["files"][0]["sha256"] = "0" * 64
     write_manifest(b, m)  # re-sealed, so the file check itself is what fails
     with pytest.raises(BundleError, match="sha256 does not match"):

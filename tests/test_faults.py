@@ -27,8 +27,8 @@ from distill_serve.server.request import Limits
 from tests.conftest import ServerThread
 
 
-def test_oom_fallback_under_load_loses_nothing(demo_bundle: Path) -> None:
-    eng = Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False, fault_injection=True))
+def test_oom_fallback_under_load_loses_nothing(stand_in_bundle: Path) -> None:
+    eng = Engine.from_dir(stand_in_bundle, EngineConfig(use_cuda=False, fault_injection=True))
     s = ServerThread(ServerConfig(port=0, limits=Limits(max_concurrent=8)), eng)
     try:
         with Client(s.target, timeout=120) as c:
@@ -92,10 +92,12 @@ def other_model(bundle: Path, out: Path, seed: int) -> Path:
     return out
 
 
-def test_reload_swaps_models_without_dropping_streams(demo_bundle: Path, tmp_path: Path) -> None:
-    second = other_model(demo_bundle, tmp_path / "b2", seed=99)
+def test_reload_swaps_models_without_dropping_streams(
+    stand_in_bundle: Path, tmp_path: Path
+) -> None:
+    second = other_model(stand_in_bundle, tmp_path / "b2", seed=99)
     cpu = EngineConfig(use_cuda=False)
-    s = ServerThread(ServerConfig(port=0, engine=cpu), Engine.from_dir(demo_bundle, cpu))
+    s = ServerThread(ServerConfig(port=0, engine=cpu), Engine.from_dir(stand_in_bundle, cpu))
     try:
         with Client(s.target, timeout=120) as c:
             reference = c.generate("crossfade", 6.0, seed=3).audio

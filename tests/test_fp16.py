@@ -13,8 +13,8 @@ from distill_serve.server.engine import Engine, EngineConfig
 from tests.conftest import generate, manifest, params
 
 
-def test_demo_bundle_carries_a_checked_fp16_vocoder(demo_bundle: Path) -> None:
-    m = manifest(demo_bundle)
+def test_stand_in_bundle_carries_a_checked_fp16_vocoder(stand_in_bundle: Path) -> None:
+    m = manifest(stand_in_bundle)
     assert m["vocoder"]["fp16"]["fp16_convolutions"] > 0
     assert m["vocoder"]["fp16"]["fp32_convolutions"] == 0
     parity = m["parity"]["vocoder.fp16.onnx"]
@@ -22,8 +22,8 @@ def test_demo_bundle_carries_a_checked_fp16_vocoder(demo_bundle: Path) -> None:
     assert parity["min_snr_db"] >= 45.0  # measured ~54 dB on the demo model
 
 
-def test_only_convolutions_are_fp16(demo_bundle: Path) -> None:
-    graph = onnx.load(str(demo_bundle / "vocoder.fp16.onnx")).graph
+def test_only_convolutions_are_fp16(stand_in_bundle: Path) -> None:
+    graph = onnx.load(str(stand_in_bundle / "vocoder.fp16.onnx")).graph
     halves = {i.name for i in graph.initializer if i.data_type == TensorProto.FLOAT16}
     conv_ops = ("Conv", "ConvTranspose")
     convs = [n for n in graph.node if n.op_type in conv_ops]
@@ -36,8 +36,8 @@ def test_only_convolutions_are_fp16(demo_bundle: Path) -> None:
     assert graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
 
 
-def test_fp16_engine_serves_close_to_fp32(demo_bundle: Path, engine: Engine, report) -> None:  # type: ignore[no-untyped-def]
-    fp16 = Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False, vocoder_precision="fp16"))
+def test_fp16_engine_serves_close_to_fp32(stand_in_bundle: Path, engine: Engine, report) -> None:  # type: ignore[no-untyped-def]
+    fp16 = Engine.from_dir(stand_in_bundle, EngineConfig(use_cuda=False, vocoder_precision="fp16"))
     p = params(engine, seed=4)
     ref, out = generate(engine, p), generate(fp16, p)
     snr = snr_db(ref, out)

@@ -15,8 +15,8 @@ from distill_serve.server.engine import Engine, EngineConfig
 from tests.conftest import generate, manifest, params, start_server
 
 
-def test_demo_bundle_carries_a_checked_int8_vocoder(demo_bundle: Path) -> None:
-    m = manifest(demo_bundle)
+def test_stand_in_bundle_carries_a_checked_int8_vocoder(stand_in_bundle: Path) -> None:
+    m = manifest(stand_in_bundle)
     report = m["vocoder"]["int8"]
     assert report["quantized_convs"] > 0 and report["calibration_inputs"] > 0
     parity = m["parity"]["vocoder.int8.onnx"]
@@ -28,8 +28,8 @@ def test_demo_bundle_carries_a_checked_int8_vocoder(demo_bundle: Path) -> None:
     }
 
 
-def test_only_dense_inner_convolutions_are_quantized(demo_bundle: Path) -> None:
-    graph = onnx.load(str(demo_bundle / "vocoder.int8.onnx")).graph
+def test_only_dense_inner_convolutions_are_quantized(stand_in_bundle: Path) -> None:
+    graph = onnx.load(str(stand_in_bundle / "vocoder.int8.onnx")).graph
     dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     convs = [n for n in graph.node if n.op_type == "Conv"]
     grouped = [n for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
@@ -41,8 +41,8 @@ def test_only_dense_inner_convolutions_are_quantized(demo_bundle: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def int8_engine(demo_bundle: Path) -> Engine:
-    return Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False, vocoder_precision="int8"))
+def int8_engine(stand_in_bundle: Path) -> Engine:
+    return Engine.from_dir(stand_in_bundle, EngineConfig(use_cuda=False, vocoder_precision="int8"))
 
 
 def test_int8_engine_serves_close_to_fp32(int8_engine: Engine, engine: Engine, report) -> None:  # type: ignore[no-untyped-def]
@@ -67,8 +67,8 @@ def test_int8_server_reports_its_precision(int8_engine: Engine) -> None:
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])
-def test_missing_precision_names_the_export_flag(demo_bundle: Path, precision: str) -> None:
-    bundle = load_bundle(demo_bundle)
+def test_missing_precision_names_the_export_flag(stand_in_bundle: Path, precision: str) -> None:
+    bundle = load_bundle(stand_in_bundle)
     role = f"vocoder_{precision}"
     without = dataclasses.replace(bundle, files=tuple(f for f in bundle.files if f.role != role))
     with pytest.raises(BundleError, match=f"export --{precision}"):

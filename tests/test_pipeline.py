@@ -68,12 +68,12 @@ def test_slider_positions_change_the_sound(engine: Engine) -> None:
     assert not np.array_equal(generate(engine, up), generate(engine, down))
 
 
-def test_oom_fallback_reruns_on_cpu(demo_bundle) -> None:  # type: ignore[no-untyped-def]
+def test_oom_fallback_reruns_on_cpu(stand_in_bundle) -> None:  # type: ignore[no-untyped-def]
     from distill_serve.server.engine import EngineConfig
 
     seen: list[str] = []
     eng = Engine.from_dir(
-        demo_bundle, EngineConfig(use_cuda=False, fault_injection=True), on_fallback=seen.append
+        stand_in_bundle, EngineConfig(use_cuda=False, fault_injection=True), on_fallback=seen.append
     )
     assert eng.has_primary
     p = params(eng)

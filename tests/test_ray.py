@@ -35,7 +35,9 @@ def _namespace_problem() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def ray_run(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory, report) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def ray_run(
+    stand_in_bundle: Path, tmp_path_factory: pytest.TempPathFactory, report
+) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     pytest.importorskip("ray.serve", reason="Ray Serve is in the dev extra (distill-serve[ray])")
     problem = _namespace_problem()
     if problem is not None:
@@ -44,7 +46,7 @@ def ray_run(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory, report)
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     command = (
-        f"ip link set lo up && exec {sys.executable} -m tests.ray_scenarios {demo_bundle} {out}"
+        f"ip link set lo up && exec {sys.executable} -m tests.ray_scenarios {stand_in_bundle} {out}"
     )
     proc = subprocess.run(
         ["unshare", "-n", "sh", "-c", command],
@@ -100,14 +102,14 @@ def test_a_killed_replica_gives_retryable_errors_and_comes_back(ray_run: dict[st
     assert kill["replicas_running"] == 2
 
 
-def test_app_from_config_builds_the_application(demo_bundle: Path) -> None:
+def test_app_from_config_builds_the_application(stand_in_bundle: Path) -> None:
     """What a Serve config file or KubeRay's RayService imports (binding needs no cluster)."""
     ray_serve = pytest.importorskip("distill_serve.server.ray_serve")
     pytest.importorskip("ray.serve")
-    app = ray_serve.app_from_config({"bundle": str(demo_bundle), "replicas": 2})
+    app = ray_serve.app_from_config({"bundle": str(stand_in_bundle), "replicas": 2})
     assert type(app).__name__ == "Application"
     with pytest.raises(ValueError, match="unknown"):
-        ray_serve.app_from_config({"bundle": str(demo_bundle), "replica": 2})
+        ray_serve.app_from_config({"bundle": str(stand_in_bundle), "replica": 2})
     with pytest.raises(ValueError, match="--min-replicas"):
         ray_serve.RayConfig(max_replicas=3)
 
@@ -128,7 +130,7 @@ wait $server
 """
 
 
-def test_cli_against_serve_ray(demo_bundle: Path, tmp_path: Path) -> None:
+def test_cli_against_serve_ray(stand_in_bundle: Path, tmp_path: Path) -> None:
     """`distill-serve serve --ray --replicas 2` answers the CLI's `info` and `generate`
     (its own Ray head, in its own loopback-only namespace), then stops on SIGTERM."""
     pytest.importorskip("ray.serve", reason="Ray Serve is in the dev extra (distill-serve[ray])")
@@ -136,7 +138,7 @@ def test_cli_against_serve_ray(demo_bundle: Path, tmp_path: Path) -> None:
     if problem is not None:
         pytest.skip(problem)
     log = tmp_path / "serve.log"
-    script = CLI_SCRIPT.format(py=sys.executable, bundle=demo_bundle, log=log, out=tmp_path)
+    script = CLI_SCRIPT.format(py=sys.executable, bundle=stand_in_bundle, log=log, out=tmp_path)
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(

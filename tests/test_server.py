@@ -200,14 +200,14 @@ def test_unknown_container_and_client_error_type(server: ServerThread) -> None:
     assert "duration_s" in derr.value.details
 
 
-def test_slider_mode_on_bundle_without_analysis(demo_bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_slider_mode_on_bundle_without_analysis(stand_in_bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
     import shutil
 
     from distill_serve.bundle import load_bundle, write_manifest
 
     b = tmp_path / "nosliders"
-    shutil.copytree(demo_bundle, b)
+    shutil.copytree(stand_in_bundle, b)
     m = json.loads((b / "manifest.json").read_text())
     m["sliders"] = None
     write_manifest(b, m)  # re-sealed: a bundle exported from a checkpoint with no analysis
@@ -283,11 +283,11 @@ def test_deadline_exceeded_frees_slot(engine: Engine) -> None:
         s.stop()
 
 
-def test_cuda_oom_fallback_answers_request(demo_bundle) -> None:  # type: ignore[no-untyped-def]
+def test_cuda_oom_fallback_answers_request(stand_in_bundle) -> None:  # type: ignore[no-untyped-def]
     from distill_serve.server.app import ServerConfig
     from tests.conftest import ServerThread
 
-    eng = Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False, fault_injection=True))
+    eng = Engine.from_dir(stand_in_bundle, EngineConfig(use_cuda=False, fault_injection=True))
     s = ServerThread(ServerConfig(port=0), eng)
     try:
         with Client(s.target, timeout=60) as c:

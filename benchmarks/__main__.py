@@ -1,7 +1,7 @@
 """``python -m benchmarks``: vocoder backends side by side, end to end over gRPC, memory.
 
 Prints tables and writes JSON (default ``benchmarks/results/<host>-<time>.json``) naming the
-machine. ``--quick`` (demo model, short clips) finishes in about two minutes for CI; it
+machine. ``--quick`` (stand-in model, short clips) finishes in about two minutes for CI; it
 asserts nothing. ``--cuda`` runs the GPU measurements instead (``benchmarks/cuda.py``).
 """
 
@@ -34,12 +34,14 @@ def table(rows: list[dict[str, Any]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def demo_bundle() -> Path:
-    """The cached demo bundle, built by a child process if missing (torch stays out of here)."""
+def stand_in_bundle() -> Path:
+    """The stand-in bundle (random small BigVGAN, what the published serving figures used),
+    cached next to the demo bundle and built by a child process if missing (torch stays out
+    of here)."""
     from distill_serve.bundle import BundleError, load_bundle
     from distill_serve.server.app import demo_bundle_dir
 
-    path = demo_bundle_dir()
+    path = demo_bundle_dir().parent / "stand-in-bundle"
     try:
         load_bundle(path)
     except BundleError:
@@ -49,7 +51,7 @@ def demo_bundle() -> Path:
                 "-m",
                 "distill_serve",
                 "export",
-                "--demo",
+                "--stand-in",
                 "--quiet",
                 "--out",
                 str(path),
@@ -66,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return cuda.main([a for a in argv if a != "--cuda"])
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="demo model, short clips (CI smoke)")
+    p.add_argument("--quick", action="store_true", help="stand-in model, short clips (CI smoke)")
     p.add_argument("--full-model", action="store_true", help="also the full 44 kHz BigVGAN")
-    p.add_argument("--bundle", type=Path, default=None, help="bundle for the gRPC benchmark")
+    p.add_argument(
+        "--bundle", type=Path, default=None, help="gRPC benchmark bundle (default: the stand-in)"
+    )
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache/distill-serve/bench")
     p.add_argument("--out", type=Path, default=None, help="JSON file to write")
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # gRPC first, then the vocoders (each backend in its own child process): this process
     # never imports torch, so nothing it leaves running competes with what is measured.
-    bundle = args.bundle or demo_bundle()
+    bundle = args.bundle or stand_in_bundle()
     with e2e.server(bundle) as (target, pid):
         result["live"] = live.bench(target, quick)
         print(table(result["live"]["control_latency"], "live: control to first reflecting block"))

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import e2e, machine
-from benchmarks.__main__ import demo_bundle
+from benchmarks.__main__ import stand_in_bundle
 from distill_serve.client import Client
 
 PORT = 50299
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window-s", type=float, default=10.0)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    bundle = args.bundle or demo_bundle()
+    bundle = args.bundle or stand_in_bundle()
     clients = [int(c) for c in args.clients.split(",")]
     cores = os.cpu_count() or 1
     result: dict[str, Any] = {

@@ -517,7 +517,8 @@ def _manifest(
             "vocoder_hop": geometry.vocoder_hop,
         },
         "bridge": {
-            "method": "ridge-lstsq HTK inverse, bin interpolation, vocoder filterbank, log-clamp",
+            "method": "ridge-lstsq inverse of the HTK triangles at the vocoder bins, window gain, "
+            "vocoder filterbank, log-clamp",
             "ridge": bridge_ridge,
         },
         "vocoder": {

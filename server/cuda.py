@@ -8,7 +8,7 @@ Why it looks like this (issue: the first H100 run found ~2 s per session run):
   *previous* call (``UpdateState`` in ``core/providers/cuda/nn/conv.cc`` compares with
   ``last_x_dims``). Vocoder blocks of 36, 72, 104, ... frames, and decoder batches of any
   size, from concurrent requests, would rebuild every conv plan on almost every run. So each
-  GPU graph gets **one session per shape** from a small fixed set (:data:`VOCODER_BUCKETS`,
+  GPU graph gets **one session per shape** from a small fixed set (:func:`vocoder_buckets`,
   :data:`DECODER_BATCHES`): a node then always sees the same shape, and plans, memory
   patterns and (later) CUDA graphs are reused. Vocoder windows are fitted to a bucket by
   taking more context from the mel (:func:`~distill_serve.server.dsp.fit_window`), never by
@@ -44,10 +44,24 @@ log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
 T = TypeVar("T")
 
-#: Vocoder input lengths (frames, context included) that get their own GPU session: live
-#: blocks (8 or 16 frames + 2 x 20 context: 48, 56; first blocks 28, 36), fixed-length blocks
-#: (16 + 20, then 32, 64, 128, 256 + 40: 36, 72, 104, 168, 296).
-VOCODER_BUCKETS: tuple[int, ...] = (28, 36, 48, 56, 72, 104, 168, 296)
+#: Block sizes (frames, context excluded) the pipeline vocodes: live blocks are 8 or 16
+#: frames, fixed-length ones 16 (the first) then 32, 64, 128, 256 (``plan_blocks``).
+LIVE_BLOCKS: tuple[int, ...] = (8, 16)
+FIXED_BLOCKS: tuple[int, ...] = (16, 32, 64, 128, 256)
+
+
+def vocoder_buckets(context: int) -> tuple[int, ...]:
+    """Vocoder input lengths (frames, context included) that get their own GPU session, for a
+    vocoder needing ``context`` frames each side: first blocks have context on the right only,
+    the rest on both sides. BigVGAN's 20 give 28, 36, 48, 56, 72, 104, 168, 296; HiFi-GAN
+    universal's 15 give 23, 31, 38, 46, 62, 94, 158, 286."""
+    first = {b + context for b in LIVE_BLOCKS + FIXED_BLOCKS[:1]}
+    inner = {b + 2 * context for b in LIVE_BLOCKS + FIXED_BLOCKS}
+    return tuple(sorted(first | inner))
+
+
+#: The buckets of the stand-in and full BigVGAN bundles (context 20).
+VOCODER_BUCKETS: tuple[int, ...] = vocoder_buckets(20)
 #: Decoder batch sizes that get their own GPU session; a batch is padded up to the next one.
 DECODER_BATCHES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 

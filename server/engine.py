@@ -29,10 +29,10 @@ from distill_serve.bundle import VOCODER_ROLES, Bundle, load_bundle
 from distill_serve.server.cuda import (
     CUDA,
     DECODER_BATCHES,
-    VOCODER_BUCKETS,
     BoundSession,
     DeviceWorker,
     cuda_unavailable_reason,
+    vocoder_buckets,
 )
 from distill_serve.server.model import ModelSpec
 from distill_serve.server.resample import Polyphase
@@ -284,7 +284,7 @@ class Engine:
         m = self.model
         if name == "decoder":
             return {b: (b, m.latent_dim) for b in DECODER_BATCHES}
-        return {t: (1, m.n_mels_voc, t) for t in VOCODER_BUCKETS}
+        return {t: (1, m.n_mels_voc, t) for t in vocoder_buckets(m.context_frames)}
 
     def _checked(self, path: Path, providers: list[Any], provider: str) -> ort.InferenceSession:
         session = self._session(path, providers)

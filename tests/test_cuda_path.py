@@ -22,6 +22,7 @@ from distill_serve.server.cuda import (
     BoundSession,
     DeviceWorker,
     cuda_unavailable_reason,
+    vocoder_buckets,
 )
 from distill_serve.server.dsp import fit_window
 from distill_serve.server.engine import CPU, CUDA, Engine, EngineConfig
@@ -130,6 +131,23 @@ def test_fixed_shape_path_runs_live_sessions(engine: Engine, fixed_engine: Engin
     a = np.concatenate([cpu.next_block().audio for _ in range(20)], axis=1)
     b = np.concatenate([fixed.next_block().audio for _ in range(20)], axis=1)
     assert snr_db(a, b) >= 100.0
+
+
+def test_fixed_shapes_follow_the_bundle_context(hifigan_bundle: Path, report) -> None:  # type: ignore[no-untyped-def]
+    """A HiFi-GAN bundle (context 15 frames, not BigVGAN's 20) gets its own buckets, and the
+    fixed-shape path still gives the CPU path's audio."""
+    cpu = Engine.from_dir(hifigan_bundle, EngineConfig(use_cuda=False))
+    config = EngineConfig(use_cuda=False, fault_injection=True, fixed_shapes=True)
+    fixed = Engine.from_dir(hifigan_bundle, config)
+    assert cpu.model.context_frames == 15
+    runner = fixed.runner()
+    assert runner.vocoder_buckets == vocoder_buckets(15) != VOCODER_BUCKETS
+    p = params(cpu, duration_s=3.1, sample_rate=48000)
+    reference = generate(cpu, p)
+    audio = np.concatenate(list(audio_blocks(runner, fixed.model, p)), axis=1)
+    assert runner.on_primary and audio.shape == reference.shape
+    report(f"fixed-shape path vs CPU path, HiFi-GAN bundle: {snr_db(reference, audio):.1f} dB")
+    assert snr_db(reference, audio) >= 100.0
 
 
 def test_failed_start_serves_on_cpu_and_retries(stand_in_bundle: Path) -> None:

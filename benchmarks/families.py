@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks import e2e, machine
+from benchmarks.__main__ import write_result
 from distill_serve.bundle import BundleError, load_bundle
 from distill_serve.client import Client
 
@@ -153,10 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": bench(args.cache, names, args.repeats),
     }
     print(markdown(result["rows"]))
-    out = args.out or Path("benchmarks/results") / f"{result['machine']['host']}-families.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(result, args.out, "families")
     return 0
 
 

@@ -74,10 +74,24 @@ def resample(audio: np.ndarray, orig: int, new: int) -> np.ndarray:
     return torchaudio.functional.resample(torch.from_numpy(audio), orig, new).numpy()
 
 
+def filterbank(mel: dict[str, Any]) -> np.ndarray:
+    """The vocoder's mel filterbank from a manifest's ``vocoder_mel`` (librosa's)."""
+    import librosa
+
+    return librosa.filters.mel(
+        sr=int(mel["sample_rate"]),
+        n_fft=int(mel["n_fft"]),
+        n_mels=int(mel["num_mels"]),
+        fmin=float(mel["fmin"]),
+        fmax=None if mel["fmax"] is None else float(mel["fmax"]),
+        htk=mel["mel_scale"] == "htk",
+        norm="slaney" if mel["norm"] == "slaney" else None,
+    )
+
+
 def vocoder_mel(audio: np.ndarray, mel: dict[str, Any]) -> np.ndarray:
     """``(1, num_mels, T)`` mel of ``audio`` (at the vocoder rate) in the vocoder's declared
     space: reflect pad ``(n_fft - hop) / 2``, ``center=False``, Hann, filterbank, log-clamp."""
-    import librosa
 
     n_fft, hop, win = int(mel["n_fft"]), int(mel["hop_size"]), int(mel["win_size"])
     pad = (n_fft - hop) // 2
@@ -93,15 +107,7 @@ def vocoder_mel(audio: np.ndarray, mel: dict[str, Any]) -> np.ndarray:
     ).abs()
     if float(mel["power"]) == 2.0:
         spec = spec**2
-    fb = librosa.filters.mel(
-        sr=int(mel["sample_rate"]),
-        n_fft=n_fft,
-        n_mels=int(mel["num_mels"]),
-        fmin=float(mel["fmin"]),
-        fmax=None if mel["fmax"] is None else float(mel["fmax"]),
-        htk=mel["mel_scale"] == "htk",
-        norm="slaney" if mel["norm"] == "slaney" else None,
-    )
+    fb = filterbank(mel)
     out = torch.log(
         torch.clamp(torch.from_numpy(fb).double() @ spec[0].double(), min=float(mel["log_clip"]))
     )
@@ -185,18 +191,9 @@ def griffin_lim_distill(audio48: np.ndarray, spec: dict[str, Any]) -> np.ndarray
 def griffin_lim_vocoder(bridged: np.ndarray, mel: dict[str, Any]) -> np.ndarray:
     """The vocoder's input (the bridged mel) inverted by least squares and phase-reconstructed
     with the vocoder's STFT: the served path with Griffin-Lim in place of the vocoder graph."""
-    import librosa
 
     n_fft, hop, win = int(mel["n_fft"]), int(mel["hop_size"]), int(mel["win_size"])
-    fb = librosa.filters.mel(
-        sr=int(mel["sample_rate"]),
-        n_fft=n_fft,
-        n_mels=int(mel["num_mels"]),
-        fmin=float(mel["fmin"]),
-        fmax=None if mel["fmax"] is None else float(mel["fmax"]),
-        htk=mel["mel_scale"] == "htk",
-        norm="slaney" if mel["norm"] == "slaney" else None,
-    )
+    fb = filterbank(mel)
     magnitude = np.exp(bridged[0].astype(np.float64))
     linear = np.linalg.lstsq(fb, magnitude, rcond=None)[0].clip(min=0)
     pad = (n_fft - hop) // 2

@@ -31,18 +31,10 @@ from torch import nn
 
 from distill_serve.export.checkpoint import FORMAT_MARKER, SUPPORTED_VERSION
 from distill_serve.export.decoder import DistillDecoder
+from distill_serve.export.demo import SPECTROGRAM_CONFIG
 
 SEED = 20261126
-RATE = 48000
-SPECTROGRAM_CONFIG: dict[str, Any] = {
-    "sample_rate": RATE,
-    "n_fft": 2048,
-    "hop_length": 512,
-    "n_mels": 128,
-    "f_min": 0.0,
-    "f_max": 24000.0,
-    "power": 2.0,
-}
+RATE = int(SPECTROGRAM_CONFIG["sample_rate"])
 LATENT_DIM = 64
 CHUNK_FRAMES = 94
 HEIGHT, WIDTH = 8, 6

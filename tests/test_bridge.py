@@ -9,7 +9,12 @@ import pytest
 import torch
 import torchaudio
 
-from distill_serve.export.bridge import MelBridge, VocoderMelConfig
+from distill_serve.export.bridge import (
+    MelBridge,
+    VocoderMelConfig,
+    htk_filterbank,
+    htk_triangles,
+)
 from distill_serve.export.checkpoint import SpectrogramConfig
 from distill_serve.export.vocoder import FULL_44K_CONFIG
 from distill_serve.geometry import FrameGeometry
@@ -88,3 +93,10 @@ def test_broken_bridges_fail_the_bound(report) -> None:  # type: ignore[no-untyp
         mae, loud = errors(out, ref)
         report(f"mel bridge, broken ({name}): MAE {mae:.3f}, where loud {loud:.3f}")
         assert mae > MAE_BOUND or loud > LOUD_MAE_BOUND
+
+
+def test_htk_triangles_are_torchaudios_filterbank() -> None:
+    """The bridge evaluates the decoder's mel triangles at the vocoder's bins; at the
+    decoder's own bins they must be torchaudio's HTK filterbank (what Distill trained on)."""
+    dec_bins = np.arange(SPEC.n_fft // 2 + 1) * SPEC.sample_rate / SPEC.n_fft
+    assert np.abs(htk_triangles(SPEC, dec_bins) - htk_filterbank(SPEC)).max() < 1e-4

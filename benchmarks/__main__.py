@@ -131,11 +131,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(result: dict[str, Any], out: Path | None, quick: bool) -> int:
     stamp = f"{dt.datetime.now():%Y%m%d-%H%M%S}{'-quick' if quick else ''}"
-    out = out or Path("benchmarks/results") / f"{result['machine']['host']}-{stamp}.json"
+    write_result(result, out, stamp)
+    return 0
+
+
+def write_result(result: dict[str, Any], out: Path | None, suffix: str) -> Path:
+    """Write ``result`` as JSON to ``out``, default ``benchmarks/results/<host>-<suffix>.json``."""
+    out = out or Path("benchmarks/results") / f"{result['machine']['host']}-{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
-    return 0
+    return out
 
 
 if __name__ == "__main__":

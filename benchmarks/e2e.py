@@ -75,11 +75,18 @@ def server(
         proc.wait(timeout=60)
 
 
-def latency(target: str, seconds: list[float], repeats: int) -> list[dict[str, Any]]:
+def latency(
+    target: str,
+    seconds: list[float],
+    repeats: int,
+    modes: dict[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Median unary time, streamed first audio and streamed total per mode (default
+    :data:`MODES`) and clip length."""
     rows = []
     with Client(target, timeout=600) as c:
         c.generate("crossfade", 0.5, seed=0)  # warm-up
-        for mode, options in MODES.items():
+        for mode, options in (MODES if modes is None else modes).items():
             for s in seconds:
                 unary, first, stream_total = [], [], []
                 for r in range(repeats):

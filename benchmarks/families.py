@@ -30,7 +30,6 @@ import onnxruntime as ort
 from benchmarks import e2e, machine
 from benchmarks.__main__ import write_result
 from distill_serve.bundle import BundleError, load_bundle
-from distill_serve.client import Client
 
 FULL_BIGVGAN = """
 from pathlib import Path
@@ -80,25 +79,11 @@ def vocoder_cost(bundle: Path, seconds: float = 5.0, repeats: int = 3) -> float:
 
 
 def served(bundle: Path, seconds: list[float], repeats: int) -> list[dict[str, Any]]:
-    rows = []
-    with e2e.server(bundle) as (target, _pid), Client(target, timeout=900) as c:
-        c.generate("crossfade", 0.5, seed=0)  # warm-up
-        for s in seconds:
-            unary, first, total = [], [], []
-            for r in range(repeats):
-                unary.append(c.generate("crossfade", s, seed=r).client_total_s)
-                streamed = c.generate_streamed("crossfade", s, seed=r)
-                first.append(streamed.client_first_audio_s)
-                total.append(streamed.client_total_s)
-            rows.append(
-                {
-                    "audio_s": s,
-                    "unary_s": float(np.median(unary)),
-                    "stream_first_audio_s": float(np.median(first)),
-                    "stream_total_s": float(np.median(total)),
-                    "stream_realtime_factor": s / float(np.median(total)),
-                }
-            )
+    """Crossfade, mono, at the vocoder's own rate, over gRPC (``e2e.latency``)."""
+    with e2e.server(bundle) as (target, _pid):
+        rows = e2e.latency(target, seconds, repeats, modes={"crossfade": {}})
+    for row in rows:
+        row["stream_realtime_factor"] = row["audio_s"] / row["stream_total_s"]
     return rows
 
 

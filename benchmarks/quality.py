@@ -36,7 +36,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from distill_serve.geometry import FrameGeometry
+from distill_serve.bundle import load_bundle
+from distill_serve.server.model import ModelSpec
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "audio"
 SCORE_RATE = 16000
@@ -133,11 +134,9 @@ class Bundle:
     """The bridge and vocoder graphs of a bundle on onnxruntime's CPU provider."""
 
     def __init__(self, root: Path) -> None:
-        self.manifest = json.loads((root / "manifest.json").read_text())
-        geo = self.manifest["geometry"]
-        self.geometry = FrameGeometry(
-            geo["decoder_rate"], geo["decoder_hop"], geo["vocoder_rate"], geo["vocoder_hop"]
-        )
+        bundle = load_bundle(root)  # verified, as the server loads it
+        self.manifest = bundle.manifest
+        self.geometry = ModelSpec.from_bundle(bundle).geometry
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         self.bridge = ort.InferenceSession(str(root / "bridge.onnx"), opts)

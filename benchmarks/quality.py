@@ -37,6 +37,13 @@ import torch
 import torchaudio
 
 from distill_serve.bundle import load_bundle
+from distill_serve.export.bridge import (
+    VocoderMelConfig,
+    decoder_log_mel,
+    vocoder_filterbank,
+    vocoder_log_mel,
+)
+from distill_serve.export.checkpoint import SpectrogramConfig
 from distill_serve.server.model import ModelSpec
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "audio"
@@ -75,59 +82,14 @@ def resample(audio: np.ndarray, orig: int, new: int) -> np.ndarray:
     return torchaudio.functional.resample(torch.from_numpy(audio), orig, new).numpy()
 
 
-def filterbank(mel: dict[str, Any]) -> np.ndarray:
-    """The vocoder's mel filterbank from a manifest's ``vocoder_mel`` (librosa's)."""
-    import librosa
-
-    return librosa.filters.mel(
-        sr=int(mel["sample_rate"]),
-        n_fft=int(mel["n_fft"]),
-        n_mels=int(mel["num_mels"]),
-        fmin=float(mel["fmin"]),
-        fmax=None if mel["fmax"] is None else float(mel["fmax"]),
-        htk=mel["mel_scale"] == "htk",
-        norm="slaney" if mel["norm"] == "slaney" else None,
-    )
+def vocoder_mel_config(manifest: dict[str, Any]) -> VocoderMelConfig:
+    """The vocoder's declared mel space, from a bundle manifest."""
+    return VocoderMelConfig.from_manifest(manifest["vocoder_mel"])
 
 
-def vocoder_mel(audio: np.ndarray, mel: dict[str, Any]) -> np.ndarray:
-    """``(1, num_mels, T)`` mel of ``audio`` (at the vocoder rate) in the vocoder's declared
-    space: reflect pad ``(n_fft - hop) / 2``, ``center=False``, Hann, filterbank, log-clamp."""
-
-    n_fft, hop, win = int(mel["n_fft"]), int(mel["hop_size"]), int(mel["win_size"])
-    pad = (n_fft - hop) // 2
-    x = torch.nn.functional.pad(torch.from_numpy(audio)[None, None], (pad, pad), mode="reflect")
-    spec = torch.stft(
-        x[0],
-        n_fft,
-        hop,
-        win,
-        torch.hann_window(win),
-        center=False,
-        return_complex=True,
-    ).abs()
-    if float(mel["power"]) == 2.0:
-        spec = spec**2
-    fb = filterbank(mel)
-    out = torch.log(
-        torch.clamp(torch.from_numpy(fb).double() @ spec[0].double(), min=float(mel["log_clip"]))
-    )
-    return out[None].float().numpy()
-
-
-def distill_mel(audio48: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
-    """``(1, n_mels, T)`` Distill mel (torchaudio, HTK, power, ``log1p``) of 48 kHz audio."""
-    transform = torchaudio.transforms.MelSpectrogram(
-        sample_rate=int(spec["sample_rate"]),
-        n_fft=int(spec["n_fft"]),
-        hop_length=int(spec["hop_length"]),
-        n_mels=int(spec["n_mels"]),
-        f_min=float(spec["f_min"]),
-        f_max=float(spec["f_max"]),
-        power=float(spec["power"]),
-        mel_scale="htk",
-    )
-    return torch.log1p(transform(torch.from_numpy(audio48)))[None].numpy()
+def decoder_mel_config(manifest: dict[str, Any]) -> SpectrogramConfig:
+    """The decoder's mel space, from a bundle manifest."""
+    return SpectrogramConfig.from_mapping(manifest["decoder_mel"])
 
 
 class Bundle:
@@ -151,7 +113,8 @@ class Bundle:
 
     def copy_synthesis(self, audio: np.ndarray) -> np.ndarray:
         """Audio (at the vocoder rate) -> its own vocoder mel -> vocoder."""
-        return self.vocode(vocoder_mel(audio, self.manifest["vocoder_mel"]))[: audio.size]
+        mel = vocoder_log_mel(audio, vocoder_mel_config(self.manifest))[None]
+        return self.vocode(mel)[: audio.size]
 
     def served(self, audio48: np.ndarray) -> np.ndarray:
         """48 kHz audio -> Distill mel -> bridge graph -> vocoder graph, at the vocoder rate."""
@@ -159,7 +122,7 @@ class Bundle:
 
     def bridged(self, audio48: np.ndarray) -> np.ndarray:
         """48 kHz audio -> Distill mel -> bridge graph: the vocoder's input."""
-        mel = distill_mel(audio48, self.manifest["decoder_mel"])
+        mel = decoder_log_mel(audio48, decoder_mel_config(self.manifest))[None]
         duration = audio48.size / self.geometry.decoder_rate
         frames = self.geometry.vocoder_frames(duration)
         positions = self.geometry.bridge_positions(frames)
@@ -170,33 +133,32 @@ class Bundle:
         return np.asarray(bridged[0])
 
 
-def griffin_lim_distill(audio48: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+def griffin_lim_distill(audio48: np.ndarray, spec: SpectrogramConfig) -> np.ndarray:
     """The Distill mel (128 HTK bands to 24 kHz) inverted by least squares and
     phase-reconstructed, at 48 kHz."""
-    mel = torch.expm1(torch.from_numpy(distill_mel(audio48, spec)[0])).clamp_min(0)
-    n_fft, hop = int(spec["n_fft"]), int(spec["hop_length"])
+    mel = torch.expm1(torch.from_numpy(decoder_log_mel(audio48, spec))).clamp_min(0)
     inverse = torchaudio.transforms.InverseMelScale(
-        n_stft=n_fft // 2 + 1,
-        n_mels=int(spec["n_mels"]),
-        sample_rate=int(spec["sample_rate"]),
-        f_min=float(spec["f_min"]),
-        f_max=float(spec["f_max"]),
+        n_stft=spec.n_fft // 2 + 1,
+        n_mels=spec.n_mels,
+        sample_rate=spec.sample_rate,
+        f_min=spec.f_min,
+        f_max=spec.f_max,
         mel_scale="htk",
         driver="gelsd",
     )
-    return _griffin_lim(inverse(mel).clamp_min(0), n_fft, n_fft, hop, float(spec["power"]))
+    linear = inverse(mel).clamp_min(0)
+    return _griffin_lim(linear, spec.n_fft, spec.n_fft, spec.hop_length, spec.power)
 
 
-def griffin_lim_vocoder(bridged: np.ndarray, mel: dict[str, Any]) -> np.ndarray:
+def griffin_lim_vocoder(bridged: np.ndarray, mel: VocoderMelConfig) -> np.ndarray:
     """The vocoder's input (the bridged mel) inverted by least squares and phase-reconstructed
     with the vocoder's STFT: the served path with Griffin-Lim in place of the vocoder graph."""
-
-    n_fft, hop, win = int(mel["n_fft"]), int(mel["hop_size"]), int(mel["win_size"])
-    fb = filterbank(mel)
     magnitude = np.exp(bridged[0].astype(np.float64))
-    linear = np.linalg.lstsq(fb, magnitude, rcond=None)[0].clip(min=0)
-    pad = (n_fft - hop) // 2
-    audio = _griffin_lim(torch.from_numpy(linear).float(), n_fft, win, hop, float(mel["power"]))
+    linear = np.linalg.lstsq(vocoder_filterbank(mel), magnitude, rcond=None)[0].clip(min=0)
+    audio = _griffin_lim(
+        torch.from_numpy(linear).float(), mel.n_fft, mel.win_size, mel.hop_size, mel.power
+    )
+    pad = (mel.n_fft - mel.hop_size) // 2
     return audio[pad:]  # center=True output against the vocoder's (n_fft - hop) / 2 padding
 
 
@@ -261,19 +223,19 @@ def score(name: str, path: str, reference16: np.ndarray, audio: np.ndarray, rate
 def evaluate(bundle_dir: Path, files: list[Path] | None = None) -> list[Scores]:
     """Every recording through copy-synthesis, the served path and Griffin-Lim."""
     bundle = Bundle(bundle_dir)
-    spec = bundle.manifest["decoder_mel"]
+    spec = decoder_mel_config(bundle.manifest)
     out: list[Scores] = []
     for file in files or recordings():
         name = file.stem
         reference = load(file, SCORE_RATE)
-        audio48 = load(file, int(spec["sample_rate"]))
+        audio48 = load(file, spec.sample_rate)
         out.append(
             score(
                 name, "copy", reference, bundle.copy_synthesis(load(file, bundle.rate)), bundle.rate
             )
         )
         out.append(score(name, "served", reference, bundle.served(audio48), bundle.rate))
-        gl_voc = griffin_lim_vocoder(bundle.bridged(audio48), bundle.manifest["vocoder_mel"])
+        gl_voc = griffin_lim_vocoder(bundle.bridged(audio48), vocoder_mel_config(bundle.manifest))
         out.append(score(name, "griffin_lim", reference, gl_voc, bundle.rate))
         gl_dec = griffin_lim_distill(audio48, spec)
         out.append(score(name, "griffin_lim_48k", reference, gl_dec, 48000))

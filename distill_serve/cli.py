@@ -59,6 +59,7 @@ def _export(args: argparse.Namespace) -> int:
                     rates=args.rates,
                     int8=args.int8,
                     fp16=args.fp16,
+                    refiner=args.refiner,
                     progress=not args.quiet,
                 )
             )
@@ -183,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--fp16",
         action="store_true",
         help="also write an fp16-convolution vocoder for GPUs (--vocoder-precision fp16)",
+    )
+    p.add_argument(
+        "--refiner",
+        default="auto",
+        help="the bridge's learned correction: auto (the packaged one trained for this "
+        "vocoder's mel space, if any; HiFi-GAN 22 kHz/80 bands has one), none (linear bridge), "
+        "or a .refiner file from python -m distill_serve.export.train_refiner",
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument(

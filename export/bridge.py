@@ -67,6 +67,24 @@ class VocoderMelConfig:
             log_clip=float(config.get("log_clip", 1e-5)),
         )
 
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> "VocoderMelConfig":
+        """The config a bundle manifest's ``vocoder_mel`` (:meth:`to_manifest`) records."""
+        return cls(
+            sample_rate=int(manifest["sample_rate"]),
+            n_fft=int(manifest["n_fft"]),
+            hop_size=int(manifest["hop_size"]),
+            win_size=int(manifest["win_size"]),
+            num_mels=int(manifest["num_mels"]),
+            fmin=float(manifest["fmin"]),
+            fmax=None if manifest["fmax"] is None else float(manifest["fmax"]),
+            mel_scale=str(manifest["mel_scale"]),
+            norm=manifest["norm"],
+            power=float(manifest["power"]),
+            log_clip=float(manifest["log_clip"]),
+            window=str(manifest.get("window", "hann")),
+        )
+
     def to_manifest(self) -> dict[str, Any]:
         kind = "magnitude" if self.power == 1.0 else "power"
         return {
@@ -113,6 +131,46 @@ def vocoder_filterbank(mel: VocoderMelConfig) -> np.ndarray:
         htk=mel.mel_scale == "htk",
         norm="slaney" if mel.norm == "slaney" else None,
     ).astype(np.float64)
+
+
+def vocoder_log_mel(audio: np.ndarray, mel: VocoderMelConfig) -> np.ndarray:
+    """``(num_mels, T)`` mel of ``audio`` (mono, at the vocoder's rate) in the vocoder's
+    declared space, as its training computed it: reflect pad ``(n_fft - hop) / 2``,
+    ``center=False``, Hann window, filterbank, ``log(clamp(., log_clip))``."""
+    pad = (mel.n_fft - mel.hop_size) // 2
+    x = torch.nn.functional.pad(
+        torch.from_numpy(np.asarray(audio, np.float32))[None, None], (pad, pad), mode="reflect"
+    )
+    spec = torch.stft(
+        x[0, 0],
+        mel.n_fft,
+        mel.hop_size,
+        mel.win_size,
+        torch.hann_window(mel.win_size),
+        center=False,
+        return_complex=True,
+    ).abs()
+    if mel.power == 2.0:
+        spec = spec**2
+    fb = torch.from_numpy(vocoder_filterbank(mel))
+    out = torch.log(torch.clamp(fb @ spec.double(), min=mel.log_clip))
+    return out.float().numpy()
+
+
+def decoder_log_mel(audio: np.ndarray, spec: SpectrogramConfig) -> np.ndarray:
+    """``(n_mels, T)`` Distill mel (torchaudio, HTK, ``log1p``) of mono audio at the decoder's
+    rate: what a perfectly trained decoder would produce for it."""
+    transform = torchaudio.transforms.MelSpectrogram(
+        sample_rate=spec.sample_rate,
+        n_fft=spec.n_fft,
+        hop_length=spec.hop_length,
+        n_mels=spec.n_mels,
+        f_min=spec.f_min,
+        f_max=spec.f_max,
+        power=spec.power,
+        mel_scale="htk",
+    )
+    return torch.log1p(transform(torch.from_numpy(np.asarray(audio, np.float32)))).numpy()
 
 
 def htk_triangles(spec: SpectrogramConfig, freqs: np.ndarray) -> np.ndarray:
@@ -179,7 +237,10 @@ class MelBridge(nn.Module):
     log clip; :class:`VocoderMelConfig`), at any vocoder rate, FFT size and hop.
 
     ``positions[j]`` is the fractional decoder frame at the centre of vocoder frame ``j``
-    (see :meth:`distill_serve.geometry.FrameGeometry.bridge_positions`).
+    (see :meth:`distill_serve.geometry.FrameGeometry.bridge_positions`). ``refiner``, if
+    given, is applied to each output frame last (a learned correction,
+    :class:`distill_serve.export.refiner.Refiner`); without one the bridge is linear up to
+    the final square root and log.
     """
 
     to_linear: torch.Tensor
@@ -188,7 +249,13 @@ class MelBridge(nn.Module):
     log_clip: float
     ridge: float
 
-    def __init__(self, spec: SpectrogramConfig, mel: VocoderMelConfig, ridge: float | None = None):
+    def __init__(
+        self,
+        spec: SpectrogramConfig,
+        mel: VocoderMelConfig,
+        ridge: float | None = None,
+        refiner: nn.Module | None = None,
+    ):
         super().__init__()
         self.ridge = default_ridge(spec, mel) if ridge is None else ridge
         # A decoder band sums the power of the decoder's bins under its triangle; the same
@@ -203,6 +270,7 @@ class MelBridge(nn.Module):
         self.register_buffer("filterbank", fb)
         self.magnitude = mel.power == 1.0
         self.log_clip = mel.log_clip
+        self.refiner = nn.Identity() if refiner is None else refiner
 
     def forward(self, mel_dec: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         power = torch.expm1(mel_dec).clamp_min(0.0)
@@ -218,4 +286,5 @@ class MelBridge(nn.Module):
         linear = torch.relu(torch.matmul(self.to_linear, power))
         if self.magnitude:
             linear = torch.sqrt(linear + 1e-9)
-        return torch.log(torch.clamp(torch.matmul(self.filterbank, linear), min=self.log_clip))
+        mel = torch.log(torch.clamp(torch.matmul(self.filterbank, linear), min=self.log_clip))
+        return self.refiner(mel)

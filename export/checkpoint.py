@@ -35,6 +35,20 @@ class SpectrogramConfig:
     f_max: float
     power: float
 
+    @classmethod
+    def from_mapping(cls, d: dict[str, Any]) -> SpectrogramConfig:
+        """From a checkpoint's ``spectrogram_config`` or a manifest's ``decoder_mel`` (extra
+        keys ignored)."""
+        return cls(
+            sample_rate=int(d["sample_rate"]),
+            n_fft=int(d["n_fft"]),
+            hop_length=int(d["hop_length"]),
+            n_mels=int(d["n_mels"]),
+            f_min=float(d["f_min"]),
+            f_max=float(d["f_max"]),
+            power=float(d["power"]),
+        )
+
     def frames_for(self, n_samples: int) -> int:
         """Frames torchaudio (center=True) gives for ``n_samples`` samples."""
         return n_samples // self.hop_length + 1
@@ -145,15 +159,7 @@ def _spectrogram(raw: dict[str, Any], path: Path) -> SpectrogramConfig:
     if missing:
         raise CheckpointError(f"{path}: spectrogram_config lacks {', '.join(missing)}")
     f_max = spec["f_max"] if spec["f_max"] is not None else spec["sample_rate"] / 2
-    return SpectrogramConfig(
-        sample_rate=int(spec["sample_rate"]),
-        n_fft=int(spec["n_fft"]),
-        hop_length=int(spec["hop_length"]),
-        n_mels=int(spec["n_mels"]),
-        f_min=float(spec["f_min"]),
-        f_max=float(f_max),
-        power=float(spec["power"]),
-    )
+    return SpectrogramConfig.from_mapping({**spec, "f_max": f_max})
 
 
 def _sliders(raw: dict[str, Any], latent_dim: int, path: Path) -> SliderAnalysis | None:

@@ -26,12 +26,13 @@ from distill_serve.bundle import (
     write_manifest,
 )
 from distill_serve.export.antialias import polyphase_activations
-from distill_serve.export.bridge import MelBridge
+from distill_serve.export.bridge import MelBridge, default_ridge
 from distill_serve.export.checkpoint import DistillCheckpoint, load_checkpoint
 from distill_serve.export.graphs import export_onnx, export_torchscript, onnx_io
 from distill_serve.export.half import half_convolutions
 from distill_serve.export.parity import ParityResult, check_parity
 from distill_serve.export.quantize import quantize_vocoder
+from distill_serve.export.refiner import RefinerFile, choose_refiner
 from distill_serve.export.resampler import PolyphaseResampler, reference_resample
 from distill_serve.export.vocoder import LoadedVocoder, load_vocoder
 from distill_serve.geometry import FrameGeometry
@@ -66,6 +67,9 @@ class ExportConfig:
             ``export/quantize.py``), checked against torch with its own, lower SNR bound.
         fp16: also write ``vocoder.fp16.onnx`` (convolutions in fp16, the rest fp32, see
             ``export/half.py``) for GPUs, checked against torch with its own SNR bound.
+        refiner: the bridge's learned correction (``export/refiner.py``): "auto" (a packaged
+            refiner trained for this decoder/vocoder mel pair, if there is one), "none" (the
+            linear bridge), or a ``.refiner`` file, which must match the pair.
     """
 
     checkpoint: Path
@@ -77,6 +81,7 @@ class ExportConfig:
     seed: int = 0
     int8: bool = False
     fp16: bool = False
+    refiner: str = "auto"
     progress: bool = True
     extra_metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -195,6 +200,8 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
     rng = np.random.default_rng(config.seed)
     want_ts = config.format in ("torchscript", "both")
     vmel = vocoder.mel
+    ridge = default_ridge(ckpt.spectrogram, vmel)
+    refiner = choose_refiner(config.refiner, ckpt.spectrogram, vmel, ridge)
     geometry = FrameGeometry(
         ckpt.spectrogram.sample_rate, ckpt.spectrogram.hop_length, vmel.sample_rate, vmel.hop_size
     )
@@ -237,7 +244,9 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
             timings,
         )
         # --- bridge ----------------------------------------------------------------------
-        bridge = MelBridge(ckpt.spectrogram, vmel).eval()
+        bridge = MelBridge(
+            ckpt.spectrogram, vmel, ridge, refiner.build() if refiner is not None else None
+        ).eval()
         with torch.no_grad():
             dec_mel = decoder(torch.from_numpy(dec_cases[1][1][0])).numpy()
 
@@ -392,7 +401,7 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
 
     failed = [r for r in parity.values() if not r.passed]
     manifest = _manifest(
-        config, ckpt, vocoder, geometry, rates, resamplers, reach, files, parity, bridge.ridge
+        config, ckpt, vocoder, geometry, rates, resamplers, reach, files, parity, ridge, refiner
     )
     manifest["vocoder"]["graph_rewrites"] = {"polyphase_activations": rewritten}
     manifest["vocoder"]["int8"] = int8_report.to_dict() if int8_report else None
@@ -475,6 +484,7 @@ def _manifest(
     files: list[BundleFile],
     parity: dict[str, ParityResult],
     bridge_ridge: float,
+    refiner: RefinerFile | None,
 ) -> dict[str, Any]:
     spec = ckpt.spectrogram
     return {
@@ -518,8 +528,14 @@ def _manifest(
         },
         "bridge": {
             "method": "ridge-lstsq inverse of the HTK triangles at the vocoder bins, window gain, "
-            "vocoder filterbank, log-clamp",
+            "vocoder filterbank, log-clamp"
+            + (", learned per-frame refiner" if refiner is not None else ""),
             "ridge": bridge_ridge,
+            "refiner": (
+                {**refiner.describe(), "sha256": sha256_file(refiner.path)}
+                if refiner is not None
+                else None
+            ),
         },
         "vocoder": {
             "family": vocoder.family,

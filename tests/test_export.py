@@ -37,6 +37,7 @@ def test_manifest_describes_bundle(stand_in_bundle: Path) -> None:
     assert m["sliders"]["n_active_components"] == 8 and len(m["sliders"]["pca_mean"]) == 64
     assert {"torch", "onnx", "bigvgan", "distill_serve"} <= set(m["exporter"])
     assert m["vocoder"]["receptive_field_frames"] > 0
+    assert m["bridge"]["refiner"] is None  # none is trained for BigVGAN's mel space
     roles = {(f["role"], f["format"]) for f in m["files"]}
     for role in ("decoder", "bridge", "vocoder", "resampler"):
         assert (role, "onnx") in roles and (role, "torchscript") in roles

@@ -113,6 +113,9 @@ def test_hifigan_bundle_manifest(hifigan_bundle: Path) -> None:
     assert m["default_sample_rate"] == 22050
     assert m["postprocess"]["antialias_cutoff_hz"] < 22050 / 2
     assert all(r["passed"] for r in m["parity"].values())
+    refiner = m["bridge"]["refiner"]  # export --refiner auto found the packaged one
+    assert refiner["file"] == "hifigan-22k-80band.refiner" and len(refiner["sha256"]) == 64
+    assert refiner["postfilter"]["strength"] > 0 and refiner["members"] >= 1
 
 
 @pytest.mark.parametrize("rate", [16000, 22050, 24000, 32000, 44100, 48000, 96000])

@@ -179,6 +179,7 @@ class Engine:
         #: why CUDA is not serving although it was wanted ("" when it is, or was not wanted)
         self.provider_note = ""
         self._lock = threading.Lock()
+        self._closed = False
         self._inject = 0
         self._init_failures = self.config.inject_init_failures
         self._retry: threading.Timer | None = None
@@ -344,8 +345,14 @@ class Engine:
         log.info("rebuilding primary (%s) sessions", self.primary_provider)
         self._build_primary()
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run (the CPU path still works; the device path is gone)."""
+        return self._closed
+
     def close(self) -> None:
         """Stop the retry timer and the device thread."""
+        self._closed = True
         with self._lock:
             if self._retry is not None:
                 self._retry.cancel()

@@ -164,6 +164,10 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(limits.max_concurrent, thread_name_prefix="generate")
         self._active = 0
+        # Generations running per engine (by id), and swapped-out engines waiting for theirs
+        # to finish before they are closed. Touched on the event loop only.
+        self._uses: dict[int, int] = {}
+        self._retiring: dict[int, Engine] = {}
 
     # --- helpers -------------------------------------------------------------------------
     async def _admit(
@@ -193,6 +197,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
                 f"running; retry after {RETRY_AFTER_MS} ms",
             )
         self._active += 1
+        self._uses[id(engine)] = self._uses.get(id(engine), 0) + 1
         self._metrics.active.labels(rpc).inc()
         return _Run(params, engine, rpc, time.perf_counter(), PipelineStats())
 
@@ -213,6 +218,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             raise
         finally:
             self._active -= 1
+            self._release(run.engine)
             mode = run.params.mode.value
             self._metrics.active.labels(run.rpc).dec()
             self._metrics.requests.labels(run.rpc, mode, status).inc()
@@ -472,8 +478,25 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         )
 
     def swap_engine(self, engine: Engine) -> None:
-        """Serve new requests with ``engine``; requests in flight finish on the old one."""
-        self._engine = engine
+        """Serve new requests with ``engine``; requests in flight finish on the old one, which
+        is closed (device thread and retry timer stopped) when the last of them ends."""
+        old, self._engine = self._engine, engine
+        if old is engine:
+            return
+        if self._uses.get(id(old)):
+            self._retiring[id(old)] = old
+        else:
+            old.close()
+
+    def _release(self, engine: Engine) -> None:
+        left = self._uses[id(engine)] - 1
+        if left:
+            self._uses[id(engine)] = left
+            return
+        del self._uses[id(engine)]
+        retired = self._retiring.pop(id(engine), None)
+        if retired is not None:
+            retired.close()
 
     @property
     def engine(self) -> Engine:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,9 +105,16 @@ def test_reload_swaps_models_without_dropping_streams(
             old_info = c.info()
             blocks = c.stream("crossfade", 6.0, seed=3)
             collected = [next(blocks).audio]
+            old = s.server.engine
             s.call(s.server.reload(second))  # swap while the stream is in flight
+            assert not old.closed, "the stream in flight still runs on the old engine"
             collected += [b.audio for b in blocks]
             np.testing.assert_array_equal(np.concatenate(collected, axis=1), reference)
+            deadline = time.monotonic() + 10
+            while not old.closed and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert old.closed, "the swapped-out engine is closed once its last stream ends"
+            assert not s.server.engine.closed
             new_info = c.info()
             assert (
                 dict((p, h) for p, _, h in new_info.files)["decoder.onnx"]

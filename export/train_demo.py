@@ -29,7 +29,8 @@ import torch
 import torchaudio
 from torch import nn
 
-from distill_serve.export.checkpoint import FORMAT_MARKER, SUPPORTED_VERSION
+from distill_serve.export.bridge import decoder_log_mel
+from distill_serve.export.checkpoint import FORMAT_MARKER, SUPPORTED_VERSION, SpectrogramConfig
 from distill_serve.export.decoder import DistillDecoder
 from distill_serve.export.demo import SPECTROGRAM_CONFIG
 
@@ -95,13 +96,11 @@ def recordings(corpus: Path) -> list[np.ndarray]:
 
 def mel_chunks(signals: list[np.ndarray]) -> torch.Tensor:
     """``(N, 128, 94)`` log1p mel chunks every ``CHUNK_HOP_FRAMES`` frames, at three gains."""
-    transform = torchaudio.transforms.MelSpectrogram(
-        **{k: v for k, v in SPECTROGRAM_CONFIG.items()}, mel_scale="htk"
-    )
+    spec = SpectrogramConfig(**SPECTROGRAM_CONFIG)
     chunks = []
     for signal in signals:
         for gain in (0.5, 1.0, 2.0):
-            mel = torch.log1p(transform(torch.from_numpy(gain * signal).float()))
+            mel = torch.from_numpy(decoder_log_mel((gain * signal).astype(np.float32), spec))
             for start in range(0, mel.shape[1] - CHUNK_FRAMES + 1, CHUNK_HOP_FRAMES):
                 chunks.append(mel[:, start : start + CHUNK_FRAMES])
     return torch.stack(chunks)

@@ -124,12 +124,8 @@ class Bundle:
         """48 kHz audio -> Distill mel -> bridge graph: the vocoder's input."""
         mel = decoder_log_mel(audio48, decoder_mel_config(self.manifest))[None]
         duration = audio48.size / self.geometry.decoder_rate
-        frames = self.geometry.vocoder_frames(duration)
-        positions = self.geometry.bridge_positions(frames)
-        needed = self.geometry.decoder_frames_needed(frames)
-        if needed > mel.shape[2]:  # the last vocoder frame reads one frame past the end
-            mel = np.concatenate([mel, mel[:, :, -1:].repeat(needed - mel.shape[2], 2)], 2)
-        bridged = self.bridge.run(None, {"mel_dec": mel[:, :, :needed], "positions": positions})
+        mel_dec, positions = self.geometry.bridge_inputs(mel, duration)
+        bridged = self.bridge.run(None, {"mel_dec": mel_dec, "positions": positions})
         return np.asarray(bridged[0])
 
 

@@ -50,6 +50,19 @@ class FrameGeometry:
         last = float(self.bridge_positions(n_vocoder_frames)[-1])
         return math.floor(last) + 2
 
+    def bridge_inputs(
+        self, mel_dec: np.ndarray, duration_s: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The bridge's ``mel_dec`` and ``positions`` for the vocoder frames covering
+        ``duration_s`` of a whole ``(B, n_mels, T)`` decoder mel: cut to the frames it reads,
+        the last repeated where the final vocoder frame reads one past the end."""
+        frames = self.vocoder_frames(duration_s)
+        needed = self.decoder_frames_needed(frames)
+        if needed > mel_dec.shape[2]:
+            pad = np.repeat(mel_dec[:, :, -1:], needed - mel_dec.shape[2], axis=2)
+            mel_dec = np.concatenate([mel_dec, pad], axis=2)
+        return mel_dec[:, :, :needed], self.bridge_positions(frames)
+
 
 @dataclass(frozen=True)
 class ChunkPlan:

@@ -88,15 +88,9 @@ def bridge_pairs(
     clip at the decoder's rate, on the vocoder's frame grid (as a served request sees it)."""
     geometry = FrameGeometry(spec.sample_rate, spec.hop_length, mel.sample_rate, mel.hop_size)
     dec = decoder_log_mel(audio, spec)[None]
-    frames = geometry.vocoder_frames(audio.size / spec.sample_rate)
-    needed = geometry.decoder_frames_needed(frames)
-    if needed > dec.shape[2]:  # the last vocoder frame reads one frame past the end
-        dec = np.concatenate([dec, dec[:, :, -1:].repeat(needed - dec.shape[2], 2)], 2)
+    mel_dec, positions = geometry.bridge_inputs(dec, audio.size / spec.sample_rate)
     with torch.no_grad():
-        bridged = bridge(
-            torch.from_numpy(dec[:, :, :needed]),
-            torch.from_numpy(geometry.bridge_positions(frames)),
-        )[0].numpy()
+        bridged = bridge(torch.from_numpy(mel_dec), torch.from_numpy(positions))[0].numpy()
     voc_audio = torchaudio.functional.resample(
         torch.from_numpy(audio), spec.sample_rate, mel.sample_rate
     ).numpy()

@@ -147,6 +147,14 @@ def test_geometry_frames_and_positions() -> None:
     assert pos[0] == pytest.approx(256 / 44100 * 48000 / 512)
     np.testing.assert_allclose(np.diff(pos), 512 / 44100 * 48000 / 512, rtol=1e-5)
     assert GEO.decoder_frames_needed(87) == int(pos[-1]) + 2
+    mel = np.arange(3 * 94, dtype=np.float32).reshape(1, 3, 94)  # 1 s of decoder frames
+    cut, positions = GEO.bridge_inputs(mel, 1.0)
+    np.testing.assert_array_equal(positions, pos)
+    assert cut.shape == (1, 3, GEO.decoder_frames_needed(87))
+    np.testing.assert_array_equal(cut[:, :, :94], mel)  # ... then the last frame repeated
+    np.testing.assert_array_equal(cut[:, :, 94:], np.repeat(mel[:, :, -1:], cut.shape[2] - 94, 2))
+    short, _ = GEO.bridge_inputs(np.concatenate([mel, mel], axis=2), 1.0)
+    assert short.shape == cut.shape  # a longer mel is cut to the frames the bridge reads
 
 
 @pytest.mark.parametrize("encoding", list(Encoding))

@@ -1,9 +1,10 @@
 """The gRPC servicer: messages -> plain params -> pipeline blocks -> messages.
 
 Only this module and :mod:`distill_serve.server.app` know gRPC types. Concurrency: the
-servicer runs on one asyncio loop; ``_active`` (the slot counter) is only touched from
-that loop, so it needs no lock. Pipeline steps run in ``_executor`` threads; a live
-session's steps (controls and blocks) run one at a time, so its state needs no lock either.
+servicer runs on one asyncio loop; ``_uses`` (generations per engine, whose sum is the slot
+count) is only touched from that loop, so it needs no lock. Pipeline steps run in
+``_executor`` threads; a live session's steps (controls and blocks) run one at a time, so its
+state needs no lock either.
 """
 
 from __future__ import annotations
@@ -163,13 +164,17 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         self._limits = limits
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(limits.max_concurrent, thread_name_prefix="generate")
-        self._active = 0
         # Generations running per engine (by id), and swapped-out engines waiting for theirs
         # to finish before they are closed. Touched on the event loop only.
         self._uses: dict[int, int] = {}
         self._retiring: dict[int, Engine] = {}
 
     # --- helpers -------------------------------------------------------------------------
+    @property
+    def _active(self) -> int:
+        """Generations running (the slots in use), on any engine."""
+        return sum(self._uses.values())
+
     async def _admit(
         self,
         spec: pb.GenerationSpec,
@@ -196,7 +201,6 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
                 f"server is busy: {self._active} of {self._limits.max_concurrent} generations "
                 f"running; retry after {RETRY_AFTER_MS} ms",
             )
-        self._active += 1
         self._uses[id(engine)] = self._uses.get(id(engine), 0) + 1
         self._metrics.active.labels(rpc).inc()
         return _Run(params, engine, rpc, time.perf_counter(), PipelineStats())
@@ -217,7 +221,6 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             status = "INTERNAL"
             raise
         finally:
-            self._active -= 1
             self._release(run.engine)
             mode = run.params.mode.value
             self._metrics.active.labels(run.rpc).dec()

@@ -141,7 +141,7 @@ def vocoder(models: list[str], seconds: list[float], cache: Path, dry_run: bool)
         rtf = {}
         for name, backend in backends(dry_run).items():
             cmd = ["measure", model, backend, "--seconds", ",".join(map(str, seconds)),
-                   "--repeats", "3", "--cache", str(cache)]  # fmt: skip
+                   "--repeats", "1" if dry_run else "3", "--cache", str(cache)]  # fmt: skip
             rtf[name] = json.loads(_vocoder_child(cmd))
         for s in seconds:
             row: dict[str, Any] = {"model": model, "audio_s": s}
@@ -177,16 +177,21 @@ def gpu_memory_mb(pid: int) -> float | None:
     return None
 
 
-def served(bundle: Path, cuda: bool, seconds: float, window_s: float) -> dict[str, Any]:
-    """One server: cold and warm latency per mode, audio for SNRs, throughput, memory."""
+def served(
+    bundle: Path, cuda: bool, seconds: float, window_s: float, repeats: int = 3
+) -> dict[str, Any]:
+    """One server: cold and warm latency per mode (``repeats`` warm requests of each kind),
+    audio for SNRs, throughput, memory."""
     out: dict[str, Any] = {"bundle": str(bundle), "cuda": cuda, "modes": {}}
     with e2e.server(bundle, cuda=cuda) as (target, pid), Client(target, timeout=900) as c:
         out["provider"] = c.info().execution_provider
         out["provider_note"] = c.info().provider_note
         for mode, options in MODES.items():
             cold = c.generate(mode, seconds, seed=1, **options)
-            warm = [c.generate(mode, seconds, seed=1, **options) for _ in range(3)]
-            streamed = [c.generate_streamed(mode, seconds, seed=1, **options) for _ in range(3)]
+            warm = [c.generate(mode, seconds, seed=1, **options) for _ in range(repeats)]
+            streamed = [
+                c.generate_streamed(mode, seconds, seed=1, **options) for _ in range(repeats)
+            ]
             unary_s = [w.client_total_s for w in warm]
             out["modes"][mode] = {
                 "cold_unary_s": cold.client_total_s,
@@ -205,9 +210,11 @@ def served(bundle: Path, cuda: bool, seconds: float, window_s: float) -> dict[st
 
 
 def served_pair(bundle: Path, seconds: float, window_s: float, dry_run: bool) -> dict[str, Any]:
-    """The same bundle on CUDA and on CPU, and how far apart their audio is."""
-    gpu = served(bundle, cuda=not dry_run, seconds=seconds, window_s=window_s)
-    cpu = served(bundle, cuda=False, seconds=seconds, window_s=window_s)
+    """The same bundle on CUDA and on CPU, and how far apart their audio is (a dry run makes
+    one warm request of each kind: it checks the steps, not the figures)."""
+    repeats = 1 if dry_run else 3
+    gpu = served(bundle, not dry_run, seconds, window_s, repeats)
+    cpu = served(bundle, False, seconds, window_s, repeats)
     snr = {m: _snr(cpu["_audio"][m], gpu["_audio"][m]) for m in MODES}
     for side in (gpu, cpu):
         del side["_audio"]

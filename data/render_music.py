@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import mido
@@ -21,7 +22,13 @@ OUT = Path(__file__).parent / "audio"
 BEAT = 240  # ticks per beat at 480 ticks per quarter: eighth notes
 TEMPO = mido.bpm2tempo(100)
 
+
 # name: (GM program, channel, [(start in eighths, length in eighths, notes), ...])
+def _hits(note: int, steps: Iterable[int]) -> list[tuple[int, int, tuple[int, ...]]]:
+    """One-step hits of a drum ``note`` at ``steps``."""
+    return [(i, 1, (note,)) for i in steps]
+
+
 PIECES: dict[str, tuple[int, int, list[tuple[int, int, tuple[int, ...]]]]] = {
     "piano": (
         0,
@@ -68,9 +75,7 @@ PIECES: dict[str, tuple[int, int, list[tuple[int, int, tuple[int, ...]]]]] = {
     "drums": (
         0,
         9,
-        [(i, 1, (42,)) for i in range(16)]
-        + [(i, 1, (36,)) for i in (0, 3, 8, 11)]
-        + [(i, 1, (38,)) for i in (4, 12)],
+        _hits(42, range(16)) + _hits(36, (0, 3, 8, 11)) + _hits(38, (4, 12)),
     ),
 }
 

@@ -36,6 +36,7 @@ from distill_serve.export.refiner import RefinerFile, choose_refiner
 from distill_serve.export.resampler import PolyphaseResampler, reference_resample
 from distill_serve.export.vocoder import LoadedVocoder, load_vocoder
 from distill_serve.geometry import FrameGeometry
+from distill_serve.isa import cpu_kind
 from distill_serve.server.resample import ResamplerGeometry, resample_whole
 
 log = logging.getLogger(__name__)
@@ -405,6 +406,8 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
     )
     manifest["vocoder"]["graph_rewrites"] = {"polyphase_activations": rewritten}
     manifest["vocoder"]["int8"] = int8_report.to_dict() if int8_report else None
+    if int8_report:  # int8 results depend on the CPU's integer kernels (distill_serve/isa.py)
+        manifest["parity"]["vocoder.int8.onnx"]["measured_on"] = cpu_kind().to_dict()
     manifest["vocoder"]["fp16"] = fp16_report.to_dict() if fp16_report else None
     manifest["export_seconds"] = round(time.perf_counter() - started, 1)
     manifest["graph_export_seconds"] = timings

@@ -9,7 +9,14 @@ What is quantized, and why (measured on the full 44 kHz model, 2 Zen 4 cores, OR
 * not the grouped convolutions of the anti-aliased activations: onnxruntime runs grouped
   ``QLinearConv`` through NHWC transposes, which made the whole graph 2x *slower* than fp32;
 * not the first and last convolution (mel in, waveform out): keeping them fp32 raised the SNR
-  against fp32 from 32.8 to 36.4 dB at no measurable cost.
+  against fp32 from 32.8 to 36.4 dB at no measurable cost;
+* weights in 7 bits (``reduce_range``), so the result does not depend on the CPU. Without
+  VNNI (AVX2, AVX512BW) onnxruntime adds pairs of u8 x s8 products in 16-bit registers
+  (``vpmaddubsw``), which saturate once both are near full range: full-range weights measured
+  38.1 dB on AVX512-VNNI but 34.2 dB on AVX2 on the stand-in (24.3 dB in an export made on a
+  Zen 3), while 7-bit weights give 36.7 dB on both (the same to 0.01 dB on every case), at
+  about the same speed: 1.07x fp32 against 1.13x for full range on the small stand-in, one run
+  (``python -m benchmarks.int8_isa``; ``distill_serve/isa.py`` says which kernels run).
 
 Dynamic quantization (``quantize_dynamic``: ConvInteger) was tried first and rejected: 0.44x
 the fp32 speed here at 28 dB.
@@ -79,7 +86,11 @@ def _is_grouped(node: onnx.NodeProto) -> bool:
 
 
 def quantize_vocoder(
-    source: Path, target: Path, calibration: Sequence[np.ndarray], input_name: str = "mel"
+    source: Path,
+    target: Path,
+    calibration: Sequence[np.ndarray],
+    input_name: str = "mel",
+    reduce_range: bool = True,
 ) -> QuantizeReport:
     """Write an int8 (QDQ) copy of the fp32 vocoder graph ``source`` to ``target``.
 
@@ -88,6 +99,8 @@ def quantize_vocoder(
             short: onnxruntime 1.31's calibrator holds every intermediate tensor of every
             input until the end (its ``CalibMaxIntermediateOutputs`` option discards data
             instead of merging it), ~70 MB per frame for the full 44 kHz model.
+        reduce_range: 7-bit weights (the default; see the module docstring). False gives
+            full-range weights, whose result depends on the CPU's int8 kernels.
     """
     if not calibration:
         raise ValueError("quantize_vocoder needs at least one calibration mel")
@@ -109,11 +122,15 @@ def quantize_vocoder(
             op_types_to_quantize=["Conv"],
             nodes_to_exclude=keep_float,
             calibrate_method=CalibrationMethod.MinMax,
+            reduce_range=reduce_range,
             calibration_providers=["CPUExecutionProvider"],
         )
     onnx.checker.check_model(str(target))
     return QuantizeReport(
-        method="static QDQ, int8 per-channel weights, uint8 per-tensor activations (min/max)",
+        method=(
+            f"static QDQ, int8 per-channel weights ({7 if reduce_range else 8}-bit range), "
+            "uint8 per-tensor activations (min/max)"
+        ),
         quantized_convs=len(convs) - len(keep_float),
         float_convs=len(keep_float),
         calibration_inputs=len(calibration),

@@ -26,6 +26,7 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 
 from distill_serve.bundle import VOCODER_ROLES, Bundle, load_bundle
+from distill_serve.isa import cpu_kind, int8_mismatch
 from distill_serve.server.cuda import (
     CUDA,
     DECODER_BATCHES,
@@ -194,6 +195,13 @@ class Engine:
         }
         for name, role in roles.items():
             self._graphs[name] = self._load(bundle.graph(role))
+        #: why the int8 vocoder's recorded parity may not hold on this CPU ("" when it does)
+        self.precision_note = ""
+        if self.config.vocoder_precision == "int8":
+            parity = bundle.manifest.get("parity", {}).get(self._graphs["vocoder"].path.name)
+            self.precision_note = int8_mismatch(parity, cpu_kind()) or ""
+            if self.precision_note:
+                log.warning("%s", self.precision_note)
         for rate in self.model.resamplers:
             self._graphs[f"resampler:{rate}"] = self._load(bundle.graph("resampler", rate=rate))
         self._build_primary()

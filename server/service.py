@@ -348,9 +348,14 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         reader = asyncio.create_task(_read_controls(requests, controls))
         try:
             with self._accounting(run):
-                await self._live(run, runner, session, Pacer(lookahead), controls, context)
+                reason = await self._live(run, runner, session, Pacer(lookahead), controls, context)
+            log.info("live session ended: %s after %.1f s of audio", reason, session.seconds)
+        except asyncio.CancelledError:
+            log.info("live session ended: cancelled by the client after %.1f s", session.seconds)
+            raise
         except _Abort as exc:
-            await context.abort(exc.code, exc.details)
+            log.info("live session ended: %s: %s", exc.code.name, exc.details)
+            await _abort_unless_gone(context, exc)
         finally:
             reader.cancel()
 
@@ -362,8 +367,9 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         pacer: Pacer,
         controls: asyncio.Queue[pb.LiveControl | InvalidRequest | None],
         context: grpc.aio.ServicerContext,
-    ) -> None:
-        """Blocks paced to real time, controls applied between blocks, until the end."""
+    ) -> str:
+        """Blocks paced to real time, controls applied between blocks, until the end; returns
+        why it ended (``StreamEnd.reason``)."""
         p, model = run.params, run.engine.model
         loop = asyncio.get_running_loop()
         header = pb.StreamHeader(format=run.audio_format(pb.CONTAINER_RAW), seed=p.seed)
@@ -427,6 +433,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             context,
             pb.GenerateLiveResponse(end=pb.StreamEnd(stats=run.stats_message(), reason=reason)),
         )
+        return reason
 
     async def _send(self, context: grpc.aio.ServicerContext, msg: pb.GenerateLiveResponse) -> None:
         """Write one live message; a client that reads nothing for the idle timeout is
@@ -523,6 +530,21 @@ class _Internal(_Abort):
 
     def __init__(self, details: str) -> None:
         super().__init__(grpc.StatusCode.INTERNAL, details)
+
+
+async def _abort_unless_gone(context: grpc.aio.ServicerContext, exc: _Abort) -> None:
+    """End the call with ``exc``'s status, unless the call is over already (a client that
+    cancelled or went away between the failure and now): then there is nobody to tell, and
+    grpc would log the refused status batch as a crash."""
+    if context.done():
+        log.info("live session: the client had gone; %s not sent", exc.code.name)
+        return
+    try:
+        await context.abort(exc.code, exc.details)
+    except grpc.aio.AbortError:
+        raise  # the normal way out of a handler after abort
+    except Exception as gone:  # the call ended while the status was being sent
+        log.info("live session: the client had gone; %s not sent (%s)", exc.code.name, gone)
 
 
 async def _read_controls(

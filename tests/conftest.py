@@ -33,6 +33,23 @@ from distill_serve.server.request import (
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+#: A small HiFi-GAN V1 config (32 channels; the universal one has 512): fast to export.
+SMALL_HIFIGAN = {
+    "resblock": "1",
+    "upsample_rates": [8, 8, 2, 2],
+    "upsample_kernel_sizes": [16, 16, 4, 4],
+    "upsample_initial_channel": 32,
+    "resblock_kernel_sizes": [3, 7, 11],
+    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+    "num_mels": 80,
+    "n_fft": 1024,
+    "hop_size": 256,
+    "win_size": 1024,
+    "sampling_rate": 22050,
+    "fmin": 0,
+    "fmax": 8000,
+}
+
 #: Figures tests measure (fuzz counts, load results, bridge error, ...), shown at the end of
 #: the run, passing or not, in a "distill-serve measurements" section.
 _MEASUREMENTS: list[str] = []

@@ -7,10 +7,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quick_benchmark_writes_results(stand_in_bundle: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def bench_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One vocoder cache for both benchmark runs: the demo vocoder's graphs (torch eager,
+    ONNX, TorchScript, int8, fp16) are exported once, by whichever runs first."""
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+def test_quick_benchmark_writes_results(
+    stand_in_bundle: Path, bench_cache: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [
@@ -21,7 +32,7 @@ def test_quick_benchmark_writes_results(stand_in_bundle: Path, tmp_path: Path) -
             "--bundle",
             str(stand_in_bundle),
             "--cache",
-            str(tmp_path / "cache"),
+            str(bench_cache),
             "--out",
             str(out),
         ],
@@ -63,13 +74,15 @@ def test_quick_benchmark_writes_results(stand_in_bundle: Path, tmp_path: Path) -
     assert live["capacity"][0]["sessions"] == 1
 
 
-def test_cuda_benchmark_dry_run_covers_every_step(stand_in_bundle: Path, tmp_path: Path) -> None:
+def test_cuda_benchmark_dry_run_covers_every_step(
+    stand_in_bundle: Path, bench_cache: Path, tmp_path: Path
+) -> None:
     """The GPU benchmark with CPU stand-ins: every step runs, so device time is not spent
     finding a bug in the script."""
     out = tmp_path / "cuda.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--cuda", "--dry-run-cpu", "--demo-bundle",
-         str(stand_in_bundle), "--cache", str(tmp_path / "cache"), "--out", str(out)],
+         str(stand_in_bundle), "--cache", str(bench_cache), "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -20,11 +20,12 @@ from distill_serve.bundle import (
     write_manifest,
 )
 from distill_serve.export import parity as parity_mod
-from distill_serve.export.demo import make_demo_checkpoint, make_demo_vocoder
+from distill_serve.export.demo import make_demo_checkpoint
 from distill_serve.export.exporter import DEFAULT_RATES, ExportConfig, ExportError, export_bundle
+from distill_serve.export.hifigan import HiFiGANGenerator, write_local_dir
 from distill_serve.export.resampler import PolyphaseResampler, reference_resample
 from distill_serve.server.resample import ResamplerGeometry, StreamingResampler, resample_whole
-from tests.conftest import manifest
+from tests.conftest import SMALL_HIFIGAN, manifest
 
 
 def test_manifest_describes_bundle(stand_in_bundle: Path) -> None:
@@ -166,7 +167,8 @@ def test_export_fails_when_parity_misses_threshold(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ckpt = make_demo_checkpoint(tmp_path / "d.distill", seed=2)
-    voc = make_demo_vocoder(tmp_path / "v", seed=2, channels=64)
+    torch.manual_seed(2)
+    voc = write_local_dir(HiFiGANGenerator(SMALL_HIFIGAN), SMALL_HIFIGAN, tmp_path / "v")
     impossible = dict(parity_mod.THRESHOLDS)
     impossible["decoder"] = parity_mod.Threshold(min_snr_db=10_000.0, max_abs=0.0)
     monkeypatch.setattr(parity_mod, "THRESHOLDS", impossible)

@@ -17,23 +17,8 @@ from distill_serve.export.checkpoint import SpectrogramConfig
 from distill_serve.export.hifigan import HiFiGANGenerator, packaged_paths, write_local_dir
 from distill_serve.export.vocoder import VocoderError, load_vocoder
 from distill_serve.server.engine import Engine, EngineConfig
+from tests.conftest import SMALL_HIFIGAN as SMALL
 from tests.conftest import generate, manifest, params
-
-SMALL = {
-    "resblock": "1",
-    "upsample_rates": [8, 8, 2, 2],
-    "upsample_kernel_sizes": [16, 16, 4, 4],
-    "upsample_initial_channel": 32,
-    "resblock_kernel_sizes": [3, 7, 11],
-    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-    "num_mels": 80,
-    "n_fft": 1024,
-    "hop_size": 256,
-    "win_size": 1024,
-    "sampling_rate": 22050,
-    "fmin": 0,
-    "fmax": 8000,
-}
 
 
 def test_universal_matches_the_wheels_own_generator() -> None:

@@ -3,6 +3,7 @@ pacing, stop, limits, faults and fuzzed control messages."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from distill_serve.client import Client, DistillError
 from distill_serve.client.v1 import distill_pb2 as pb
 from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
 from distill_serve.server.engine import Engine
+from distill_serve.server.live import FADE_OUT_S
 from tests.conftest import ServerThread, start_server
 from tests.test_server import healthy
 
@@ -39,16 +41,35 @@ def live_server(engine: Engine) -> Iterator[ServerThread]:
 
 def collect(session, stop_after: int, change_at: int | None = None, **change):  # type: ignore[no-untyped-def]
     """Read blocks (with arrival times); send ``change`` after block ``change_at`` arrived
-    and stop after ``stop_after`` blocks."""
-    blocks, times, sent = [], [], None
+    and stop after ``stop_after`` blocks. Returns the blocks, their arrival times, the
+    change's (sequence, time sent) and the stop's sequence."""
+    blocks, times, sent, stop = [], [], None, None
     for block in session:
         blocks.append(block)
         times.append(time.perf_counter())
         if len(blocks) == change_at:
             sent = (session.set_sliders(**change), time.perf_counter())
         if len(blocks) == stop_after:
-            session.stop()
-    return blocks, times, sent
+            stop = session.stop()
+    return blocks, times, sent, stop
+
+
+def assert_stop_contract(session, blocks, stop_sequence: int, stopped_after: int) -> None:  # type: ignore[no-untyped-def]
+    """The stop contract (proto ``LiveControl.stop``): after the stop is sent come the blocks
+    the server had already made (any number: it depends on timing; each reflects an earlier
+    control), then exactly one fade-out block that reflects the stop, then the end."""
+    assert session.end_reason == "stop"
+    assert len(blocks) > stopped_after
+    *before, fade = blocks
+    assert all(b.control_sequence < stop_sequence for b in before)
+    assert fade.control_sequence == stop_sequence
+    rate = fade.header.sample_rate
+    assert rate == 44100  # the stand-in's own rate: no resampler tail after the fade
+    assert fade.audio.shape[1] == round(FADE_OUT_S * rate)
+    assert np.abs(fade.audio[:, -10:]).max() < 2e-3
+    # the offsets tile the stream
+    offsets = np.cumsum([0] + [b.audio.shape[1] for b in blocks[:-1]])
+    assert [b.sample_offset for b in blocks] == list(offsets)
 
 
 def test_slider_change_reaches_the_next_block_and_pacing_holds(  # type: ignore[no-untyped-def]
@@ -56,36 +77,37 @@ def test_slider_change_reaches_the_next_block_and_pacing_holds(  # type: ignore[
 ) -> None:
     lookahead = 0.3
     with Client(live_server.target, timeout=60) as c:
-        plain, _, _ = collect(c.live("slider", lookahead=lookahead, **SLIDER), 14)
+        plain, _, _, _ = collect(c.live("slider", lookahead=lookahead, **SLIDER), 24)
+        called = time.perf_counter()
         session = c.live("slider", lookahead=lookahead, **SLIDER)
-        blocks, times, sent = collect(session, 24, change_at=8, positions={1: -9})
-    assert session.end_reason == "stop" and session.stats is not None
-    assert sent is not None
+        blocks, times, sent, stop = collect(session, 24, change_at=8, positions={1: -9})
+    assert session.stats is not None and sent is not None and stop is not None
+    assert_stop_contract(session, blocks, stop, stopped_after=24)
     sequence, sent_at = sent
     first = next(i for i, b in enumerate(blocks) if b.control_sequence == sequence)
-    # Before the change: byte for byte the unsteered session.
+    # The control is in every block from the first that reflects it, which comes after the
+    # block it was sent on; before it, byte for byte the unsteered session. (How many blocks
+    # were already on their way depends on timing: the latency is reported, not asserted.)
+    assert 8 <= first < len(plain) - 1  # (plain's last block is its fade-out)
     for a, b in zip(blocks[:first], plain[:first], strict=True):
         np.testing.assert_array_equal(a.audio, b.audio)
         assert a.control_sequence == 0
     assert not np.array_equal(blocks[first].audio, plain[first].audio)
+    assert all(b.control_sequence >= sequence for b in blocks[first:])
     rate = blocks[0].header.sample_rate
     block_s = blocks[0].audio.shape[1] / rate
     latency = times[first] - sent_at
-    # Pacing: audio received never runs more than lookahead + one block ahead of real time.
-    received = np.cumsum([b.audio.shape[1] / rate for b in blocks])
-    ahead = received - (np.array(times) - times[0])
+    # Pacing: the server makes a block only once real time has caught up with the audio
+    # before it, less the lookahead. Measured from before the call started, so a slow
+    # network or machine can only make this hold more easily.
+    before = np.cumsum([0.0] + [b.audio.shape[1] / rate for b in blocks[:-1]])
+    ahead = before - (np.array(times) - called)
     report(
         f"live over gRPC (lookahead {lookahead} s, blocks {block_s * 1000:.0f} ms): control "
         f"reflected {first - 8 + 1} block(s) after it, {latency * 1000:.0f} ms after sending; "
-        f"max ahead of real time {ahead[1:-1].max():.3f} s"
+        f"max ahead of real time {ahead.max():.3f} s"
     )
-    assert first <= 8 + 2  # generated after the change arrived: the next block or the one after
-    assert latency < lookahead + 2 * block_s + 0.25
-    assert ahead[1:-1].max() <= lookahead + block_s + 0.05
-    # Stop: the last block is the fade-out and the offsets tile the stream.
-    offsets = np.cumsum([0] + [b.audio.shape[1] for b in blocks[:-1]])
-    assert [b.sample_offset for b in blocks] == list(offsets)
-    assert np.abs(blocks[-1].audio[:, -10:]).max() < 2e-3
+    assert ahead.max() <= lookahead + 1e-3
     assert (
         live_server.metric(
             "distill_requests_total", {"rpc": "GenerateLive", "mode": "slider", "status": "OK"}
@@ -99,16 +121,16 @@ async def test_async_client_live_session(live_server: ServerThread) -> None:
 
     async with AsyncClient(live_server.target, timeout=60) as c:
         session = c.live("crossfade", seed=3, lookahead=0.1, spatial="stereo")
-        count = 0
+        blocks, stop = [], 0
         async for block in session:
-            count += 1
+            blocks.append(block)
             assert block.audio.shape[0] == 2
-            if count == 3:
+            if len(blocks) == 3:
                 session.set_stereo_width(0.2, transition_s=0.1)
-            if count == 6:
-                session.stop()
-        assert session.end_reason == "stop"
-        assert count in (7, 8)  # six blocks (seven if one was in flight), then the fade-out
+            if len(blocks) == 6:
+                stop = session.stop()
+        assert stop == 2
+        assert_stop_contract(session, blocks, stop, stopped_after=6)
 
 
 def test_limits_concurrency_and_length(engine: Engine) -> None:
@@ -198,13 +220,14 @@ def test_a_client_that_stops_reading_is_dropped(live_server: ServerThread) -> No
 def test_bad_control_ends_only_its_own_session(live_server: ServerThread) -> None:
     with Client(live_server.target, timeout=60) as c:
         peer = c.live("crossfade", seed=8)
-        peer_blocks: list[int] = []
+        peer_blocks: list = []  # type: ignore[type-arg]
+        stop: list[int] = []
 
         def play() -> None:
             for block in peer:
-                peer_blocks.append(block.audio.shape[1])
+                peer_blocks.append(block)
                 if len(peer_blocks) == 25:
-                    peer.stop()
+                    stop.append(peer.stop())
 
         t = threading.Thread(target=play)
         t.start()
@@ -216,7 +239,7 @@ def test_bad_control_ends_only_its_own_session(live_server: ServerThread) -> Non
         assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert "sliders" in info.value.details and "42" in info.value.details
         t.join(60)
-    assert len(peer_blocks) == 26 and peer.end_reason == "stop"
+    assert_stop_contract(peer, peer_blocks, stop[0], stopped_after=25)
     assert healthy(live_server.target)
 
 
@@ -339,3 +362,56 @@ def test_live_cli_reads_controls_from_stdin(live_server: ServerThread, tmp_path:
     )  # fmt: skip
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
     assert "stereo_width" in bad.stderr
+
+
+class _GoneContext:
+    """A servicer context whose client has gone: ``done`` as given, ``abort`` refused the way
+    grpc refuses a status batch on a finished call."""
+
+    def __init__(self, done: bool) -> None:
+        self._done = done
+        self.aborted = False
+
+    def done(self) -> bool:
+        return self._done
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = True
+        raise RuntimeError('Failed "execute_batch": (SendStatusFromServerOperation,)')
+
+
+@pytest.mark.parametrize("done", [True, False])
+async def test_ending_a_session_whose_client_went_is_quiet(
+    done: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    from distill_serve.server.service import _Abort, _abort_unless_gone
+
+    context = _GoneContext(done)
+    with caplog.at_level(logging.INFO):
+        await _abort_unless_gone(
+            context,  # type: ignore[arg-type]
+            _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "live session idle"),
+        )
+    assert context.aborted is not done  # a finished call is not even tried
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "client had gone" in caplog.records[0].getMessage()
+
+
+def test_session_ends_are_logged_at_info_without_tracebacks(
+    live_server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO), Client(live_server.target, timeout=30) as c:
+        session = c.live("crossfade", seed=4)
+        it = iter(session)
+        next(it)
+        session.close()  # cancel
+        _wait_idle(live_server)
+        stopped = c.live("crossfade", seed=5)
+        for i, _ in enumerate(stopped):
+            if i == 1:
+                stopped.stop()
+        _wait_idle(live_server)
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("distill_serve")]
+    assert any("live session ended: cancelled by the client" in m for m in messages)
+    assert any("live session ended: stop after" in m for m in messages)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

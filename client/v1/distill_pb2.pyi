@@ -799,7 +799,13 @@ class LiveControl(_message.Message):
     then fades in over the decoder's chunk crossfade, about half a chunk).
     """
     stop: _builtins.bool
-    """Fade out (50 ms) and end the session, after applying this message's other fields."""
+    """Fade out (50 ms) and end the session, after applying this message's other fields.
+    After a client sends stop with sequence N it receives, in this order: the blocks the
+    server had already made before it read the control (any number, from none up to about
+    lookahead_s plus one block of audio, more if the client reads late; each has
+    control_sequence < N), then exactly one fade-out block with control_sequence N, then
+    StreamEnd with reason "stop". Only the count of the first kind depends on timing.
+    """
     @_builtins.property
     def latent(self) -> Global___LatentVector: ...
     @_builtins.property

@@ -126,6 +126,8 @@ def run_info(args: argparse.Namespace) -> int:
         return _fail(_describe(exc, args.server))
     print(f"latent_dim: {info.latent_dim}")
     print(f"execution provider: {info.execution_provider}, vocoder {info.vocoder_precision}")
+    capacity = f", live capacity {info.live_capacity} sessions" if info.live_capacity else ""
+    print(f"vocoder path: {info.vocoder_path or 'block'}{capacity}")
     if info.provider_note:
         print(f"CUDA not serving: {info.provider_note}")
     print(

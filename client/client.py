@@ -152,6 +152,8 @@ class ModelInfo:
     vocoder_precision: str = "fp32"
     #: why CUDA is not serving although it was wanted ("" when it is, or was not wanted)
     provider_note: str = ""
+    vocoder_path: str = ""
+    live_capacity: int = 0
 
     @classmethod
     def from_pb(cls, r: pb.GetModelInfoResponse) -> ModelInfo:
@@ -170,6 +172,8 @@ class ModelInfo:
             files=[(f.path, f.role, f.sha256) for f in r.files],
             vocoder_precision=r.vocoder_precision or "fp32",
             provider_note=r.provider_note,
+            vocoder_path=r.vocoder_path,
+            live_capacity=r.live_capacity,
         )
 
 

@@ -17,7 +17,15 @@ from typing import Any
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-ROLES = ("decoder", "bridge", "vocoder", "vocoder_int8", "vocoder_fp16", "resampler")
+ROLES = (
+    "decoder",
+    "bridge",
+    "vocoder",
+    "vocoder_int8",
+    "vocoder_fp16",
+    "vocoder_stream",
+    "resampler",
+)
 #: The vocoder graph's role for each precision a server can be asked to run.
 VOCODER_ROLES: dict[str, str] = {"fp32": "vocoder", "int8": "vocoder_int8", "fp16": "vocoder_fp16"}
 #: What to do when a bundle lacks an optional graph (others: re-export with that format).

@@ -60,6 +60,7 @@ def _export(args: argparse.Namespace) -> int:
                     int8=args.int8,
                     fp16=args.fp16,
                     refiner=args.refiner,
+                    stream=not args.no_stream,
                     progress=not args.quiet,
                 )
             )
@@ -103,6 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
                 intra_op_threads=args.threads,
                 fault_injection=args.fault_injection,
                 vocoder_precision=args.vocoder_precision,
+                vocoder_path=args.vocoder_path,
                 cudnn_conv_algo_search=args.cudnn_conv_algo_search,
             ),
             metrics_port=args.metrics_port,
@@ -192,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
         "vocoder's mel space, if any; HiFi-GAN 22 kHz/80 bands has one), none (linear bridge), "
         "or a .refiner file from python -m distill_serve.export.train_refiner",
     )
+    p.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="leave out the streaming vocoder graph (vocoder_stream.onnx; the server then "
+        "vocodes in blocks with context)",
+    )
     which = p.add_mutually_exclusive_group()
     which.add_argument(
         "--demo",
@@ -215,7 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=50051)
-    p.add_argument("--max-concurrent", type=int, default=4, help="concurrent generations")
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=0,
+        help="concurrent generations (default: 4, or the live capacity the streaming vocoder "
+        "measures at start if larger)",
+    )
     p.add_argument("--max-duration", type=float, default=60.0, help="longest request, seconds")
     p.add_argument(
         "--max-live-seconds", type=float, default=3600.0, help="longest live session, seconds"
@@ -242,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp32",
         help="int8: the bundle's int8 vocoder (export --int8), ~1.8x faster on CPU, 31-38 dB "
         "SNR; fp16: its fp16-convolution vocoder (export --fp16), for GPUs, ~54 dB SNR",
+    )
+    p.add_argument(
+        "--vocoder-path",
+        choices=["auto", "stream", "block"],
+        default="auto",
+        help="stream: the bundle's streaming vocoder graph, each frame vocoded once, steps of "
+        "concurrent generations batched; block: the whole-clip graph on blocks with context; "
+        "auto (default): stream when the bundle has the graph, fp32 and no CUDA",
     )
     p.add_argument("--grace", type=float, default=10.0, help="SIGTERM drain time, seconds")
     p.add_argument("--tls-cert", type=Path, default=None, help="PEM server certificate")

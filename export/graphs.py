@@ -92,3 +92,33 @@ def onnx_io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         return out
 
     return describe(model.graph.input), describe(model.graph.output)
+
+
+def export_onnx_traced(
+    module: torch.nn.Module,
+    example: Sequence[torch.Tensor],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    path: Path,
+    opset: int = 17,
+) -> Path:
+    """Export with the TorchScript-based exporter (``dynamo=False``), then check.
+
+    For graphs of many small ops: the streaming vocoder (hundreds of state slices and
+    concatenations) took 204 s with the dynamo exporter and 11.5 s this way, with the same
+    output (137.8 dB against torch either way).
+    """
+    with _quiet_exporter():
+        torch.onnx.export(
+            module,
+            tuple(example),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
+        )
+    onnx.checker.check_model(str(path), full_check=True)
+    return path

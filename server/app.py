@@ -83,7 +83,7 @@ class ServerConfig:
 def demo_bundle_dir() -> Path:
     """Where the demo bundle is cached (``$DISTILL_SERVE_CACHE`` or ``~/.cache``)."""
     root = os.environ.get("DISTILL_SERVE_CACHE") or Path.home() / ".cache" / "distill-serve"
-    return Path(root) / "demo-bundle-v5"
+    return Path(root) / "demo-bundle-v6"
 
 
 def ensure_demo_bundle(path: Path | None = None) -> Path:
@@ -153,6 +153,17 @@ class DistillServer:
         engine.on_primary_failure = lambda reason: self.metrics.primary_failures.inc()
         if engine.provider_note and not engine.has_primary:
             self.metrics.primary_failures.inc()
+        if (scheduler := engine.scheduler) is not None:
+            m = self.metrics
+
+            def on_run(batch: int, seconds: float, missed: int) -> None:
+                m.step_batch.observe(batch)
+                if missed:
+                    m.step_misses.inc(missed)
+
+            scheduler.on_run = on_run
+            scheduler.on_queue = m.step_queue.set
+            scheduler.on_step = m.step_latency.observe
         return engine
 
     async def start(self) -> int:
@@ -205,7 +216,10 @@ async def run(config: ServerConfig) -> None:
         start_http_server(config.metrics_port, addr=config.host, registry=server.metrics.registry)
     print(
         f"distill-serve listening on {config.host}:{port} "
-        f"(bundle {engine.bundle.root}, provider {engine.primary_provider})",
+        f"(bundle {engine.bundle.root}, provider {engine.primary_provider}, "
+        f"vocoder path {engine.vocoder_path}"
+        + (f", live capacity {engine.live_capacity}" if engine.live_capacity else "")
+        + ")",
         flush=True,
     )
     if engine.provider_note:

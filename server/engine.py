@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 
-from distill_serve.bundle import VOCODER_ROLES, Bundle, load_bundle
+from distill_serve.bundle import VOCODER_ROLES, Bundle, BundleError, load_bundle
 from distill_serve.isa import cpu_kind, int8_mismatch
 from distill_serve.server.cuda import (
     CUDA,
@@ -35,8 +36,9 @@ from distill_serve.server.cuda import (
     cuda_unavailable_reason,
     vocoder_buckets,
 )
-from distill_serve.server.model import ModelSpec
+from distill_serve.server.model import ModelSpec, StreamSpec
 from distill_serve.server.resample import Polyphase
+from distill_serve.server.scheduler import Step, StepScheduler
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,11 @@ CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 #: Graphs the primary path runs; the bridge and resamplers stay on CPU (see server/cuda.py).
 PRIMARY_GRAPHS = ("decoder", "vocoder")
 MAX_RETRY_S = 600.0
+VOCODER_PATHS = ("auto", "block", "stream")
+#: Live capacity estimate: steps per batch when timing the streaming graph at start, and the
+#: share of the vocoder-bound limit admitted (the issue's target: >= 85 %).
+CAPACITY_BATCH = 8
+CAPACITY_SHARE = 0.85
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,11 @@ class EngineConfig:
             (doubling up to 10 minutes).
         inject_init_failures: testing: the first N primary builds fail as a CUDA arena out of
             memory at session creation would (needs ``fault_injection``).
+        vocoder_path: "stream" (the bundle's streaming vocoder graph, fed by the step
+            scheduler: each frame vocoded once, steps of concurrent generations batched;
+            ``server/scheduler.py``), "block" (the whole-clip graph on blocks with context on
+            both sides), or "auto": stream when the bundle has the graph, the precision is
+            fp32 and no CUDA path is up (the GPU keeps its fixed-shape block sessions).
     """
 
     use_cuda: bool = True
@@ -85,8 +97,18 @@ class EngineConfig:
     cudnn_conv_algo_search: str = "HEURISTIC"
     primary_retry_s: float = 60.0
     inject_init_failures: int = 0
+    vocoder_path: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.vocoder_path not in VOCODER_PATHS:
+            raise ValueError(
+                f"vocoder_path must be one of {list(VOCODER_PATHS)}, got {self.vocoder_path!r}"
+            )
+        if self.vocoder_path == "stream" and self.vocoder_precision != "fp32":
+            raise ValueError(
+                "the streaming vocoder graph is fp32: --vocoder-path stream needs "
+                "--vocoder-precision fp32 (int8 and fp16 serve with --vocoder-path block)"
+            )
         if self.vocoder_precision not in VOCODER_ROLES:
             raise ValueError(
                 f"vocoder_precision must be one of {sorted(VOCODER_ROLES)}, "
@@ -205,6 +227,66 @@ class Engine:
         for rate in self.model.resamplers:
             self._graphs[f"resampler:{rate}"] = self._load(bundle.graph("resampler", rate=rate))
         self._build_primary()
+        #: the step scheduler of the streaming vocoder (None: the block path serves)
+        self.scheduler: StepScheduler | None = None
+        #: live sessions it can keep in real time, measured at start (0: not estimated)
+        self.live_capacity = 0
+        if self._wants_stream():
+            stream = self._load(bundle.graph("vocoder_stream"))
+            self._graphs["vocoder_stream"] = stream
+
+            def run_batch(mel: np.ndarray, position: np.ndarray, state: np.ndarray) -> Any:
+                audio, new = stream.cpu.run(
+                    None, {"mel": mel, "position": position, "state": state}
+                )
+                return audio, new
+
+            self.scheduler = StepScheduler(run_batch)
+            self.live_capacity = self._measure_live_capacity(run_batch)
+        log.info(
+            "vocoder path: %s%s",
+            self.vocoder_path,
+            f" (live capacity {self.live_capacity} sessions)" if self.live_capacity else "",
+        )
+
+    def _measure_live_capacity(self, run_batch: Callable[..., Any]) -> int:
+        """Live sessions this engine can keep in real time: the streaming graph's cost per
+        frame in batches of :data:`CAPACITY_BATCH` 8-frame steps (the live step), measured
+        here, against the frames per second a session needs, times :data:`CAPACITY_SHARE`
+        (the rest is serving: decoder, bridge, post-processing, gRPC)."""
+        m, spec = self.model, self.model.stream
+        assert spec is not None
+        b, frames = CAPACITY_BATCH, 8
+        mel = np.full((b, m.n_mels_voc, frames), -5.0, np.float32)
+        position = np.zeros((b, 1), np.int64)
+        state = np.zeros((b, spec.state_size), np.float32)
+        run_batch(mel, position, state)  # warm-up
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            run_batch(mel, position, state)
+            times.append(time.perf_counter() - t0)
+        per_frame = min(times) / (b * frames)
+        needed = m.vocoder_rate / m.geometry.vocoder_hop  # frames per second per session
+        return max(1, int(CAPACITY_SHARE / (per_frame * needed)))
+
+    def _wants_stream(self) -> bool:
+        path = self.config.vocoder_path
+        has = self.model.stream is not None
+        if path == "stream" and not has:
+            raise BundleError(
+                f"{self.bundle.root}: no streaming vocoder graph (vocoder_stream); re-export "
+                "the bundle with this distill-serve, or serve with --vocoder-path block"
+            )
+        if path == "auto":
+            return has and self.config.vocoder_precision == "fp32" and self._primary is None
+        return path == "stream"
+
+    @property
+    def vocoder_path(self) -> str:
+        """ "stream" or "block": what new requests on CPU use (a request on the CUDA path
+        always vocodes blocks)."""
+        return "stream" if self.scheduler is not None else "block"
 
     @classmethod
     def from_dir(
@@ -359,8 +441,10 @@ class Engine:
         return self._closed
 
     def close(self) -> None:
-        """Stop the retry timer and the device thread."""
+        """Stop the retry timer, the device thread and the step scheduler."""
         self._closed = True
+        if self.scheduler is not None:
+            self.scheduler.close()
         with self._lock:
             if self._retry is not None:
                 self._retry.cancel()
@@ -418,6 +502,21 @@ class RequestRunner:
     def vocoder_buckets(self) -> tuple[int, ...]:
         """Window lengths the vocoder should get (empty: any length)."""
         return self._primary.vocoder_buckets if self.on_primary and self._primary else ()
+
+    @property
+    def stream_spec(self) -> StreamSpec | None:
+        """The streaming vocoder's layout when this request streams (None: blocks)."""
+        if self._engine.scheduler is None or (self.on_primary and self._primary is not None):
+            return None
+        return self._engine.model.stream
+
+    def stream_steps(self, steps: list[Step]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Run streaming-vocoder steps through the engine's scheduler (batched with other
+        generations' steps); each gives ``(audio (S * hop,), state (N,))``."""
+        scheduler = self._engine.scheduler
+        if scheduler is None:
+            raise RuntimeError("this engine serves the block vocoder path")
+        return scheduler.run(steps)
 
     def _run(self, name: str, *inputs: np.ndarray) -> np.ndarray:
         graph = self._engine.graph(name)

@@ -165,8 +165,10 @@ class LiveSession:
         self.model = model
         self.stats = stats if stats is not None else PipelineStats()
         sources = [mel_source(runner, model, params, s, self.stats) for s in seeds(params)]
-        self._renderer = BlockRenderer(runner, model, params, sources, self.stats, None)
         self.block_frames = live_block_frames(lookahead_s, model)
+        self._renderer = BlockRenderer(
+            runner, model, params, sources, self.stats, None, step_frames=self.block_frames
+        )
         self._next = 0  # first vocoder frame of the next block
         self._sliders = dict(sliders or {})
         self._evolution = params.evolution_amount
@@ -209,16 +211,23 @@ class LiveSession:
         self._next += frames
         return Block(start, start + frames, max(0, start - ctx), start + frames + ctx)
 
-    def next_block(self) -> LiveBlock:
-        """Render the next block."""
+    @property
+    def vocoder_path(self) -> str:
+        return self._renderer.vocoder_path
+
+    def next_block(self, deadline: float | None = None) -> LiveBlock:
+        """Render the next block, needed by ``deadline`` (``time.monotonic`` seconds; None:
+        now)."""
         if self.finished:
             raise RuntimeError("the live session has finished")
+        self._renderer.deadline = deadline
         audio = self._renderer.render(self._block(self.block_frames))
         self.samples += audio.shape[1]
         return LiveBlock(audio, self.control_sequence)
 
-    def finish(self) -> LiveBlock:
+    def finish(self, deadline: float | None = None) -> LiveBlock:
         """The last block: a short fade-out, then the resampler's tail. Ends the session."""
+        self._renderer.deadline = deadline
         rate = self.model.vocoder_rate
         fade = fade_out(max(1, round(FADE_OUT_S * rate)))
         frames = math.ceil(fade.size / self.model.geometry.vocoder_hop)
@@ -245,6 +254,11 @@ class Pacer:
     def delay(self, now: float) -> float:
         """How long to wait before making the next block."""
         return max(0.0, self.ahead(now) - self.lookahead_s)
+
+    def underrun_in(self, now: float) -> float:
+        """Seconds until the audio sent so far runs out for a listener in real time (0
+        before the first block: it is needed at once)."""
+        return max(0.0, self.ahead(now))
 
     def sent(self, seconds: float, now: float) -> None:
         """Record a block of ``seconds`` of audio sent at ``now``."""

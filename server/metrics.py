@@ -54,3 +54,24 @@ class Metrics:
         self.rejected = Counter(
             "distill_rejected", "Requests refused before work started", ["reason"], registry=r
         )
+        # The streaming vocoder's step scheduler (server/scheduler.py).
+        self.step_queue = Gauge(
+            "distill_vocoder_step_queue", "Vocoder steps waiting for a batch", registry=r
+        )
+        self.step_batch = Histogram(
+            "distill_vocoder_step_batch_size",
+            "Streams per batched vocoder run",
+            buckets=(1, 2, 4, 8, 16, 32),
+            registry=r,
+        )
+        self.step_misses = Counter(
+            "distill_vocoder_step_deadline_misses",
+            "Vocoder steps that started after their deadline",
+            registry=r,
+        )
+        self.step_latency = Histogram(
+            "distill_vocoder_step_latency_seconds",
+            "Time from a vocoder step's submission to its result",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )

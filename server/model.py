@@ -34,6 +34,31 @@ class Sliders:
 
 
 @dataclass(frozen=True)
+class StreamSpec:
+    """The bundle's streaming vocoder graph (``manifest["vocoder"]["stream"]``; see
+    ``export/streaming.py``): a stream's audio lags the whole clip by ``delay_samples``, it
+    must be fed ``latency_frames`` beyond the audio it delivers, its first ``head_frames``
+    frames of audio come from the whole-clip graph, and it is fed in ``step_frames`` steps."""
+
+    state_size: int
+    delay_samples: int
+    latency_frames: int
+    head_frames: int
+    step_frames: tuple[int, ...]
+
+    @classmethod
+    def from_manifest(cls, d: dict[str, object]) -> StreamSpec:
+        steps = d.get("step_frames") or (8, 16, 32)
+        return cls(
+            state_size=int(d["state_size"]),  # type: ignore[call-overload]
+            delay_samples=int(d["delay_samples"]),  # type: ignore[call-overload]
+            latency_frames=int(d["latency_frames"]),  # type: ignore[call-overload]
+            head_frames=int(d["head_frames"]),  # type: ignore[call-overload]
+            step_frames=tuple(int(x) for x in steps),  # type: ignore[attr-defined]
+        )
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """The served model: latent size, chunk geometry, rates, sliders and post-processing."""
 
@@ -48,6 +73,7 @@ class ModelSpec:
     sample_rates: tuple[int, ...]
     resamplers: dict[int, ResamplerGeometry]
     sliders: Sliders | None
+    stream: StreamSpec | None
     peak_target: float
     antialias_cutoff_hz: float
     antialias_order: int
@@ -86,6 +112,14 @@ class ModelSpec:
                 max_position=int(s["n_steps"]) // 2,
             )
         post = m["postprocess"]
+        stream = m["vocoder"].get("stream")
+        spec = StreamSpec.from_manifest(stream) if stream else None
+        # Both vocoder paths finalise the same mel frames ahead of a block (the stream needs
+        # its latency, the blocks their context), so a live control lands on the same frame
+        # whichever path runs.
+        context = int(m["vocoder"]["context_frames"])
+        if spec is not None:
+            context = max(context, spec.latency_frames)
         return cls(
             latent_dim=int(m["latent_dim"]),
             chunk_frames=int(m["chunk"]["chunk_frames"]),
@@ -99,12 +133,13 @@ class ModelSpec:
                 int(geo["vocoder_hop"]),
             ),
             n_mels_voc=int(m["vocoder_mel"]["num_mels"]),
-            context_frames=int(m["vocoder"]["context_frames"]),
+            context_frames=context,
             sample_rates=tuple(int(r) for r in m["sample_rates"]),
             resamplers={
                 int(r): ResamplerGeometry.from_manifest(d) for r, d in m["resamplers"].items()
             },
             sliders=sliders,
+            stream=spec,
             peak_target=float(post["peak_target"]),
             antialias_cutoff_hz=float(post["antialias_cutoff_hz"]),
             antialias_order=int(post["antialias_order"]),

@@ -9,6 +9,7 @@ sessions (:mod:`distill_serve.server.live`) render with the same :class:`BlockRe
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -25,10 +26,12 @@ from distill_serve.server.dsp import (
     plan_blocks,
 )
 from distill_serve.server.mel import MelSource
-from distill_serve.server.model import ModelSpec
+from distill_serve.server.model import ModelSpec, StreamSpec
 from distill_serve.server.request import GenerationParams, Spatial
 from distill_serve.server.resample import Polyphase, StreamingResampler
+from distill_serve.server.scheduler import Step
 from distill_serve.server.trajectory import LatentPath
+from distill_serve.server.vocoder_stream import StreamVocoder
 
 NORMALISER_RAMP_S = 0.02
 #: The normaliser's segment in vocoder frames: every block but a request's last is a multiple
@@ -59,6 +62,15 @@ class Runner(Protocol):
     @property
     def vocoder_buckets(self) -> tuple[int, ...]:
         """Vocoder window lengths to use (empty: any; see server/cuda.py)."""
+        ...
+
+    @property
+    def stream_spec(self) -> StreamSpec | None:
+        """The streaming vocoder's layout when this generation streams (None: blocks)."""
+        ...
+
+    def stream_steps(self, steps: list[Step]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Streaming-vocoder steps -> ``(audio (S * hop,), state (N,))`` each."""
         ...
 
 
@@ -117,8 +129,14 @@ def vocoder_mel(
 class BlockRenderer:
     """Turns vocoder blocks of one generation into output audio.
 
-    Order per block: vocode (with context) -> anti-alias -> spatial -> normalise -> (fade)
-    -> resample. Every step keeps its state across blocks.
+    Order per block: vocode -> anti-alias -> spatial -> normalise -> (fade) -> resample.
+    Every step keeps its state across blocks. The vocoder runs one of two ways, with the
+    same audio: the streaming graph fed each frame once (:class:`StreamVocoder`, when the
+    runner streams; ``step_frames`` per step, default the bundle's largest), or the
+    whole-clip graph on each block with context frames on both sides.
+
+    :attr:`deadline` (``time.monotonic`` seconds) says when the next block's audio is needed;
+    the step scheduler serves the most urgent steps first.
     """
 
     def __init__(
@@ -129,9 +147,19 @@ class BlockRenderer:
         sources: list[MelSource],
         stats: PipelineStats,
         total_frames: int | None,
+        step_frames: int | None = None,
     ) -> None:
         self.sources = sources
         self._runner = runner
+        self.deadline: float | None = None
+        spec = runner.stream_spec
+        self._stream = (
+            StreamVocoder(
+                runner, model, spec, sources, total_frames, step_frames or max(spec.step_frames)
+            )
+            if spec is not None
+            else None
+        )
         self._stats = stats
         self._hop = model.geometry.vocoder_hop
         self._total = total_frames  # None: open-ended (live)
@@ -163,6 +191,26 @@ class BlockRenderer:
         """Audio ``(channels, n)`` of ``block`` at the output rate (a resampler holds back a
         few samples until the next block or :meth:`flush`). ``fade`` multiplies the block's
         first ``len(fade)`` samples at the vocoder rate and drops the rest."""
+        audio = (
+            self._stream.audio(block.start, block.stop, self.deadline)
+            if self._stream is not None
+            else self._block_audio(block)
+        )
+        self._stats.vocoder_blocks += 1
+        audio = self._antialias(np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0))
+        if self.mid_side is not None:
+            audio = self.mid_side(audio)
+        audio = self._normalise(audio)
+        if fade is not None:
+            audio = audio[:, : fade.size] * fade[: audio.shape[1]]
+        return self._resampler.push(audio) if self._resampler is not None else audio
+
+    @property
+    def vocoder_path(self) -> str:
+        return "stream" if self._stream is not None else "block"
+
+    def _block_audio(self, block: Block) -> np.ndarray:
+        """The whole-clip graph on the block's window (context on both sides)."""
         hop = self._hop
         lo, hi = block.lo, block.hi
         if buckets := self._runner.vocoder_buckets:
@@ -178,14 +226,7 @@ class BlockRenderer:
         )
         for s in self.sources:
             s.release(block.stop - self._keep)
-        self._stats.vocoder_blocks += 1
-        audio = self._antialias(np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0))
-        if self.mid_side is not None:
-            audio = self.mid_side(audio)
-        audio = self._normalise(audio)
-        if fade is not None:
-            audio = audio[:, : fade.size] * fade[: audio.shape[1]]
-        return self._resampler.push(audio) if self._resampler is not None else audio
+        return audio
 
     def flush(self, channels: int) -> np.ndarray:
         """End of signal: the resampler's last samples (none without a resampler)."""
@@ -204,6 +245,8 @@ def audio_blocks(
     sources = [mel_source(runner, model, params, s, stats, max_chunks=steps) for s in seeds(params)]
     renderer = BlockRenderer(runner, model, params, sources, stats, t_voc)
     remaining = params.total_samples
+    started = time.monotonic()
+    frame_s = model.geometry.vocoder_hop / model.vocoder_rate
 
     def emit(block: np.ndarray) -> np.ndarray:
         nonlocal remaining
@@ -212,6 +255,8 @@ def audio_blocks(
         return out
 
     for block in plan_blocks(t_voc, model.context_frames):
+        # needed when a listener playing from the first block would reach it
+        renderer.deadline = started + block.start * frame_s
         out = emit(renderer.render(block))
         if out.shape[1]:
             stats.block_sizes.append(out.shape[1])

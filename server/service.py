@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -161,8 +161,11 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
 
     def __init__(self, engine: Engine, limits: Limits, metrics: Metrics) -> None:
         self._engine = engine
+        if not limits.max_concurrent:  # auto: room for the live sessions it can keep up
+            limits = replace(limits, max_concurrent=max(4, engine.live_capacity))
         self._limits = limits
         self._metrics = metrics
+        self._live_sessions = 0  # live sessions running (event loop only)
         self._executor = ThreadPoolExecutor(limits.max_concurrent, thread_name_prefix="generate")
         # Generations running per engine (by id), and swapped-out engines waiting for theirs
         # to finish before they are closed. Touched on the event loop only.
@@ -331,7 +334,21 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             self._metrics.rejected.labels("invalid_argument").inc()
             self._metrics.requests.labels("GenerateLive", "unknown", "INVALID_ARGUMENT").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        capacity = self._engine.live_capacity
+        if capacity and self._live_sessions >= capacity:
+            self._metrics.rejected.labels("live_capacity").inc()
+            self._metrics.requests.labels(
+                "GenerateLive", _mode_label(start.spec), "RESOURCE_EXHAUSTED"
+            ).inc()
+            context.set_trailing_metadata((("retry-after-ms", str(RETRY_AFTER_MS)),))
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"server at live capacity: {self._live_sessions} live sessions is what it "
+                "keeps in real time (measured vocoder step cost); retry after "
+                f"{RETRY_AFTER_MS} ms or use another replica",
+            )
         run = await self._admit(start.spec, "GenerateLive", context, open_ended=True)
+        self._live_sessions += 1
         positions = raw_request(start.spec).slider_positions
         runner = run.engine.runner()
         session = LiveSession(
@@ -357,6 +374,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             log.info("live session ended: %s: %s", exc.code.name, exc.details)
             await _abort_unless_gone(context, exc)
         finally:
+            self._live_sessions -= 1
             reader.cancel()
 
     async def _live(
@@ -403,8 +421,10 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
                 await asyncio.sleep(delay)
                 continue  # controls that came in meanwhile go into the next block
             step = session.finish if reason else session.next_block
+            # its steps are needed when the audio sent so far runs out for the listener
+            deadline = time.monotonic() + pacer.underrun_in(time.perf_counter())
             try:
-                block: LiveBlock = await loop.run_in_executor(self._executor, step)
+                block: LiveBlock = await loop.run_in_executor(self._executor, step, deadline)
             except Exception as exc:
                 log.exception("live generation failed")
                 raise _Abort(
@@ -485,6 +505,8 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             bundle_format_version=int(bundle.manifest["format_version"]),
             vocoder_precision=self._engine.vocoder_precision,
             provider_note=self._engine.provider_note,
+            vocoder_path=self._engine.vocoder_path,
+            live_capacity=self._engine.live_capacity,
         )
 
     def swap_engine(self, engine: Engine) -> None:

@@ -71,7 +71,7 @@ def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProces
     cache = tmp_path_factory.mktemp("cache")
     env = dict(os.environ, DISTILL_SERVE_CACHE=str(cache), PYTHONUNBUFFERED="1")
     server = ServeProcess([], env)
-    assert (cache / "demo-bundle-v5" / "manifest.json").is_file()
+    assert (cache / "demo-bundle-v6" / "manifest.json").is_file()
     yield server
     assert server.stop() == 0
 

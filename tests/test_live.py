@@ -196,6 +196,7 @@ class CheapRunner:
     run an hour-scale session in seconds."""
 
     vocoder_buckets: tuple[int, ...] = ()
+    stream_spec = None  # the block path: its vocode() is the stand-in
 
     def __init__(self, engine: Engine) -> None:
         m = engine.model

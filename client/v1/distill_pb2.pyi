@@ -691,6 +691,8 @@ class GetModelInfoResponse(_message.Message):
     BUNDLE_FORMAT_VERSION_FIELD_NUMBER: _builtins.int
     VOCODER_PRECISION_FIELD_NUMBER: _builtins.int
     PROVIDER_NOTE_FIELD_NUMBER: _builtins.int
+    VOCODER_PATH_FIELD_NUMBER: _builtins.int
+    LIVE_CAPACITY_FIELD_NUMBER: _builtins.int
     latent_dim: _builtins.int
     default_sample_rate: _builtins.int
     execution_provider: _builtins.str
@@ -702,6 +704,15 @@ class GetModelInfoResponse(_message.Message):
     provider_note: _builtins.str
     """Why CUDA is not serving although it was wanted (no driver, missing libraries, session
     creation out of memory, ...); empty when it is, or when the server runs with --no-cuda.
+    """
+    vocoder_path: _builtins.str
+    """How the vocoder runs on CPU: "stream" (the streaming graph, each mel frame vocoded once,
+    steps of concurrent generations batched) or "block" (the whole-clip graph on blocks with
+    context on both sides; also what the CUDA path runs). serve --vocoder-path.
+    """
+    live_capacity: _builtins.int
+    """Live sessions the server estimates it can keep in real time (from measured vocoder step
+    costs; 0: no estimate, the block path). More are refused with RESOURCE_EXHAUSTED.
     """
     @_builtins.property
     def sliders(self) -> _containers.RepeatedCompositeFieldContainer[Global___Slider]: ...
@@ -731,10 +742,12 @@ class GetModelInfoResponse(_message.Message):
         bundle_format_version: _builtins.int = ...,
         vocoder_precision: _builtins.str = ...,
         provider_note: _builtins.str = ...,
+        vocoder_path: _builtins.str = ...,
+        live_capacity: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_format_version", b"bundle_format_version", "containers", b"containers", "default_sample_rate", b"default_sample_rate", "encodings", b"encodings", "execution_provider", b"execution_provider", "files", b"files", "latent_dim", b"latent_dim", "limits", b"limits", "native_chunk_duration_s", b"native_chunk_duration_s", "provider_note", b"provider_note", "sample_rates", b"sample_rates", "sliders", b"sliders", "vocoder_precision", b"vocoder_precision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_format_version", b"bundle_format_version", "containers", b"containers", "default_sample_rate", b"default_sample_rate", "encodings", b"encodings", "execution_provider", b"execution_provider", "files", b"files", "latent_dim", b"latent_dim", "limits", b"limits", "live_capacity", b"live_capacity", "native_chunk_duration_s", b"native_chunk_duration_s", "provider_note", b"provider_note", "sample_rates", b"sample_rates", "sliders", b"sliders", "vocoder_path", b"vocoder_path", "vocoder_precision", b"vocoder_precision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,237 @@
+"""``python -m benchmarks.stream``: the streaming vocoder path against the block path, side by
+side in one run, on the demo bundle and the stand-in (issue: streaming vocoder and step
+scheduler).
+
+Per bundle, first the streaming graph alone (its own seconds per audio second at the live step
+of 8 frames, batch 1 and batch 8, on this process's cores: the vocoder-bound limit of live
+sessions is 1 / that), then one ``distill-serve serve --vocoder-path P`` per path P:
+
+- live sessions kept in real time at lookahead 0.3 s (``benchmarks.live``'s model players,
+  no late block over ``--live-s`` seconds each), climbing until one underruns;
+- CPU seconds of the server process per live audio second at the highest count it held,
+  and the serving overhead: the share of that CPU time that is not the streaming graph's
+  own cost (the same step size, measured above);
+- throughput in audio seconds per second at 1 / 4 / 8 / 16 clients (2 s streamed clips)
+  and first audio p50 / p99 at 8 clients;
+- the batch sizes the scheduler formed and the share of steps that missed their deadline
+  (from the server's Prometheus endpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import e2e, live, machine
+from benchmarks.__main__ import stand_in_bundle, table, write_result
+from distill_serve.client import Client
+
+LOOKAHEAD = 0.3
+LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32)
+CLIENTS = (1, 4, 8, 16)
+
+
+def graph_cost(bundle: Path, frames: int = 8, batches: tuple[int, ...] = (1, 8)) -> dict[str, Any]:
+    """The streaming graph alone: CPU and wall seconds per audio second at ``frames`` steps."""
+    import onnxruntime as ort
+
+    from distill_serve.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    stream = b.manifest["vocoder"]["stream"]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(
+        str(b.graph("vocoder_stream")), opts, providers=["CPUExecutionProvider"]
+    )
+    n_mels = int(b.manifest["vocoder_mel"]["num_mels"])
+    rate = int(b.manifest["geometry"]["vocoder_rate"])
+    hop = int(b.manifest["geometry"]["vocoder_hop"])
+    out: dict[str, Any] = {"step_frames": frames}
+    for batch in batches:
+        feed = {
+            "mel": np.full((batch, n_mels, frames), -5.0, np.float32),
+            "position": np.full((batch, 1), 100, np.int64),
+            "state": np.zeros((batch, int(stream["state_size"])), np.float32),
+        }
+        session.run(None, feed)
+        runs = max(5, int(40 / batch))
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for _ in range(runs):
+            session.run(None, feed)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        audio_s = runs * batch * frames * hop / rate
+        out[f"batch{batch}_cpu_s_per_audio_s"] = cpu / audio_s
+        out[f"batch{batch}_wall_s_per_audio_s"] = wall / audio_s
+        out[f"batch{batch}_vocoder_bound_sessions"] = audio_s / wall
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """The server's Prometheus samples (name{labels} -> value)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = s.name + (
+                "{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}"
+                if s.labels
+                else ""
+            )
+            samples[key] = float(s.value)
+    return samples
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    import os
+
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def live_capacity(target: str, pid: int, seconds: float) -> dict[str, Any]:
+    """Climb :data:`LADDER` until a session underruns; CPU per audio second at the best."""
+    best: dict[str, Any] = {"sessions": 0}
+    rows = []
+    for n in LADDER:
+        cpu0 = _cpu_seconds(pid)
+        row = live.capacity(target, [n], LOOKAHEAD, seconds)[0]
+        cpu = _cpu_seconds(pid) - cpu0
+        row["server_cpu_s_per_audio_s"] = cpu / (n * seconds)
+        rows.append(row)
+        if not row["real_time"]:
+            break
+        best = row
+    return {"ladder": rows, "held": best["sessions"], "at_best": best}
+
+
+def clients(target: str, n: int, window_s: float, clip_s: float) -> dict[str, Any]:
+    """``n`` clients streaming ``clip_s`` clips for ``window_s``: audio s per s, first audio."""
+    firsts: list[float] = []
+    done = [0] * n
+    stop = time.perf_counter() + window_s
+
+    def work(k: int) -> None:
+        with Client(target, timeout=600) as c:
+            while time.perf_counter() < stop:
+                r = c.generate_streamed("crossfade", clip_s, seed=k)
+                firsts.append(r.client_first_audio_s)
+                done[k] += 1
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(n)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {
+        "clients": n,
+        "audio_s_per_s": sum(done) * clip_s / wall,
+        "first_audio_p50_s": float(np.percentile(firsts, 50)),
+        "first_audio_p99_s": float(np.percentile(firsts, 99)),
+    }
+
+
+def one_path(bundle: Path, path: str, live_s: float, window_s: float) -> dict[str, Any]:
+    port = _free_port()
+    extra = ("--vocoder-path", path, "--metrics-port", str(port))
+    with e2e.server(bundle, max_concurrent=40, extra_args=extra) as (target, pid):
+        with Client(target, timeout=60) as c:
+            info = c.info()
+            c.generate("crossfade", 1.0, seed=0)  # warm-up
+        out: dict[str, Any] = {
+            "path": info.vocoder_path,
+            "live_capacity_estimate": info.live_capacity,
+        }
+        out["live"] = live_capacity(target, pid, live_s)
+        out["throughput"] = [clients(target, n, window_s, 2.0) for n in CLIENTS]
+        m = _scrape(port)
+    steps = m.get("distill_vocoder_step_batch_size_count", 0.0)
+    total = m.get("distill_vocoder_step_batch_size_sum", 0.0)
+    hist = {}
+    previous = 0.0
+    for edge in (1, 2, 4, 8, 16, 32):
+        cum = m.get(f"distill_vocoder_step_batch_size_bucket{{le={float(edge)}}}", 0.0)
+        hist[str(edge)] = cum - previous
+        previous = cum
+    out["scheduler"] = {
+        "runs": steps,
+        "steps": total,
+        "mean_batch": total / steps if steps else None,
+        "runs_by_batch_size": hist,
+        "missed_share": m.get("distill_vocoder_step_deadline_misses_total", 0.0) / total
+        if total
+        else None,
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.stream", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--bundle", action="append", default=None, help="bundle dir (default: demo and stand-in)"
+    )
+    p.add_argument("--paths", default="block,stream")
+    p.add_argument("--live-s", type=float, default=20.0, help="seconds each live session plays")
+    p.add_argument(
+        "--window-s", type=float, default=10.0, help="throughput window per client count"
+    )
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    from distill_serve.server.app import ensure_demo_bundle
+
+    bundles = (
+        [Path(b) for b in args.bundle] if args.bundle else [ensure_demo_bundle(), stand_in_bundle()]
+    )
+    result: dict[str, Any] = {"machine": machine.describe(peak=False), "bundles": {}}
+    for bundle in bundles:
+        entry: dict[str, Any] = {"graph": graph_cost(bundle)}
+        print(f"{bundle.name}: streaming graph alone: {json.dumps(entry['graph'])}", flush=True)
+        for path in args.paths.split(","):
+            entry[path] = one_path(bundle, path, args.live_s, args.window_s)
+            r = entry[path]
+            g = entry["graph"]
+            best = r["live"]["at_best"]
+            cpu = best.get("server_cpu_s_per_audio_s")
+            print(
+                f"{bundle.name} {path}: live sessions held {r['live']['held']} "
+                f"(estimate {r['live_capacity_estimate']}; vocoder-bound "
+                f"{g['batch1_vocoder_bound_sessions']:.1f} at batch 1, "
+                f"{g['batch8_vocoder_bound_sessions']:.1f} at batch 8), server CPU s per live "
+                f"audio s {cpu if cpu is None else round(cpu, 3)}, scheduler {r['scheduler']}",
+                flush=True,
+            )
+            print(table(r["throughput"], f"{bundle.name} {path}: throughput"), flush=True)
+            if cpu:  # the graph's own cost at batch 1 and 8 brackets what the runs formed
+                for b in (1, 8):
+                    r[f"serving_overhead_share_vs_batch{b}"] = (
+                        1 - g[f"batch{b}_cpu_s_per_audio_s"] / cpu
+                    )
+        result["bundles"][bundle.name] = entry
+    write_result(result, args.out, "stream")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

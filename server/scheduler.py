@@ -1,0 +1,198 @@
+"""The step scheduler: one loop per engine that batches the streaming vocoder's steps of every
+generation in flight.
+
+Why it is shaped so:
+
+- **Every generation is a stream of steps.** With the streaming vocoder graph
+  (``export/streaming.py``; cached convolutions after Caillon & Esling, DAFx 2022) a
+  generation advances by feeding S new mel frames and its state row; nothing is recomputed.
+  Steps of the same S from different generations have the same shape, so they can be stacked
+  into one run, as continuous batching does for LLM decoding (vLLM's scheduler: requests join
+  and leave the batch at every step).
+- **Policy apart from execution.** This module decides which steps run together and in what
+  order; it runs them through a ``run_batch`` function it is given (the engine's session) and
+  knows nothing of gRPC, mel sources or sessions (as vLLM keeps its ``Scheduler`` apart from
+  the model runner). Each step comes back as one small result.
+- **Deadline order.** Each step carries a deadline (seconds on :func:`time.monotonic`): a live
+  session's is the moment its listener would run out of audio, a stream's first block is due
+  now, the rest of a fixed-length request when real time would reach it. The loop always
+  serves the most urgent step first and fills its batch with queued steps of the same shape,
+  most urgent first. It never waits to fill a batch: steps that arrive while a batch runs
+  form the next one, so the wait for a batch is never longer than the run before it (and no
+  step's slack is spent on waiting for company).
+- **A small fixed set of batch sizes** (:data:`BATCH_SIZES`, as the CUDA path's buckets): a
+  batch takes the largest size that the queued steps of its shape fill, so every run has one
+  of a few shapes (kernel plans, memory patterns) and none is padded with wasted rows.
+
+Concurrency: ``_cond`` guards ``_queue``, ``_closed`` and the statistics; the loop thread
+holds it only to take a batch, never while a batch runs. Callers block in :meth:`run` on a
+future the loop completes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Batch sizes a run may have (the most urgent step's shape, largest size that queued steps
+#: fill). Up to 32 streams share a run.
+BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+
+#: ``(mel (B, n_mels, S), position (B, 1) int64, state (B, N))`` -> ``(audio (B, 1, S*hop),
+#: state (B, N))``: the streaming graph's session.
+BatchRunner = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Step:
+    """One stream's next step: ``mel (n_mels, S)``, the frames fed before it, its state
+    ``(N,)``, and when its audio is needed (``time.monotonic`` seconds)."""
+
+    mel: np.ndarray
+    position: int
+    state: np.ndarray
+    deadline: float
+    submitted: float = field(default_factory=time.monotonic)
+    future: Future[tuple[np.ndarray, np.ndarray]] = field(default_factory=Future)
+
+    @property
+    def frames(self) -> int:
+        return int(self.mel.shape[1])
+
+
+@dataclass
+class SchedulerStats:
+    """What the scheduler did (a copy; see :meth:`StepScheduler.stats`)."""
+
+    steps: int = 0
+    runs: int = 0
+    missed: int = 0
+    batch_sizes: Counter[int] = field(default_factory=Counter)
+    run_seconds: float = 0.0
+    frames: int = 0
+
+    @property
+    def seconds_per_frame(self) -> float | None:
+        """Measured graph time per stream frame (what one frame of one stream costs)."""
+        return self.run_seconds / self.frames if self.frames else None
+
+
+class StepScheduler:
+    """Batches :class:`Step` s of many streams into runs of ``run_batch``, most urgent first.
+
+    Hooks (for metrics; set them before steps arrive): ``on_run(batch_size, seconds,
+    missed)`` after every run, ``on_queue(depth)`` whenever the queue changes,
+    ``on_step(seconds)`` with each step's time from submission to result.
+    """
+
+    def __init__(self, run_batch: BatchRunner, name: str = "vocoder-steps") -> None:
+        self._run_batch = run_batch
+        self.on_run: Callable[[int, float, int], None] | None = None
+        self.on_queue: Callable[[int], None] | None = None
+        self.on_step: Callable[[float], None] | None = None
+        self._cond = threading.Condition()
+        self._queue: list[Step] = []
+        self._closed = False
+        self._stats = SchedulerStats()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    # --- callers -------------------------------------------------------------------------
+    def submit(self, step: Step) -> Future[tuple[np.ndarray, np.ndarray]]:
+        """Queue ``step``; its future gives ``(audio (S * hop,), state (N,))``."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the step scheduler is closed")
+            self._queue.append(step)
+            depth = len(self._queue)
+            self._cond.notify()
+        if self.on_queue is not None:
+            self.on_queue(depth)
+        return step.future
+
+    def run(self, steps: list[Step]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Submit ``steps`` together (they may share a run) and wait for all of them."""
+        futures = [self.submit(s) for s in steps]
+        return [f.result() for f in futures]
+
+    def stats(self) -> SchedulerStats:
+        with self._cond:
+            s = self._stats
+            return SchedulerStats(
+                s.steps, s.runs, s.missed, Counter(s.batch_sizes), s.run_seconds, s.frames
+            )
+
+    def close(self) -> None:
+        """Stop the loop; queued and later steps fail with RuntimeError."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # --- the loop --------------------------------------------------------------------------
+    def _take(self) -> list[Step] | None:
+        """The next batch (None once closed): the most urgent step and the most urgent
+        queued steps of its shape, as many as the largest batch size they fill."""
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                pending, self._queue = self._queue, []
+                for step in pending:
+                    step.future.set_exception(RuntimeError("the step scheduler is closed"))
+                return None
+            self._queue.sort(key=lambda s: s.deadline)
+            shape = self._queue[0].frames
+            same = [s for s in self._queue if s.frames == shape]
+            size = max(b for b in BATCH_SIZES if b <= len(same))
+            batch = same[:size]
+            taken = {id(s) for s in batch}
+            self._queue = [s for s in self._queue if id(s) not in taken]
+            depth = len(self._queue)
+        if self.on_queue is not None:
+            self.on_queue(depth)
+        return batch
+
+    def _loop(self) -> None:
+        while (batch := self._take()) is not None:
+            started = time.monotonic()
+            missed = sum(started > s.deadline for s in batch)
+            try:
+                audio, states = self._run_batch(
+                    np.stack([s.mel for s in batch]),
+                    np.array([[s.position] for s in batch], dtype=np.int64),
+                    np.stack([s.state for s in batch]),
+                )
+            except BaseException as exc:  # handed to every caller of the batch
+                log.exception("vocoder step batch of %d failed", len(batch))
+                for s in batch:
+                    s.future.set_exception(exc)
+                continue
+            seconds = time.monotonic() - started
+            with self._cond:
+                st = self._stats
+                st.steps += len(batch)
+                st.runs += 1
+                st.missed += missed
+                st.batch_sizes[len(batch)] += 1
+                st.run_seconds += seconds
+                st.frames += sum(s.frames for s in batch)
+            if self.on_run is not None:
+                self.on_run(len(batch), seconds, missed)
+            done = time.monotonic()
+            for i, s in enumerate(batch):
+                s.future.set_result((audio[i].reshape(-1), states[i]))
+                if self.on_step is not None:
+                    self.on_step(done - s.submitted)

@@ -1,0 +1,148 @@
+"""A generation's vocoder audio from the streaming graph: each mel frame is fed once.
+
+:class:`StreamVocoder` hands out the whole-clip vocoder audio of any block, like the block
+path (``BlockRenderer``'s windows with context) but without recomputing context: it feeds
+each source's frames to its stream state in steps (through the engine's step scheduler, which
+batches them with other generations') and keeps the samples not yet asked for. Two stretches
+the stream does not match come from the whole-clip graph, as the block path computes them:
+
+* the head: the bundle's ``head_frames`` (BigVGAN's replicate-padded start; none on HiFi-GAN);
+* the tail of a fixed-length clip: its last ``delay_samples``, which depend on the whole-clip
+  graph's right padding (a stream only ever sees frames that exist).
+
+Mel frames are asked of each :class:`~distill_serve.server.mel.MelSource` exactly as far ahead
+as the block path asks (``context_frames`` beyond the block, which the model spec makes at
+least the stream's latency), so a live control lands on the same mel frame either way and
+frames already fed to a state never change.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from distill_serve.server.model import ModelSpec, StreamSpec
+from distill_serve.server.scheduler import Step
+
+if TYPE_CHECKING:
+    from distill_serve.server.mel import MelSource
+    from distill_serve.server.pipeline import Runner
+
+
+class StreamVocoder:
+    """Vocoder audio of ``sources`` (one row each), block by block, from stream states.
+
+    ``total`` is the clip's length in vocoder frames (None: open-ended, live). ``step_frames``
+    is the step size fed to the graph (the first feed of a stream also makes one shorter
+    step: its latency).
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        model: ModelSpec,
+        spec: StreamSpec,
+        sources: Sequence[MelSource],
+        total: int | None,
+        step_frames: int,
+    ) -> None:
+        self._runner = runner
+        self._spec = spec
+        self._sources = list(sources)
+        self._total = total
+        self._step = step_frames
+        self._hop = model.geometry.vocoder_hop
+        self._context = model.context_frames
+        self._states = [np.zeros(spec.state_size, np.float32) for _ in self._sources]
+        self._fed = 0  # frames fed to every state
+        self._emitted = 0  # stream samples out so far (the first delay_samples precede 0)
+        self._buffer = np.zeros((len(self._sources), 0), np.float32)  # whole-clip samples
+        self._buffer_start = 0  # the whole-clip sample index of _buffer[:, 0]
+        self.steps = 0  # graph steps made (per source)
+        self.offline_windows = 0  # whole-clip graph runs (head and tail)
+
+    def _frames(self, lo: int, hi: int) -> list[np.ndarray]:
+        return [s.vocoder_frames(lo, hi) for s in self._sources]
+
+    def _feed(self, target: int, deadline: float) -> None:
+        """Feed every source's frames up to ``target`` in steps (sources batched together)."""
+        while self._fed < target:
+            n = min(self._step, target - self._fed)
+            if self._fed == 0 and n == self._step and target > n:
+                n = (target - self._fed) % self._step or self._step
+            mels = self._frames(self._fed, self._fed + n)
+            steps = [
+                Step(np.ascontiguousarray(m), self._fed, state, deadline)
+                for m, state in zip(mels, self._states, strict=True)
+            ]
+            results = self._runner.stream_steps(steps)
+            self._states = [state for _, state in results]
+            audio = np.stack([a for a, _ in results])
+            start = self._emitted - self._spec.delay_samples  # whole-clip index of audio[0]
+            if start < 0:
+                audio = audio[:, -start:]
+                start = 0
+            self._append(start, audio)
+            self._emitted += n * self._hop
+            self._fed += n
+            self.steps += 1
+
+    def _append(self, start: int, audio: np.ndarray) -> None:
+        end = self._buffer_start + self._buffer.shape[1]
+        if start > end:
+            raise AssertionError(f"stream audio at {start} leaves a gap after {end}")
+        self._buffer = np.concatenate([self._buffer, audio[:, end - start :]], axis=1)
+
+    def _offline(self, a: int, b: int) -> np.ndarray:
+        """Whole-clip samples ``[a, b)`` from the whole-clip graph, on a window with context
+        on both sides (clipped at the clip's ends), as the block path computes them."""
+        hop, ctx = self._hop, self._context
+        first = max(s.first_frame for s in self._sources)
+        lo = max(first, a // hop - ctx)
+        hi = math.ceil(b / hop) + ctx
+        if self._total is not None:
+            hi = min(hi, self._total)
+        windows = self._frames(lo, hi)
+        self.offline_windows += 1
+        return np.stack(
+            [self._runner.vocode(w[None])[a - lo * hop : b - lo * hop] for w in windows]
+        )
+
+    def audio(self, start: int, stop: int, deadline: float | None = None) -> np.ndarray:
+        """Whole-clip vocoder audio of frames ``[start, stop)``, ``(sources, (stop - start) *
+        hop)``. Blocks must come in order, each starting where the last one stopped."""
+        hop, ctx, spec = self._hop, self._context, self._spec
+        deadline = time.monotonic() if deadline is None else deadline
+        a, b = start * hop, stop * hop
+        if a != self._buffer_start:
+            raise ValueError(f"block at frame {start} is not the next one")
+        # Bridge the same mel frames the block path would (its window reaches stop + ctx).
+        reach = stop + ctx if self._total is None else min(self._total, stop + ctx)
+        for s in self._sources:
+            s.vocoder_frames(reach - 1, reach)
+        target = stop + spec.latency_frames
+        if self._total is not None:
+            target = min(self._total, target)
+        self._feed(target, deadline)
+        head = spec.head_frames * hop
+        tail = None if self._total is None else self._total * hop - spec.delay_samples
+        pieces = []
+        if a < head:  # the head: whole-clip graph
+            pieces.append(self._offline(a, min(b, head)))
+        lo = max(a, head)
+        hi = b if tail is None else min(b, tail)
+        if hi > lo:  # the stream
+            pieces.append(self._buffer[:, lo - self._buffer_start : hi - self._buffer_start])
+        if tail is not None and b > max(tail, a):  # the clip's tail: whole-clip graph
+            pieces.append(self._offline(max(tail, a), b))
+        out = np.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
+        # Drop what was handed out; keep the mel the stream and the tail still need.
+        self._buffer = self._buffer[:, min(b - self._buffer_start, self._buffer.shape[1]) :]
+        self._buffer_start = b
+        for s in self._sources:
+            s.release(max(0, min(self._fed, stop) - ctx - spec.latency_frames - 1))
+        return np.ascontiguousarray(out, dtype=np.float32)

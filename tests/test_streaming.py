@@ -1,0 +1,273 @@
+"""The streaming vocoder (export/streaming.py) and its serving path (server/vocoder_stream.py,
+server/scheduler.py): step by step it equals the whole-clip vocoder; served, it equals the
+block path at every rate, unary equals stream, live controls land on the same frames, and the
+scheduler batches steps of concurrent generations most urgent first."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from distill_serve.bundle import BundleError, load_bundle
+from distill_serve.client import Client, DistillError
+from distill_serve.export.hifigan import HiFiGANGenerator
+from distill_serve.export.parity import snr_db
+from distill_serve.export.streaming import PARITY_STEPS, StreamingVocoder, run_stream
+from distill_serve.server.engine import Engine, EngineConfig
+from distill_serve.server.live import LiveControl, LiveSession
+from distill_serve.server.request import ChunkMode, Spatial
+from distill_serve.server.scheduler import BATCH_SIZES, Step, StepScheduler
+from tests.conftest import SMALL_HIFIGAN, generate, manifest, params, start_server
+
+#: The issue's bound for the streaming graph against the whole-clip vocoder, and for the
+#: served stream path against the block path.
+MIN_STREAM_SNR_DB = 100.0
+
+
+def _torch_step(model: StreamingVocoder):  # type: ignore[no-untyped-def]
+    def step(mel: np.ndarray, position: np.ndarray, state: np.ndarray):  # type: ignore[no-untyped-def]
+        with torch.no_grad():
+            audio, new = model(
+                torch.from_numpy(mel), torch.from_numpy(position), torch.from_numpy(state)
+            )
+        return audio.numpy(), new.numpy()
+
+    return step
+
+
+@pytest.mark.parametrize("resblock", ["1", "2"])
+def test_hifigan_stream_equals_the_whole_clip_from_its_first_sample(resblock: str) -> None:
+    config = dict(SMALL_HIFIGAN, resblock=resblock)
+    if resblock == "2":
+        config["resblock_dilation_sizes"] = [[1, 2], [2, 6], [3, 12]]
+    torch.manual_seed(1)
+    model = HiFiGANGenerator(config).eval()
+    stream = StreamingVocoder(model, "hifigan", 256).eval()
+    layout = stream.layout
+    assert layout.head_frames == 0 and layout.latency_frames == -(-layout.delay_samples // 256)
+    mel = (np.random.default_rng(2).standard_normal((2, 80, 70)) * 2 - 4).astype(np.float32)
+    with torch.no_grad():
+        whole = model(torch.from_numpy(mel)).numpy()
+    for frames in PARITY_STEPS:
+        state = stream.initial_state(2).numpy()
+        out = run_stream(_torch_step(stream), mel, state, frames, 256)
+        assert out.shape == whole.shape  # S * hop samples per step
+        got = out[:, :, layout.delay_samples :]
+        assert snr_db(whole[:, :, : got.shape[2]], got) >= MIN_STREAM_SNR_DB
+
+
+def test_bundles_carry_a_checked_streaming_graph(
+    stand_in_bundle: Path, hifigan_bundle: Path
+) -> None:
+    for bundle, family in ((stand_in_bundle, "bigvgan"), (hifigan_bundle, "hifigan")):
+        m = manifest(bundle)
+        stream = m["vocoder"]["stream"]
+        parity = m["parity"]["vocoder_stream.onnx"]
+        assert parity["passed"] and parity["min_snr_db"] >= MIN_STREAM_SNR_DB
+        assert stream["latency_frames"] * stream["hop"] >= stream["delay_samples"]
+        assert stream["state_size"] > 0 and 8 in stream["step_frames"]
+        assert {f["role"] for f in m["files"]} >= {"vocoder_stream"}
+        if family == "hifigan":  # zero padding: matched from the first sample
+            assert stream["head_frames"] == 0 and stream["head_edge"] is None
+        else:  # BigVGAN's replicate-padded start is served from the whole-clip graph
+            assert stream["head_frames"] > 0
+            assert stream["head_edge"]["served_from"] == "the whole-clip vocoder graph"
+
+
+@pytest.fixture(scope="module")
+def hifigan_engines(hifigan_bundle: Path) -> tuple[Engine, Engine]:
+    stream = Engine.from_dir(hifigan_bundle, EngineConfig(use_cuda=False, vocoder_path="stream"))
+    block = Engine.from_dir(hifigan_bundle, EngineConfig(use_cuda=False, vocoder_path="block"))
+    assert (stream.vocoder_path, block.vocoder_path) == ("stream", "block")
+    return stream, block
+
+
+def test_stream_path_equals_the_block_path_at_every_rate(  # type: ignore[no-untyped-def]
+    hifigan_engines: tuple[Engine, Engine], report
+) -> None:
+    stream, block = hifigan_engines
+    worst = np.inf
+    for rate in stream.model.sample_rates:
+        for mode, spatial in (
+            (ChunkMode.CROSSFADE, Spatial.MONO),
+            (ChunkMode.SLIDER, Spatial.DUAL_SEED),
+        ):
+            p = params(block, mode, sample_rate=rate, spatial=spatial, duration_s=1.7)
+            a, b = generate(block, p), generate(stream, p)
+            assert a.shape == b.shape == (p.channels, p.total_samples)
+            worst = min(worst, snr_db(a, b))
+    report(f"stream vs block path, HiFi-GAN bundle, every rate: worst {worst:.1f} dB")
+    assert worst >= MIN_STREAM_SNR_DB
+
+
+def test_bigvgan_stream_path_serves_its_head_from_the_whole_clip_graph(engine: Engine) -> None:
+    """The stand-in (BigVGAN) streams by default; its head frames come from the whole-clip
+    graph, so the clip equals the block path's from the first sample."""
+    assert engine.vocoder_path == "stream" and engine.model.stream is not None
+    assert engine.model.stream.head_frames > 0
+    block = Engine(engine.bundle, EngineConfig(use_cuda=False, vocoder_path="block"))
+    p = params(engine, ChunkMode.LATENT_INTERP, duration_s=1.3, steps_between=2)
+    a, b = generate(block, p), generate(engine, p)
+    head = engine.model.stream.head_frames * engine.model.geometry.vocoder_hop
+    assert snr_db(a[:, :head], b[:, :head]) >= MIN_STREAM_SNR_DB
+    assert snr_db(a, b) >= MIN_STREAM_SNR_DB
+
+
+def test_live_controls_land_on_the_same_frames_on_both_paths(
+    hifigan_engines: tuple[Engine, Engine],
+) -> None:
+    stream, block = hifigan_engines
+    p = params(block, ChunkMode.SLIDER, sample_rate=48000)
+    target = block.model.sliders.latent({1: -7}) if block.model.sliders else None  # type: ignore[union-attr]
+    control = LiveControl(2, target, None, 0.3, None, 0.0, False)
+    runs = []
+    for eng in (block, stream):
+        session = LiveSession(eng.runner(), eng.model, p, 0.3)
+        assert session.vocoder_path == eng.vocoder_path
+        blocks = []
+        for i in range(14):
+            if i == 5:
+                session.apply(control)
+            blocks.append(session.next_block().audio)
+        blocks.append(session.finish().audio)
+        runs.append(np.concatenate(blocks, axis=1))
+    assert runs[0].shape == runs[1].shape
+    assert snr_db(runs[0], runs[1]) >= MIN_STREAM_SNR_DB
+
+
+def test_bundle_without_the_graph_serves_blocks(stand_in_bundle: Path) -> None:
+    bundle = load_bundle(stand_in_bundle)
+    files = tuple(f for f in bundle.files if f.role != "vocoder_stream")
+    manifest_ = dict(bundle.manifest, vocoder=dict(bundle.manifest["vocoder"], stream=None))
+    old = dataclasses.replace(bundle, files=files, manifest=manifest_)
+    assert Engine(old, EngineConfig(use_cuda=False)).vocoder_path == "block"
+    with pytest.raises(BundleError, match="--vocoder-path block"):
+        Engine(old, EngineConfig(use_cuda=False, vocoder_path="stream"))
+    with pytest.raises(ValueError, match="fp32"):
+        EngineConfig(vocoder_path="stream", vocoder_precision="int8")
+    assert (
+        Engine(bundle, EngineConfig(use_cuda=False, vocoder_precision="int8")).vocoder_path
+        == "block"
+    )
+
+
+def test_server_reports_the_path_and_admits_live_sessions_to_its_capacity(engine: Engine) -> None:
+    assert engine.live_capacity >= 1
+    s = start_server(engine, max_concurrent=4)
+    try:
+        with Client(s.target, timeout=30) as c:
+            info = c.info()
+            assert info.vocoder_path == "stream" and info.live_capacity == engine.live_capacity
+            engine.live_capacity, measured = 1, engine.live_capacity
+            try:
+                first = c.live("crossfade", seed=1)
+                it = iter(first)
+                next(it)
+                with pytest.raises(DistillError) as busy:
+                    list(c.live("crossfade", seed=2))
+                assert busy.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "live capacity" in busy.value.details and busy.value.retry_after_ms
+                first.stop()
+                list(it)
+            finally:
+                engine.live_capacity = measured
+        assert s.metric("distill_rejected_total", {"reason": "live_capacity"}) == 1
+        assert s.metric("distill_vocoder_step_batch_size_count") > 0
+    finally:
+        s.stop()
+
+
+# --- the scheduler, without a model ---------------------------------------------------------
+def _echo_batches(log: list[int], gate: threading.Event | None = None):  # type: ignore[no-untyped-def]
+    """A batch runner that records batch sizes; audio = the mel summed, state + 1."""
+
+    def run(mel: np.ndarray, position: np.ndarray, state: np.ndarray):  # type: ignore[no-untyped-def]
+        if gate is not None:
+            gate.wait(10)
+        log.append(mel.shape[0])
+        audio = np.repeat(mel.sum(axis=1, keepdims=True), 2, axis=2)
+        return audio, state + position.astype(np.float32)
+
+    return run
+
+
+def _step(frames: int, value: float, deadline: float) -> Step:
+    return Step(np.full((3, frames), value, np.float32), 5, np.zeros(4, np.float32), deadline)
+
+
+def test_scheduler_batches_queued_steps_of_one_shape_most_urgent_first() -> None:
+    sizes: list[int] = []
+    gate = threading.Event()
+    scheduler = StepScheduler(_echo_batches(sizes, gate))
+    try:
+        now = time.monotonic()
+        blocker = scheduler.submit(_step(8, 0.0, now))  # holds the loop while we queue
+        time.sleep(0.1)
+        late = [scheduler.submit(_step(8, v, now + 10 + v)) for v in range(6)]
+        urgent = scheduler.submit(_step(16, 9.0, now))
+        gate.set()
+        audio, state = urgent.result(10)
+        assert np.allclose(audio, 27.0) and audio.size == 32 and np.allclose(state, 5.0)
+        results = [f.result(10) for f in late]
+        blocker.result(10)
+        for v, (a, _) in enumerate(results):
+            assert np.allclose(a, 3.0 * v)  # every step gets its own row back
+        # one step ran first; the urgent 16-frame step next; the six 8-frame steps as 4 + 2
+        assert sizes == [1, 1, 4, 2] and set(sizes) <= set(BATCH_SIZES)
+        st = scheduler.stats()
+        assert st.steps == 8 and st.runs == 4 and st.batch_sizes[4] == 1
+        assert st.missed >= 1  # the urgent step waited behind the gate past its deadline
+    finally:
+        scheduler.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        scheduler.submit(_step(8, 0.0, 0.0))
+
+
+def test_a_failed_batch_fails_only_its_steps() -> None:
+    calls = []
+
+    def run(mel, position, state):  # type: ignore[no-untyped-def]
+        calls.append(mel.shape[0])
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return np.zeros((mel.shape[0], 1, 2)), state
+
+    scheduler = StepScheduler(run)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            scheduler.run([_step(8, 1.0, 0.0)])
+        (audio, _), = scheduler.run([_step(8, 1.0, 0.0)])  # fmt: skip
+        assert audio.shape == (2,)
+    finally:
+        scheduler.close()
+
+
+def test_a_stream_row_is_the_same_alone_or_batched(stand_in_bundle: Path) -> None:
+    """Batching never changes a reply's bytes: each row of a batched run of the streaming
+    graph equals the same step run alone, bit for bit (so a request gives the same audio
+    however many others share its runs)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(
+        str(load_bundle(stand_in_bundle).graph("vocoder_stream")),
+        providers=["CPUExecutionProvider"],
+    )
+    n_mels, size = session.get_inputs()[0].shape[1], session.get_inputs()[2].shape[1]
+    rng = np.random.default_rng(0)
+    feed = {
+        "mel": (rng.standard_normal((4, n_mels, 8)) * 2 - 4).astype(np.float32),
+        "position": np.array([[0], [8], [30], [123]], np.int64),
+        "state": (rng.standard_normal((4, size)) * 0.1).astype(np.float32),
+    }
+    audio, state = session.run(None, feed)
+    for i in range(4):
+        one = session.run(None, {k: v[i : i + 1] for k, v in feed.items()})
+        np.testing.assert_array_equal(one[0][0], audio[i])
+        np.testing.assert_array_equal(one[1][0], state[i])

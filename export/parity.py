@@ -34,9 +34,13 @@ THRESHOLDS: dict[str, Threshold] = {
     # fp16 convolutions: ~54 dB on the demo model; the bound catches a broken conversion.
     "vocoder_fp16": Threshold(min_snr_db=40.0, max_abs=0.05),
     "resampler": Threshold(min_snr_db=60.0, max_abs=1e-4),
-    # the streaming step graph against the whole-clip vocoder: the same convolutions in
-    # another order, so float rounding only (~140 dB seen); BigVGAN without its head frames.
-    "vocoder_stream": Threshold(min_snr_db=100.0, max_abs=1e-4),
+    # the streaming step graph against the whole-clip ONNX vocoder (BigVGAN without its head
+    # frames): the same convolutions summed in another order, so float32 rounding only. That
+    # floor depends on the network: 137-140 dB on a small HiFi-GAN, 124 dB on the BigVGAN
+    # stand-in, but 100.1-107 dB on HiFi-GAN universal (14 M parameters), whose whole-clip
+    # graph and torch themselves agree to 99.3-111 dB. A real mistake (a misaligned delay, a
+    # branch left undelayed) measures < 30 dB, so the bound sits under the float32 floor.
+    "vocoder_stream": Threshold(min_snr_db=90.0, max_abs=1e-4),
 }
 
 

@@ -60,7 +60,8 @@ def vocoder_buckets(context: int) -> tuple[int, ...]:
     return tuple(sorted(first | inner))
 
 
-#: The buckets of the stand-in and full BigVGAN bundles (context 20).
+#: The buckets of a BigVGAN 44 kHz bundle without a streaming graph (context 20; one with it
+#: has context 22, its stream latency, and gets ``vocoder_buckets(22)``).
 VOCODER_BUCKETS: tuple[int, ...] = vocoder_buckets(20)
 #: Decoder batch sizes that get their own GPU session; a batch is padded up to the next one.
 DECODER_BATCHES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)

@@ -15,6 +15,7 @@ holds it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -226,34 +227,30 @@ class Engine:
                 log.warning("%s", self.precision_note)
         for rate in self.model.resamplers:
             self._graphs[f"resampler:{rate}"] = self._load(bundle.graph("resampler", rate=rate))
-        self._build_primary()
         #: the step scheduler of the streaming vocoder (None: the block path serves)
         self.scheduler: StepScheduler | None = None
         #: live sessions it can keep in real time, measured at start (0: not estimated)
         self.live_capacity = 0
         if self._wants_stream():
-            stream = self._load(bundle.graph("vocoder_stream"))
-            self._graphs["vocoder_stream"] = stream
-
-            def run_batch(mel: np.ndarray, position: np.ndarray, state: np.ndarray) -> Any:
-                audio, new = stream.cpu.run(
-                    None, {"mel": mel, "position": position, "state": state}
-                )
-                return audio, new
-
-            self.scheduler = StepScheduler(run_batch)
-            self.live_capacity = self._measure_live_capacity(run_batch)
+            runners = [
+                self._step_runner(bundle.graph("vocoder_stream")) for _ in range(self._workers())
+            ]
+            self.scheduler = StepScheduler(runners)
+            self.live_capacity = self._measure_live_capacity(runners)
+        self._build_primary()
         log.info(
             "vocoder path: %s%s",
             self.vocoder_path,
             f" (live capacity {self.live_capacity} sessions)" if self.live_capacity else "",
         )
 
-    def _measure_live_capacity(self, run_batch: Callable[..., Any]) -> int:
+    def _measure_live_capacity(self, runners: list[Callable[..., Any]]) -> int:
         """Live sessions this engine can keep in real time: the streaming graph's cost per
         frame in batches of :data:`CAPACITY_BATCH` 8-frame steps (the live step), measured
-        here, against the frames per second a session needs, times :data:`CAPACITY_SHARE`
-        (the rest is serving: decoder, bridge, post-processing, gRPC)."""
+        on one runner here, times the runners, against the frames per second a session
+        needs, times :data:`CAPACITY_SHARE` (the rest is serving: decoder, bridge,
+        post-processing, gRPC)."""
+        run_batch = runners[0]
         m, spec = self.model, self.model.stream
         assert spec is not None
         b, frames = CAPACITY_BATCH, 8
@@ -266,21 +263,41 @@ class Engine:
             t0 = time.perf_counter()
             run_batch(mel, position, state)
             times.append(time.perf_counter() - t0)
-        per_frame = min(times) / (b * frames)
+        per_frame = min(times) / (b * frames) / len(runners)
         needed = m.vocoder_rate / m.geometry.vocoder_hop  # frames per second per session
         return max(1, int(CAPACITY_SHARE / (per_frame * needed)))
 
     def _wants_stream(self) -> bool:
-        path = self.config.vocoder_path
+        """Decided from the config and the machine, before any primary path is built: auto
+        streams unless a CUDA path will serve (a GPU, or the fault-injection stand-in)."""
+        c = self.config
         has = self.model.stream is not None
-        if path == "stream" and not has:
+        if c.vocoder_path == "stream" and not has:
             raise BundleError(
                 f"{self.bundle.root}: no streaming vocoder graph (vocoder_stream); re-export "
                 "the bundle with this distill-serve, or serve with --vocoder-path block"
             )
-        if path == "auto":
-            return has and self.config.vocoder_precision == "fp32" and self._primary is None
-        return path == "stream"
+        if c.vocoder_path == "auto":
+            cuda = c.use_cuda and cuda_unavailable_reason() is None
+            return has and c.vocoder_precision == "fp32" and not cuda and not c.fault_injection
+        return c.vocoder_path == "stream"
+
+    def _workers(self) -> int:
+        """Step sessions (one scheduler loop each): one per core the engine may use."""
+        return self.config.intra_op_threads or os.cpu_count() or 1
+
+    def _step_runner(self, path: Path) -> Callable[..., Any]:
+        """A single-threaded session of the streaming graph as a batch runner (single-threaded
+        so that a batched row equals the same step alone, bit for bit: server/scheduler.py)."""
+        opts = self._options()
+        opts.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(path), opts, providers=[CPU])
+
+        def run(mel: np.ndarray, position: np.ndarray, state: np.ndarray) -> Any:
+            audio, new = session.run(None, {"mel": mel, "position": position, "state": state})
+            return audio, new
+
+        return run
 
     @property
     def vocoder_path(self) -> str:

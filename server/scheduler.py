@@ -23,8 +23,14 @@ Why it is shaped so:
 - **A small fixed set of batch sizes** (:data:`BATCH_SIZES`, as the CUDA path's buckets): a
   batch takes the largest size that the queued steps of its shape fill, so every run has one
   of a few shapes (kernel plans, memory patterns) and none is padded with wasted rows.
+- **One loop per runner, one thread per runner's session.** On CPU the engine gives it one
+  single-threaded session per core, and the loops take batches from the one queue side by
+  side. A session with several intra-op threads splits some convolutions (BigVGAN's grouped
+  ones) differently by batch size, so a batched row would differ from the same step alone
+  in the last bits; single-threaded, every row is bit-identical whatever it is batched with,
+  and a reply's bytes never depend on what else runs (``tests/test_streaming.py``).
 
-Concurrency: ``_cond`` guards ``_queue``, ``_closed`` and the statistics; the loop thread
+Concurrency: ``_cond`` guards ``_queue``, ``_closed`` and the statistics; a loop thread
 holds it only to take a batch, never while a batch runs. Callers block in :meth:`run` on a
 future the loop completes.
 """
@@ -35,7 +41,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -94,8 +100,12 @@ class StepScheduler:
     ``on_step(seconds)`` with each step's time from submission to result.
     """
 
-    def __init__(self, run_batch: BatchRunner, name: str = "vocoder-steps") -> None:
-        self._run_batch = run_batch
+    def __init__(
+        self, runners: BatchRunner | Sequence[BatchRunner], name: str = "vocoder-steps"
+    ) -> None:
+        runners = [runners] if callable(runners) else list(runners)
+        if not runners:
+            raise ValueError("the step scheduler needs at least one batch runner")
         self.on_run: Callable[[int, float, int], None] | None = None
         self.on_queue: Callable[[int], None] | None = None
         self.on_step: Callable[[float], None] | None = None
@@ -103,8 +113,12 @@ class StepScheduler:
         self._queue: list[Step] = []
         self._closed = False
         self._stats = SchedulerStats()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, args=(run,), name=f"{name}-{i}", daemon=True)
+            for i, run in enumerate(runners)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # --- callers -------------------------------------------------------------------------
     def submit(self, step: Step) -> Future[tuple[np.ndarray, np.ndarray]]:
@@ -165,12 +179,12 @@ class StepScheduler:
             self.on_queue(depth)
         return batch
 
-    def _loop(self) -> None:
+    def _loop(self, run_batch: BatchRunner) -> None:
         while (batch := self._take()) is not None:
             started = time.monotonic()
             missed = sum(started > s.deadline for s in batch)
             try:
-                audio, states = self._run_batch(
+                audio, states = run_batch(
                     np.stack([s.mel for s in batch]),
                     np.array([[s.position] for s in batch], dtype=np.int64),
                     np.stack([s.state for s in batch]),

@@ -85,6 +85,8 @@ def test_info_prints_sliders(cli_server: ServeProcess) -> None:
     assert out.returncode == 0, out.stderr
     assert "latent_dim: 64" in out.stdout and "pc1" in out.stdout
     assert "CPUExecutionProvider" in out.stdout
+    # the demo bundle carries the streaming graph, so a CPU server streams it
+    assert "vocoder path: stream, live capacity" in out.stdout
 
 
 @pytest.mark.parametrize("mode", ["crossfade", "latent_interp", "slider"])

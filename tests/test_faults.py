@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -20,6 +21,8 @@ from distill_serve.bundle import (
     write_manifest,
 )
 from distill_serve.client import Client
+from distill_serve.client.v1 import distill_pb2 as pb
+from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
 from distill_serve.export.decoder import DistillDecoder
 from distill_serve.export.graphs import export_onnx
 from distill_serve.server.app import ServerConfig
@@ -100,16 +103,25 @@ def test_reload_swaps_models_without_dropping_streams(
     cpu = EngineConfig(use_cuda=False)
     s = ServerThread(ServerConfig(port=0, engine=cpu), Engine.from_dir(stand_in_bundle, cpu))
     try:
-        with Client(s.target, timeout=120) as c:
-            reference = c.generate("crossfade", 6.0, seed=3).audio
+        # A stream held in flight by flow control (a small receive window, no BDP growth, a
+        # clip of 2.3 MB): the server cannot finish it before the client reads on.
+        spec = pb.GenerationSpec(
+            mode=pb.CHUNK_MODE_CROSSFADE, duration_s=6.0, seed=3, sample_rate=96000,
+            encoding=pb.AUDIO_ENCODING_FLOAT32,
+        )  # fmt: skip
+        held = [("grpc.http2.lookahead_bytes", 16384), ("grpc.http2.bdp_probe", 0)]
+        with Client(s.target, timeout=120) as c, grpc.insecure_channel(s.target, held) as ch:
+            stub = pb_grpc.DistillServiceStub(ch)
+            reference = stub.Generate(pb.GenerateRequest(spec=spec), timeout=120).audio
             old_info = c.info()
-            blocks = c.stream("crossfade", 6.0, seed=3)
-            collected = [next(blocks).audio]
+            stream = stub.GenerateStream(pb.GenerateStreamRequest(spec=spec), timeout=120)
+            assert next(stream).WhichOneof("event") == "header"
+            collected = [next(stream).audio.data]
             old = s.server.engine
             s.call(s.server.reload(second))  # swap while the stream is in flight
             assert not old.closed, "the stream in flight still runs on the old engine"
-            collected += [b.audio for b in blocks]
-            np.testing.assert_array_equal(np.concatenate(collected, axis=1), reference)
+            collected += [m.audio.data for m in stream if m.WhichOneof("event") == "audio"]
+            assert b"".join(collected) == reference  # the old model's audio, byte for byte
             deadline = time.monotonic() + 10
             while not old.closed and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -110,7 +110,10 @@ def test_model_info(server: ServerThread) -> None:
     assert 44100 in info.sample_rates and 96000 in info.sample_rates
     assert info.execution_provider == "CPUExecutionProvider"
     assert info.vocoder_precision == "fp32"
-    roles = {"decoder", "bridge", "vocoder", "vocoder_int8", "vocoder_fp16", "resampler"}
+    roles = {
+        "decoder", "bridge", "vocoder", "vocoder_int8", "vocoder_fp16", "vocoder_stream",
+        "resampler",
+    }  # fmt: skip
     assert {f[1] for f in info.files} == roles
     assert info.max_duration_s == 60.0
 

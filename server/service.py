@@ -364,14 +364,21 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         )
         reader = asyncio.create_task(_read_controls(requests, controls))
         try:
-            with self._accounting(run):
-                reason = await self._live(run, runner, session, Pacer(lookahead), controls, context)
-            log.info("live session ended: %s after %.1f s of audio", reason, session.seconds)
-        except asyncio.CancelledError:
-            log.info("live session ended: cancelled by the client after %.1f s", session.seconds)
-            raise
+            with self._accounting(run):  # the end is logged before the slot is freed
+                try:
+                    reason = await self._live(
+                        run, runner, session, Pacer(lookahead), controls, context
+                    )
+                except asyncio.CancelledError:
+                    log.info(
+                        "live session ended: cancelled by the client after %.1f s", session.seconds
+                    )
+                    raise
+                except _Abort as exc:
+                    log.info("live session ended: %s: %s", exc.code.name, exc.details)
+                    raise
+                log.info("live session ended: %s after %.1f s of audio", reason, session.seconds)
         except _Abort as exc:
-            log.info("live session ended: %s: %s", exc.code.name, exc.details)
             await _abort_unless_gone(context, exc)
         finally:
             self._live_sessions -= 1

@@ -17,10 +17,6 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 
-#: Kernel families, from the one that sums u8 x s8 products exactly to the saturating ones.
-EXACT_INT8 = ("avx512-vnni", "avx-vnni", "arm64-dotprod")
-SATURATING_INT8 = ("avx512bw", "avx2")
-
 
 def _numpy_features() -> dict[str, bool]:
     try:
@@ -36,19 +32,15 @@ class CpuKind:
 
     Attributes:
         machine: ``platform.machine()`` (x86_64, aarch64, ...).
-        int8_kernels: the family MLAS uses for u8 x s8 products: "avx512-vnni", "avx-vnni",
-            "avx512bw", "avx2", "arm64-dotprod", or "other".
+        int8_kernels: the family MLAS uses for u8 x s8 products: "avx512-vnni", "avx-vnni"
+            or "arm64-dotprod" (exact sums), "avx512bw" or "avx2" (16-bit pair sums that
+            saturate), or "other".
         features: the vector extensions numpy detected (sorted).
     """
 
     machine: str
     int8_kernels: str
     features: tuple[str, ...]
-
-    @property
-    def saturates(self) -> bool:
-        """Whether u8 x s8 pairs are summed in 16 bits here (full-range int8 weights clip)."""
-        return self.int8_kernels in SATURATING_INT8
 
     def to_dict(self) -> dict[str, object]:
         return {

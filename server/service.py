@@ -377,6 +377,16 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
                 except _Abort as exc:
                     log.info("live session ended: %s: %s", exc.code.name, exc.details)
                     raise
+                except Exception as exc:
+                    if not context.done():
+                        raise
+                    # a write or abort on a call the client has already left: not a crash
+                    log.info(
+                        "live session ended: the client had gone after %.1f s (%s)",
+                        session.seconds,
+                        type(exc).__name__,
+                    )
+                    raise asyncio.CancelledError from exc
                 log.info("live session ended: %s after %.1f s of audio", reason, session.seconds)
         except _Abort as exc:
             await _abort_unless_gone(context, exc)

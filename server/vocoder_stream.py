@@ -62,8 +62,6 @@ class StreamVocoder:
         self._emitted = 0  # stream samples out so far (the first delay_samples precede 0)
         self._buffer = np.zeros((len(self._sources), 0), np.float32)  # whole-clip samples
         self._buffer_start = 0  # the whole-clip sample index of _buffer[:, 0]
-        self.steps = 0  # graph steps made (per source)
-        self.offline_windows = 0  # whole-clip graph runs (head and tail)
 
     def _frames(self, lo: int, hi: int) -> list[np.ndarray]:
         return [s.vocoder_frames(lo, hi) for s in self._sources]
@@ -89,7 +87,6 @@ class StreamVocoder:
             self._append(start, audio)
             self._emitted += n * self._hop
             self._fed += n
-            self.steps += 1
 
     def _append(self, start: int, audio: np.ndarray) -> None:
         end = self._buffer_start + self._buffer.shape[1]
@@ -107,7 +104,6 @@ class StreamVocoder:
         if self._total is not None:
             hi = min(hi, self._total)
         windows = self._frames(lo, hi)
-        self.offline_windows += 1
         return np.stack(
             [self._runner.vocode(w[None])[a - lo * hop : b - lo * hop] for w in windows]
         )

@@ -80,9 +80,8 @@ class StreamLayout:
 
 
 class _Builder:
-    """Build-time bookkeeping: where each layer's state lives in the flat state vector, and
-    the delay (samples at the current rate) and rate (samples per mel frame) of the signal at
-    the point being built."""
+    """Build-time bookkeeping: where each layer's state lives in the flat state vector (the
+    signal's delay and rate at each point are :class:`_Point`'s)."""
 
     def __init__(self) -> None:
         self.offset = 0
@@ -286,10 +285,10 @@ def _conv(conv: nn.Conv1d, builder: _Builder, point: _Point) -> _CachedConv:
 
 # --- HiFi-GAN ------------------------------------------------------------------------------
 def _hifigan_resblock(block: Any, builder: _Builder, point: _Point) -> nn.Module:
-    channels = int(block.convs[0].in_channels) if hasattr(block, "convs") else 0
+    first = block.convs1[0] if hasattr(block, "convs1") else block.convs[0]
+    channels = int(first.in_channels)
     layers: list[nn.Module] = []
     if hasattr(block, "convs1"):  # "1": lrelu, conv(d), lrelu, conv(1), per dilation
-        channels = int(block.convs1[0].in_channels)
         for c1, c2 in zip(block.convs1, block.convs2, strict=True):
 
             def branch(p: _Point, c1: nn.Conv1d = c1, c2: nn.Conv1d = c2) -> list[nn.Module]:

@@ -127,9 +127,12 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _ort_session(path: Path) -> ort.InferenceSession:
+def _ort_session(path: Path, mem_reuse: bool = True) -> ort.InferenceSession:
+    """A CPU session; ``mem_reuse=False`` for the step graph, as the server opens it (the
+    buffer-reuse planner takes seconds on its many dynamically shaped values)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.enable_mem_reuse = mem_reuse
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -487,7 +490,7 @@ def _stream_parity(
     role ``vocoder_stream``, >= 100 dB), against the torch vocoder (role ``vocoder``: float32
     torch and onnxruntime agree to ~105 dB on HiFi-GAN universal, so this cannot reach 100),
     and, where there are head frames, their own error."""
-    session = _ort_session(path)
+    session = _ort_session(path, mem_reuse=False)
     offline = _ort_runner(whole_graph)
     n_mels, hop, delay = bridged.shape[1], layout.hop, layout.delay_samples
     head = layout.head_frames * hop

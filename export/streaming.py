@@ -33,6 +33,7 @@ Inputs ``mel (B, n_mels, S)``, ``position (B, 1)`` int64, ``state (B, N)``; outp
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -86,11 +87,13 @@ class _Builder:
     def __init__(self) -> None:
         self.offset = 0
         self.layers = 0
+        self.sizes: list[int] = []  # each claim's length in the state vector, in order
 
     def claim(self, channels: int, length: int) -> tuple[int, int]:
         start = self.offset
         self.offset += channels * length
         self.layers += 1
+        self.sizes.append(channels * length)
         return start, self.offset
 
 
@@ -104,23 +107,35 @@ class _Ctx:
     """Per-step values the layers share: the incoming state, the pieces of the new one, and
     the stream position (mel frames fed before this step, ``(B, 1)`` int64)."""
 
-    def __init__(self, state: torch.Tensor, position: torch.Tensor) -> None:
-        self.state = state
+    def __init__(self, state: torch.Tensor, position: torch.Tensor, sizes: list[int]) -> None:
         self.position = position
+        parts = torch.split(state, sizes, dim=1)  # one Split node, not a Slice per layer
+        self.parts = dict(zip(itertools.accumulate([0, *sizes[:-1]]), parts, strict=True))
         self.pieces: list[tuple[int, torch.Tensor]] = []
+        self.index: dict[int, torch.Tensor] = {}
+        self.masks: dict[tuple[int, int], torch.Tensor] = {}
 
+    # Shapes here are constants or -1 (never ``x.shape[0]``), and masks are shared: each
+    # traced shape query is a Shape/Gather/Unsqueeze/Concat chain in the ONNX graph, and
+    # onnxruntime's session start (its memory-reuse planner) grows faster than the node count.
     def read(self, start: int, stop: int, channels: int) -> torch.Tensor:
-        return self.state[:, start:stop].reshape(self.state.shape[0], channels, -1)
+        return self.parts[start].reshape(-1, channels, (stop - start) // channels)
 
     def write(self, start: int, value: torch.Tensor) -> None:
-        self.pieces.append((start, value.reshape(value.shape[0], -1)))
+        self.pieces.append((start, value.flatten(1)))
 
 
 def _mask(ctx: _Ctx, x: torch.Tensor, factor: int, delay: int) -> torch.Tensor:
     """``x`` with the samples that lie before the clip's start set to 0 (the zero padding the
-    whole-clip graph sees there)."""
-    index = ctx.position * factor + torch.arange(x.shape[-1], device=x.device).unsqueeze(0)
-    return x * (index >= delay).to(x.dtype).unsqueeze(1)
+    whole-clip graph sees there). One sample index per rate and one mask per (rate, delay):
+    every input at one rate has the step's length at that rate."""
+    if factor not in ctx.index:  # (B, 1, L): each sample's index in the clip at this rate
+        steps = torch.arange(x.shape[-1], device=x.device).unsqueeze(0)
+        ctx.index[factor] = (ctx.position * factor + steps).unsqueeze(1)
+    key = (factor, delay)
+    if key not in ctx.masks:
+        ctx.masks[key] = (ctx.index[factor] >= delay).to(x.dtype)
+    return x * ctx.masks[key]
 
 
 class _CachedConv(nn.Module):
@@ -410,6 +425,7 @@ class StreamingVocoder(nn.Module):
             raise UnsupportedVocoder(
                 f"upsampling gives {point.factor} samples per frame, not {hop}"
             )
+        self.sizes = builder.sizes
         self.layout = StreamLayout(
             state_size=builder.offset,
             delay_samples=point.delay,
@@ -425,7 +441,7 @@ class StreamingVocoder(nn.Module):
     def forward(
         self, mel: torch.Tensor, position: torch.Tensor, state: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx = _Ctx(state, position)
+        ctx = _Ctx(state, position, self.sizes)
         audio = self.body(mel, ctx)
         pieces = sorted(ctx.pieces, key=lambda p: p[0])
         return audio, torch.cat([p[1] for p in pieces], dim=1)

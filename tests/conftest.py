@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 
 from distill_serve.audio import Encoding
-from distill_serve.server.app import DistillServer, ServerConfig
+from distill_serve.server.app import DistillServer, ServerConfig, demo_bundle_dir
 from distill_serve.server.engine import Engine, EngineConfig
 from distill_serve.server.metrics import Metrics
 from distill_serve.server.pipeline import audio_blocks
@@ -97,17 +99,73 @@ def stand_in_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def hifigan_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The random stand-in decoder with HiFi-GAN universal (real weights), exported."""
-    from distill_serve.export.demo import make_demo_checkpoint
-    from distill_serve.export.exporter import ExportConfig, export_bundle
+CLI = [sys.executable, "-m", "distill_serve"]
 
-    tmp = tmp_path_factory.mktemp("hifigan")
-    out = tmp / "bundle"
-    ckpt = make_demo_checkpoint(tmp / "d.distill")
-    export_bundle(ExportConfig(ckpt, "hifigan-universal", out, progress=False))
-    return out
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServeProcess:
+    """``distill-serve serve --port <free> --no-cuda ARGS`` as a child process, its output
+    collected line by line; ready once it prints "listening on"."""
+
+    def __init__(self, args: list[str], env: dict[str, str], startup_s: float = 600) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [*CLI, "serve", "--port", str(self.port), "--no-cuda", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self.lines: list[str] = []
+        self.env = env
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                if "listening on" in line:
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(startup_s) or self.proc.poll() is not None:
+            self.proc.kill()
+            raise AssertionError("server did not start:\n" + "".join(self.lines[-40:]))
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """``distill-serve serve`` as a new user first runs it: no ``--bundle`` and an empty
+    cache, so it builds the demo bundle (trained decoder + HiFi-GAN universal, real weights)
+    before it listens. That bundle is :func:`demo_bundle`: built once per run."""
+    cache = tmp_path_factory.mktemp("cache")
+    env = dict(os.environ, DISTILL_SERVE_CACHE=str(cache), PYTHONUNBUFFERED="1")
+    server = ServeProcess([], env)
+    assert (cache / demo_bundle_dir().name / "manifest.json").is_file()
+    yield server
+    assert server.stop() == 0
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(demo_server: ServeProcess) -> Path:
+    """The demo bundle :func:`demo_server` built: the HiFi-GAN (22.05 kHz, mel bridge) tests'
+    bundle."""
+    return Path(demo_server.env["DISTILL_SERVE_CACHE"]) / demo_bundle_dir().name
 
 
 def manifest(bundle: Path) -> dict:  # type: ignore[type-arg]

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,62 +15,14 @@ import pytest
 import soundfile as sf
 
 from distill_serve.client import Client, DistillError
-
-CLI = [sys.executable, "-m", "distill_serve"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServeProcess:
-    def __init__(self, args: list[str], env: dict[str, str], startup_s: float = 600) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [*CLI, "serve", "--port", str(self.port), "--no-cuda", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        self.lines: list[str] = []
-        self.env = env
-        ready = threading.Event()
-
-        def pump() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                if "listening on" in line:
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        if not ready.wait(startup_s) or self.proc.poll() is not None:
-            self.proc.kill()
-            raise AssertionError("server did not start:\n" + "".join(self.lines[-40:]))
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
+from tests.conftest import CLI, ServeProcess, free_port
 
 
 @pytest.fixture(scope="module")
-def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    """`distill-serve serve` with no --bundle and an empty cache: it builds the demo bundle."""
-    cache = tmp_path_factory.mktemp("cache")
-    env = dict(os.environ, DISTILL_SERVE_CACHE=str(cache), PYTHONUNBUFFERED="1")
-    server = ServeProcess([], env)
-    assert (cache / "demo-bundle-v6" / "manifest.json").is_file()
-    yield server
-    assert server.stop() == 0
+def cli_server(demo_server: ServeProcess) -> ServeProcess:
+    """`distill-serve serve` with no --bundle and an empty cache: it built the demo bundle
+    (tests/conftest.py, shared with the HiFi-GAN tests)."""
+    return demo_server
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -135,12 +135,12 @@ def test_fixed_shape_path_runs_live_sessions(engine: Engine, fixed_engine: Engin
     assert snr_db(a, b) >= 100.0
 
 
-def test_fixed_shapes_follow_the_bundle_context(hifigan_bundle: Path, report) -> None:  # type: ignore[no-untyped-def]
+def test_fixed_shapes_follow_the_bundle_context(demo_bundle: Path, report) -> None:  # type: ignore[no-untyped-def]
     """A HiFi-GAN bundle (context 15 frames, not BigVGAN's 20) gets its own buckets, and the
     fixed-shape path still gives the CPU path's audio."""
-    cpu = Engine.from_dir(hifigan_bundle, EngineConfig(use_cuda=False))
+    cpu = Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False))
     config = EngineConfig(use_cuda=False, fault_injection=True, fixed_shapes=True)
-    fixed = Engine.from_dir(hifigan_bundle, config)
+    fixed = Engine.from_dir(demo_bundle, config)
     assert cpu.model.context_frames == 15
     runner = fixed.runner()
     assert runner.vocoder_buckets == vocoder_buckets(15) != VOCODER_BUCKETS

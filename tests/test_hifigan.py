@@ -90,8 +90,8 @@ def test_declared_mel_space_reaches_the_bridge() -> None:
         VocoderMelConfig.from_config({**SMALL, "mel_scale": "bark"})
 
 
-def test_hifigan_bundle_manifest(hifigan_bundle: Path) -> None:
-    m = manifest(hifigan_bundle)
+def test_demo_bundle_manifest(demo_bundle: Path) -> None:
+    m = manifest(demo_bundle)
     assert m["vocoder"]["family"] == "hifigan"
     assert m["geometry"]["vocoder_rate"] == 22050 and m["geometry"]["vocoder_hop"] == 256
     assert m["vocoder_mel"]["num_mels"] == 80 and m["vocoder_mel"]["fmax"] == 8000
@@ -103,9 +103,14 @@ def test_hifigan_bundle_manifest(hifigan_bundle: Path) -> None:
     assert refiner["postfilter"]["strength"] > 0 and refiner["members"] >= 1
 
 
+@pytest.fixture(scope="module")
+def demo_engine(demo_bundle: Path) -> Engine:
+    return Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False))
+
+
 @pytest.mark.parametrize("rate", [16000, 22050, 24000, 32000, 44100, 48000, 96000])
-def test_hifigan_bundle_serves_exact_durations(hifigan_bundle: Path, rate: int) -> None:
-    engine = Engine.from_dir(hifigan_bundle, EngineConfig(use_cuda=False))
+def test_demo_bundle_serves_exact_durations(demo_engine: Engine, rate: int) -> None:
+    engine = demo_engine
     for duration in (0.25, 1.37):
         audio = generate(engine, params(engine, duration_s=duration, sample_rate=rate))
         assert audio.shape[1] == round(duration * rate)

@@ -19,8 +19,8 @@ MAX_MRSTFT_RATIO = 1.3
 
 
 @pytest.fixture(scope="module")
-def scores(hifigan_bundle: Path, report) -> dict[tuple[str, str], quality.Scores]:  # type: ignore[no-untyped-def]
-    rows = quality.evaluate(hifigan_bundle)
+def scores(demo_bundle: Path, report) -> dict[tuple[str, str], quality.Scores]:  # type: ignore[no-untyped-def]
+    rows = quality.evaluate(demo_bundle)
     for r in rows:
         pesq = "" if r.pesq_wb is None else f"PESQ-WB {r.pesq_wb:.2f}, "
         report(f"quality {r.recording} {r.path}: {pesq}MR-STFT {r.mrstft:.3f}")

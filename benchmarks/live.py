@@ -6,7 +6,8 @@ server keeps in real time.
   listener hears also waits for the client's own buffer (at least the lookahead).
 - Capacity: ``n`` sessions at once, each played by a model client that starts playback one
   lookahead after its first block and counts blocks that arrive after their play time
-  (underruns). A server sustains ``n`` when no session underruns.
+  (underruns). A server sustains ``n`` when no session underruns and it admitted all ``n``
+  (beyond its live capacity it answers RESOURCE_EXHAUSTED, counted as ``rejected``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import threading
 import time
 from typing import Any
 
+import grpc
 import numpy as np
 
-from distill_serve.client import Client
+from distill_serve.client import Client, DistillError
 
 SLIDERS = {0: 4}
 
@@ -63,20 +65,26 @@ def _play(target: str, seed: int, lookahead: float, seconds: float, out: dict[st
     underruns = 0
     first: float | None = None
     played = 0.0
+    out.update(underruns=0, seconds=0.0, rejected=False)
     with Client(target, timeout=600) as c:
         session = c.live("crossfade", seed=seed, lookahead=lookahead)
-        for block in session:
-            now = time.perf_counter()
-            rate = block.header.sample_rate
-            if first is None:
-                first = now
-            due = first + lookahead + played  # when the device needs this block
-            if now > due:
-                underruns += 1
-            played += block.audio.shape[1] / rate
-            if played >= seconds and not out.get("stopping"):
-                out["stopping"] = True
-                session.stop()
+        try:
+            for block in session:
+                now = time.perf_counter()
+                rate = block.header.sample_rate
+                if first is None:
+                    first = now
+                due = first + lookahead + played  # when the device needs this block
+                if now > due:
+                    underruns += 1
+                played += block.audio.shape[1] / rate
+                if played >= seconds and not out.get("stopping"):
+                    out["stopping"] = True
+                    session.stop()
+        except DistillError as exc:  # the server's admission said no (live capacity)
+            if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            out["rejected"] = True
     out.update(underruns=underruns, seconds=played)
 
 
@@ -93,6 +101,7 @@ def capacity(target: str, sessions: list[int], lookahead: float, seconds: float)
         for t in threads:
             t.join()
         late = [r["underruns"] for r in results]
+        rejected = sum(1 for r in results if r["rejected"])
         rows.append(
             {
                 "sessions": n,
@@ -100,7 +109,8 @@ def capacity(target: str, sessions: list[int], lookahead: float, seconds: float)
                 "seconds_each": seconds,
                 "sessions_with_underruns": sum(1 for u in late if u),
                 "late_blocks": sum(late),
-                "real_time": all(u == 0 for u in late),
+                "rejected": rejected,
+                "real_time": all(u == 0 for u in late) and not rejected,
             }
         )
         if not rows[-1]["real_time"]:

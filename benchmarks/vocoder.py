@@ -21,19 +21,18 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
-from distill_serve.export.antialias import polyphase_activations
-from distill_serve.export.demo import demo_vocoder_config
-from distill_serve.export.graphs import export_onnx, export_torchscript
-from distill_serve.export.half import half_convolutions
 from distill_serve.export.parity import snr_db
-from distill_serve.export.quantize import quantize_vocoder
-from distill_serve.export.vocoder import FULL_44K_CONFIG, random_vocoder
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and the exporter load only where a backend or step needs them: a child timing an
+# onnxruntime backend starts in a second, and no torch thread pool sits beside what it times.
 
 #: Estimated cost of the full 44 kHz model per second of audio (DESIGN section 5).
 FULL_GFLOP_PER_AUDIO_SECOND = 315.0
@@ -59,6 +58,13 @@ def prepare(name: str, cache: Path, plain: bool = True) -> dict[str, Path]:
         del out["onnx_plain"]
     if all(p.exists() for p in out.values()):
         return out
+    import torch
+
+    from distill_serve.export.antialias import polyphase_activations
+    from distill_serve.export.graphs import export_onnx, export_torchscript
+    from distill_serve.export.half import half_convolutions
+    from distill_serve.export.quantize import quantize_vocoder
+
     if out["onnx"].exists() and not out["onnx_fp16"].exists():  # a cache from before fp16
         half_convolutions(out["onnx"], out["onnx_fp16"])
     model = eager_model(name)
@@ -90,7 +96,9 @@ def calibration_mels() -> list[np.ndarray]:
 
 
 def eager_model(name: str) -> torch.nn.Module:
-    model = random_vocoder(CONFIGS[name], 0)
+    from distill_serve.export.vocoder import random_vocoder
+
+    model = random_vocoder(configs()[name], 0)
     model.remove_weight_norm()  # type: ignore[operator]
     return model.eval()
 
@@ -117,16 +125,6 @@ def runner(name: str, backend: str, cache: Path, threads: int) -> Callable[[np.n
         algo = "EXHAUSTIVE" if backend == "ort_cuda_exhaustive" else "HEURISTIC"
         session = _cuda_session(graphs[graph], algo)
         return lambda x: session.run(None, {"mel": x})
-    if backend == "torch_cuda":
-        model = eager_model(name).cuda()
-
-        def run_cuda(x: np.ndarray) -> object:
-            with torch.inference_mode():
-                out = model(torch.from_numpy(x).cuda())
-                torch.cuda.synchronize()
-                return out.float().cpu()
-
-        return run_cuda
     if backend.startswith("ort_cpu"):
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -137,6 +135,18 @@ def runner(name: str, backend: str, cache: Path, threads: int) -> Callable[[np.n
         graph = graphs[{"ort_cpu": "onnx", "ort_cpu_plain": "onnx_plain"}.get(backend, "onnx_int8")]
         session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
         return lambda x: session.run(None, {"mel": x})
+    import torch
+
+    if backend == "torch_cuda":
+        model = eager_model(name).cuda()
+
+        def run_cuda(x: np.ndarray) -> object:
+            with torch.inference_mode():
+                out = model(torch.from_numpy(x).cuda())
+                torch.cuda.synchronize()
+                return out.float().cpu()
+
+        return run_cuda
     model = (
         torch.jit.load(str(graphs["torchscript"]))
         if backend == "torchscript"
@@ -302,13 +312,21 @@ def _child(args: list[str]) -> str:
     return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
 
 
-CONFIGS = {"demo": demo_vocoder_config(), "full_44k": dict(FULL_44K_CONFIG)}
+MODELS = ("demo", "full_44k")
+
+
+def configs() -> dict[str, dict[str, Any]]:
+    """BigVGAN configs of the benchmarked models (random init, seed 0)."""
+    from distill_serve.export.demo import demo_vocoder_config
+    from distill_serve.export.vocoder import FULL_44K_CONFIG
+
+    return {"demo": demo_vocoder_config(), "full_44k": dict(FULL_44K_CONFIG)}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.vocoder")
     p.add_argument("action", choices=["prepare", "measure", "snr", "shapes"])
-    p.add_argument("model", choices=sorted(CONFIGS))
+    p.add_argument("model", choices=MODELS)
     # torch_bf16 (autocast, oneDNN AVX512-BF16) is measured on request only
     p.add_argument("backend", nargs="?", choices=[*BACKENDS, *CUDA_BACKENDS, "torch_bf16"])
     p.add_argument("--seconds", default="1.0")

@@ -105,6 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
                 fault_injection=args.fault_injection,
                 vocoder_precision=args.vocoder_precision,
                 vocoder_path=args.vocoder_path,
+                live_capacity=args.live_capacity,
                 cudnn_conv_algo_search=args.cudnn_conv_algo_search,
             ),
             metrics_port=args.metrics_port,
@@ -264,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stream: the bundle's streaming vocoder graph, each frame vocoded once, steps of "
         "concurrent generations batched; block: the whole-clip graph on blocks with context; "
         "auto (default): stream when the bundle has the graph, fp32 and no CUDA",
+    )
+    p.add_argument(
+        "--live-capacity",
+        type=int,
+        default=None,
+        help="live sessions admitted at once on the stream path (default: measured from the "
+        "streaming graph's step cost at start; 0: no limit)",
     )
     p.add_argument("--grace", type=float, default=10.0, help="SIGTERM drain time, seconds")
     p.add_argument("--tls-cert", type=Path, default=None, help="PEM server certificate")

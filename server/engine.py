@@ -51,9 +51,14 @@ PRIMARY_GRAPHS = ("decoder", "vocoder")
 MAX_RETRY_S = 600.0
 VOCODER_PATHS = ("auto", "block", "stream")
 #: Live capacity estimate: steps per batch when timing the streaming graph at start, and the
-#: share of the vocoder-bound limit admitted (the issue's target: >= 85 %).
-CAPACITY_BATCH = 8
-CAPACITY_SHARE = 0.85
+#: share of the cores' time the graph may take. Batch 1: live sessions' steps rarely fall due
+#: together (the scheduler formed 1.12-1.18 steps per run with 2-5 sessions, 2026-12-02), and
+#: the batch-8 cost overestimated (11 admitted on the stand-in, 4 held). 0.75: the stand-in
+#: held 4 sessions with the graph at 60 % of two cores and underran at 5 (73 %); the demo
+#: held 2 at 75 % (benchmarks/results/cpu-2core-zen4-stream.json).
+CAPACITY_BATCH = 1
+CAPACITY_SHARE = 0.75
+CAPACITY_RUNS = 12
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,9 @@ class EngineConfig:
             ``server/scheduler.py``), "block" (the whole-clip graph on blocks with context on
             both sides), or "auto": stream when the bundle has the graph, the precision is
             fp32 and no CUDA path is up (the GPU keeps its fixed-shape block sessions).
+        live_capacity: live sessions admitted at once on the stream path: None (default)
+            measures it from the step graph's cost at start, N fixes it, 0 admits without
+            limit (e.g. to measure where sessions really start to underrun).
     """
 
     use_cuda: bool = True
@@ -99,8 +107,11 @@ class EngineConfig:
     primary_retry_s: float = 60.0
     inject_init_failures: int = 0
     vocoder_path: str = "auto"
+    live_capacity: int | None = None
 
     def __post_init__(self) -> None:
+        if self.live_capacity is not None and self.live_capacity < 0:
+            raise ValueError(f"live_capacity must be >= 0 or None, got {self.live_capacity}")
         if self.vocoder_path not in VOCODER_PATHS:
             raise ValueError(
                 f"vocoder_path must be one of {list(VOCODER_PATHS)}, got {self.vocoder_path!r}"
@@ -229,14 +240,15 @@ class Engine:
             self._graphs[f"resampler:{rate}"] = self._load(bundle.graph("resampler", rate=rate))
         #: the step scheduler of the streaming vocoder (None: the block path serves)
         self.scheduler: StepScheduler | None = None
-        #: live sessions it can keep in real time, measured at start (0: not estimated)
+        #: live sessions it admits at once: measured at start, or the config's (0: no limit)
         self.live_capacity = 0
         if self._wants_stream():
             # One session, run from one scheduler loop per core: a single-threaded session
             # runs on its caller's thread, and onnxruntime's Run is thread-safe.
             runners = [self._step_runner(bundle.graph("vocoder_stream"))] * self._workers()
             self.scheduler = StepScheduler(runners)
-            self.live_capacity = self._measure_live_capacity(runners)
+            fixed = self.config.live_capacity
+            self.live_capacity = self._measure_live_capacity(runners) if fixed is None else fixed
         self._build_primary()
         log.info(
             "vocoder path: %s%s",
@@ -246,24 +258,30 @@ class Engine:
 
     def _measure_live_capacity(self, runners: list[Callable[..., Any]]) -> int:
         """Live sessions this engine can keep in real time: the streaming graph's cost per
-        frame in batches of :data:`CAPACITY_BATCH` 8-frame steps (the live step), measured
-        on one runner here, times the runners, against the frames per second a session
-        needs, times :data:`CAPACITY_SHARE` (the rest is serving: decoder, bridge,
-        post-processing, gRPC)."""
-        run_batch = runners[0]
+        frame on :data:`CAPACITY_BATCH` 8-frame step (the live step), :data:`CAPACITY_RUNS`
+        runs on every runner at once, against the
+        frames per second a session needs, times :data:`CAPACITY_SHARE` (what is left is for
+        serving: decoder, bridge, post-processing, gRPC, and for the steps' queueing)."""
         m, spec = self.model, self.model.stream
         assert spec is not None
         b, frames = CAPACITY_BATCH, 8
         mel = np.full((b, m.n_mels_voc, frames), -5.0, np.float32)
         position = np.zeros((b, 1), np.int64)
         state = np.zeros((b, spec.state_size), np.float32)
-        run_batch(mel, position, state)  # warm-up
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            run_batch(mel, position, state)
-            times.append(time.perf_counter() - t0)
-        per_frame = min(times) / (b * frames) / len(runners)
+        runners[0](mel, position, state)  # warm-up
+
+        def steps(run: Callable[..., Any]) -> None:
+            for _ in range(CAPACITY_RUNS):
+                run(mel, position, state)
+
+        # every runner at once, as in serving (one alone ran ~1.4x faster than two together)
+        threads = [threading.Thread(target=steps, args=(run,)) for run in runners]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        per_frame = (time.perf_counter() - t0) / (CAPACITY_RUNS * b * frames * len(runners))
         needed = m.vocoder_rate / m.geometry.vocoder_hop  # frames per second per session
         return max(1, int(CAPACITY_SHARE / (per_frame * needed)))
 

@@ -188,6 +188,16 @@ def test_server_reports_the_path_and_admits_live_sessions_to_its_capacity(engine
         s.stop()
 
 
+def test_operators_can_fix_or_lift_the_live_capacity(stand_in_bundle: Path) -> None:
+    bundle = load_bundle(stand_in_bundle)
+    fixed = Engine(bundle, EngineConfig(use_cuda=False, live_capacity=3))
+    assert fixed.vocoder_path == "stream" and fixed.live_capacity == 3
+    unlimited = Engine(bundle, EngineConfig(use_cuda=False, live_capacity=0))
+    assert unlimited.live_capacity == 0  # the service admits without limit
+    with pytest.raises(ValueError, match="live_capacity"):
+        EngineConfig(live_capacity=-1)
+
+
 # --- the scheduler, without a model ---------------------------------------------------------
 def _echo_batches(log: list[int], gate: threading.Event | None = None):  # type: ignore[no-untyped-def]
     """A batch runner that records batch sizes; audio = the mel summed, state + 1."""

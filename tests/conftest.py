@@ -4,6 +4,7 @@ engines and real gRPC servers on loopback running in a background thread."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 from distill_serve.audio import Encoding
 from distill_serve.server.app import DistillServer, ServerConfig, demo_bundle_dir
@@ -66,6 +68,18 @@ def report() -> Callable[[str], None]:
     return add
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands its measurements to the controller, which prints them."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["distill_measurements"] = list(_MEASUREMENTS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    _MEASUREMENTS.extend(getattr(node, "workeroutput", {}).get("distill_measurements", []))
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if _MEASUREMENTS:
         terminalreporter.section("distill-serve measurements")
@@ -73,10 +87,32 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(line)
 
 
+def shared_path(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A path every process of this test run sees: with pytest-xdist (the README's command
+    runs two workers) the workers' temp dirs share a parent."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+
+
+@contextlib.contextmanager
+def run_lock(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """``shared_path(name)``, held by one process of the run at a time: the first builds
+    what the others then reuse."""
+    path = shared_path(tmp_path_factory, name)
+    with FileLock(f"{path}.lock"):
+        yield path
+
+
 @pytest.fixture(scope="session")
 def stand_in_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``distill-serve export --stand-in --format both`` into a session temp dir."""
-    out = tmp_path_factory.mktemp("bundle") / "stand-in"
+    """``distill-serve export --stand-in --format both``, once per test run."""
+    with run_lock(tmp_path_factory, "stand-in") as out:
+        if not (out / "manifest.json").is_file():
+            _export_stand_in(out)
+    return out
+
+
+def _export_stand_in(out: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,
@@ -96,7 +132,6 @@ def stand_in_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "wrote bundle" in proc.stdout
-    return out
 
 
 CLI = [sys.executable, "-m", "distill_serve"]
@@ -153,10 +188,11 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProce
     """``distill-serve serve`` as a new user first runs it: no ``--bundle`` and an empty
     cache, so it builds the demo bundle (trained decoder + HiFi-GAN universal, real weights)
     before it listens. That bundle is :func:`demo_bundle`: built once per run."""
-    cache = tmp_path_factory.mktemp("cache")
-    env = dict(os.environ, DISTILL_SERVE_CACHE=str(cache), PYTHONUNBUFFERED="1")
-    server = ServeProcess([], env)
-    assert (cache / demo_bundle_dir().name / "manifest.json").is_file()
+    with run_lock(tmp_path_factory, "cache") as cache:  # the first worker's server builds it
+        cache.mkdir(exist_ok=True)
+        env = dict(os.environ, DISTILL_SERVE_CACHE=str(cache), PYTHONUNBUFFERED="1")
+        server = ServeProcess([], env)
+        assert (cache / demo_bundle_dir().name / "manifest.json").is_file()
     yield server
     assert server.stop() == 0
 

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,17 @@ from distill_serve.client import Client
 LOOKAHEAD = 0.3
 LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32)
 CLIENTS = (1, 4, 8, 16)
+
+
+def _run_threads(targets: list[Callable[[], None]]) -> float:
+    """Run each target in its own thread, all at once; the wall seconds until all are done."""
+    threads = [threading.Thread(target=t) for t in targets]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
 
 
 def graph_cost(bundle: Path, frames: int = 8, batches: tuple[int, ...] = (1, 8)) -> dict[str, Any]:
@@ -82,13 +94,7 @@ def graph_cost(bundle: Path, frames: int = 8, batches: tuple[int, ...] = (1, 8))
                 session.run(None, feed)
             cpu.append(time.thread_time() - t0)
 
-        threads = [threading.Thread(target=work) for _ in range(cores)]
-        wall0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - wall0
+        wall = _run_threads([work] * cores)
         audio_s = runs * batch * frames * hop / rate  # per thread
         out[f"batch{batch}_cpu_s_per_audio_s"] = float(np.mean(cpu)) / audio_s
         out[f"batch{batch}_vocoder_bound_sessions"] = cores * audio_s / wall
@@ -154,13 +160,7 @@ def clients(target: str, n: int, window_s: float, clip_s: float) -> dict[str, An
                 firsts.append(r.client_first_audio_s)
                 done[k] += 1
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(n)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    wall = _run_threads([lambda k=k: work(k) for k in range(n)])
     return {
         "clients": n,
         "audio_s_per_s": sum(done) * clip_s / wall,

@@ -135,7 +135,9 @@ def test_cpp_live_example_steers_a_session(
     assert "ended by stop" in proc.stdout
     unsteered = int(proc.stdout.split(" frames before the first control")[0].rsplit(" ", 1)[1])
     audio, rate = sf.read(str(wav), dtype="int16", always_2d=True)
-    assert rate == 32000 and unsteered > 0.3 * rate and audio.shape[0] > unsteered
+    # How much audio comes before the control depends on the server's speed (pacing bounds it
+    # from above only): under a full CPU load it was less than the 0.6 s waited.
+    assert rate == 32000 and unsteered > 0 and audio.shape[0] > unsteered
     with Client(server.target, timeout=60) as c:
         session = c.live("slider", seed=21, sample_rate=32000, sliders={0: 4})
         blocks = []

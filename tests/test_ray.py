@@ -148,7 +148,7 @@ def test_cli_against_serve_ray(stand_in_bundle: Path, tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=900,
-    )  # fmt: skip  (Ray's start took 20 s idle and over a minute with every core busy)
+    )  # Ray's start: 20 s idle, over a minute with every core busy
     served = log.read_text() if log.exists() else ""
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + served[-2000:]
     assert "latent_dim: 64" in proc.stdout

@@ -54,7 +54,7 @@ def ray_run(
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1500,  # a hang guard: 110 s idle; past 600 s on one core shared with the suite
     )
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     result: dict[str, Any] = json.loads(out.read_text())

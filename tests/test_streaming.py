@@ -162,7 +162,10 @@ def test_bundle_without_the_graph_serves_blocks(stand_in_bundle: Path) -> None:
     )
 
 
-def test_server_reports_the_path_and_admits_live_sessions_to_its_capacity(engine: Engine) -> None:
+def test_server_reports_the_path_and_admits_live_sessions_to_its_capacity(
+    stand_in_bundle: Path,
+) -> None:
+    engine = Engine.from_dir(stand_in_bundle, EngineConfig(use_cuda=False))  # measured
     assert engine.live_capacity >= 1
     s = start_server(engine, max_concurrent=4)
     try:
@@ -186,6 +189,7 @@ def test_server_reports_the_path_and_admits_live_sessions_to_its_capacity(engine
         assert s.metric("distill_vocoder_step_batch_size_count") > 0
     finally:
         s.stop()
+        engine.close()
 
 
 def test_operators_can_fix_or_lift_the_live_capacity(stand_in_bundle: Path) -> None:

@@ -43,7 +43,7 @@ def ray_run(
     if problem is not None:
         pytest.skip(problem)
     out = tmp_path_factory.mktemp("ray") / "result.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **RAY_ENV)
     env.pop("RAY_ADDRESS", None)
     command = (
         f"ip link set lo up && exec {sys.executable} -m tests.ray_scenarios {stand_in_bundle} {out}"
@@ -114,6 +114,16 @@ def test_app_from_config_builds_the_application(stand_in_bundle: Path) -> None:
         ray_serve.RayConfig(max_replicas=3)
 
 
+#: Ray's own timeouts, loosened for a slow or loaded machine: Serve kills a proxy that is not
+#: ready within 5 s three times running (its default), and under a full CPU load the proxy
+#: took longer to start, so ``serve.start`` failed with ActorDiedError (2026-12-02).
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60",
+}
+
+
 CLI_SCRIPT = """
 set -e
 ip link set lo up
@@ -139,7 +149,7 @@ def test_cli_against_serve_ray(stand_in_bundle: Path, tmp_path: Path) -> None:
         pytest.skip(problem)
     log = tmp_path / "serve.log"
     script = CLI_SCRIPT.format(py=sys.executable, bundle=stand_in_bundle, log=log, out=tmp_path)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **RAY_ENV)
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
         ["unshare", "-n", "sh", "-c", script],

@@ -259,9 +259,9 @@ class Engine:
     def _measure_live_capacity(self, runners: list[Callable[..., Any]]) -> int:
         """Live sessions this engine can keep in real time: the streaming graph's cost per
         frame on :data:`CAPACITY_BATCH` 8-frame step (the live step), :data:`CAPACITY_RUNS`
-        runs on every runner at once, against the
-        frames per second a session needs, times :data:`CAPACITY_SHARE` (what is left is for
-        serving: decoder, bridge, post-processing, gRPC, and for the steps' queueing)."""
+        runs on every runner at once, against the frames per second a session needs, times
+        :data:`CAPACITY_SHARE` (what is left is for serving: decoder, bridge,
+        post-processing, gRPC, and for the steps' queueing)."""
         m, spec = self.model, self.model.stream
         assert spec is not None
         b, frames = CAPACITY_BATCH, 8

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -135,6 +136,43 @@ def _export_stand_in(out: Path) -> None:
 
 
 CLI = [sys.executable, "-m", "distill_serve"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+NATIVE_PACKAGES = (
+    "cmake g++ pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler"
+)
+
+
+def _native_toolchain_missing() -> str | None:
+    for tool in ("cmake", "g++", "pkg-config", "protoc", "grpc_cpp_plugin"):
+        if shutil.which(tool) is None:
+            return tool
+    if subprocess.run(["pkg-config", "--exists", "grpc++", "protobuf"]).returncode != 0:
+        return "grpc++.pc"
+    return None
+
+
+@pytest.fixture(scope="session")
+def client_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``cmake -S client -B <dir> && cmake --build <dir>``: the C++ examples and libdistill,
+    built once per run (under a lock: the C++ and C library tests share it)."""
+    missing = _native_toolchain_missing()
+    if missing is not None:
+        pytest.skip(
+            f"C++ toolchain not installed ({missing} missing); .ci/run installs it with "
+            f"apt-get install {NATIVE_PACKAGES}"
+        )
+    with run_lock(tmp_path_factory, "client-build") as build:
+        if not (build / "built").is_file():
+            for cmd in (
+                ["cmake", "-S", str(ROOT / "client"), "-B", str(build)],
+                ["cmake", "--build", str(build), "-j2"],
+            ):
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+                assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            (build / "built").touch()
+    return build
 
 
 def free_port() -> int:

@@ -3,7 +3,6 @@ server: their WAVs have the requested length and equal the Python client's audio
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,38 +13,11 @@ import soundfile as sf
 from distill_serve.client import Client
 from tests.conftest import ServerThread
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = (
-    "cmake g++ pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler"
-)
-
-
-def _toolchain_missing() -> str | None:
-    for tool in ("cmake", "g++", "pkg-config", "protoc", "grpc_cpp_plugin"):
-        if shutil.which(tool) is None:
-            return tool
-    if subprocess.run(["pkg-config", "--exists", "grpc++", "protobuf"]).returncode != 0:
-        return "grpc++.pc"
-    return None
-
 
 @pytest.fixture(scope="module")
-def cpp_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    missing = _toolchain_missing()
-    if missing is not None:
-        pytest.skip(
-            f"C++ toolchain not installed ({missing} missing); .ci/run installs it with "
-            f"apt-get install {PACKAGES}"
-        )
-    build = tmp_path_factory.mktemp("cpp")
-    for cmd in (
-        ["cmake", "-S", str(ROOT / "client/cpp"), "-B", str(build)],
-        ["cmake", "--build", str(build), "-j2"],
-    ):
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    binary = build / "distill_generate"
-    assert binary.is_file() and (build / "distill_live").is_file()
+def cpp_client(client_build: Path) -> Path:
+    binary = client_build / "cpp" / "distill_generate"
+    assert binary.is_file() and (binary.parent / "distill_live").is_file()
     return binary
 
 

@@ -1,0 +1,222 @@
+// The C ABI (distill.h) over Session: argument checks and conversions, nothing else.
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "distill.h"
+#include "session.h"
+
+namespace v1 = distill_serve::v1;
+
+struct distill_session {
+  std::unique_ptr<distill::Session> session;
+};
+
+struct distill_model_info {
+  v1::GetModelInfoResponse response;
+};
+
+namespace {
+
+void WriteError(char* error, size_t error_size, const std::string& message) {
+  if (error && error_size > 0) std::snprintf(error, error_size, "%s", message.c_str());
+}
+
+// Why config cannot open a session, or "" when it can.
+std::string CheckConfig(const distill_config& c) {
+  if (c.mode < DISTILL_MODE_CROSSFADE || c.mode > DISTILL_MODE_SLIDER) {
+    return "mode must be DISTILL_MODE_CROSSFADE, _LATENT_INTERP or _SLIDER";
+  }
+  if (c.channels != 1 && c.channels != 2) return "channels must be 1 or 2";
+  if (c.sample_rate == 0) return "sample_rate must be the host's rate in Hz";
+  if (c.max_frames == 0 || c.max_frames > DISTILL_MAX_BLOCK) {
+    return "max_frames must be in 1.." + std::to_string(DISTILL_MAX_BLOCK);
+  }
+  if (c.num_sliders > DISTILL_MAX_SLIDERS || (c.num_sliders > 0 && !c.sliders)) {
+    return "sliders: at most " + std::to_string(DISTILL_MAX_SLIDERS) + " positions, not NULL";
+  }
+  if (c.latent_dim > DISTILL_MAX_LATENT || (c.latent_dim > 0 && !c.latent)) {
+    return "latent: at most " + std::to_string(DISTILL_MAX_LATENT) + " values, not NULL";
+  }
+  if (c.lookahead_s < 0 || c.jitter_s < 0 || c.lookahead_s > 10 || c.jitter_s > 10) {
+    return "lookahead_s and jitter_s must be in [0, 10] seconds";
+  }
+  return "";
+}
+
+int QueueControl(distill_session* s, const distill::Control& control) {
+  if (!s) return DISTILL_ERROR_ARGUMENT;
+  return s->session->Queue(control);
+}
+
+}  // namespace
+
+extern "C" {
+
+void distill_config_init(distill_config* config) {
+  if (!config) return;
+  std::memset(config, 0, sizeof *config);
+  config->mode = DISTILL_MODE_CROSSFADE;
+  config->evolution_amount = -1;
+  config->stereo_width = -1;
+  config->sample_rate = 48000;
+  config->channels = 1;
+  config->max_frames = 4096;
+}
+
+distill_session* distill_open(const distill_config* config, char* error, size_t error_size) {
+  if (!config) {
+    WriteError(error, error_size, "config is NULL");
+    return nullptr;
+  }
+  std::string why = CheckConfig(*config);
+  distill::Endpoint endpoint;
+  if (why.empty()) distill::ResolveEndpoint(*config, &endpoint, &why);
+  if (!why.empty()) {
+    WriteError(error, error_size, why);
+    return nullptr;
+  }
+  distill::ControlState initial;
+  for (uint32_t i = 0; i < config->num_sliders; ++i) initial.sliders[i] = config->sliders[i];
+  if (config->latent_dim > 0) {
+    initial.latent.assign(config->latent, config->latent + config->latent_dim);
+    initial.latent_is_latest = true;
+  }
+  initial.evolution = config->evolution_amount;
+  initial.width = config->stereo_width;
+  auto* s = new distill_session;
+  s->session = std::make_unique<distill::Session>(*config, std::move(endpoint), std::move(initial));
+  WriteError(error, error_size, "");
+  return s;
+}
+
+uint32_t distill_render(distill_session* s, float* const* out, uint32_t frames) {
+  if (!s || !out) return 0;
+  return s->session->Render(out, frames, 1);
+}
+
+uint32_t distill_render_interleaved(distill_session* s, float* out, uint32_t frames) {
+  if (!s || !out) return 0;
+  float* planes[2] = {out, out + 1};
+  return s->session->Render(planes, frames, s->session->channels());
+}
+
+int distill_set_slider(distill_session* s, uint32_t index, int32_t position) {
+  if (index >= DISTILL_MAX_SLIDERS) return DISTILL_ERROR_ARGUMENT;
+  distill::Control control;
+  control.kind = distill::Control::kSlider;
+  control.index = index;
+  control.position = position;
+  return QueueControl(s, control);
+}
+
+int distill_set_latent(distill_session* s, const float* latent, uint32_t latent_dim) {
+  if (!latent || latent_dim == 0 || latent_dim > DISTILL_MAX_LATENT) return DISTILL_ERROR_ARGUMENT;
+  distill::Control control;
+  control.kind = distill::Control::kLatent;
+  control.latent_dim = latent_dim;
+  std::memcpy(control.latent, latent, latent_dim * sizeof(float));
+  return QueueControl(s, control);
+}
+
+int distill_set_evolution(distill_session* s, float evolution_amount) {
+  if (!(evolution_amount >= 0 && evolution_amount <= 1)) return DISTILL_ERROR_ARGUMENT;
+  distill::Control control;
+  control.kind = distill::Control::kEvolution;
+  control.value = evolution_amount;
+  return QueueControl(s, control);
+}
+
+int distill_set_stereo_width(distill_session* s, float stereo_width) {
+  if (!(stereo_width >= 0 && stereo_width <= 2)) return DISTILL_ERROR_ARGUMENT;
+  distill::Control control;
+  control.kind = distill::Control::kWidth;
+  control.value = stereo_width;
+  return QueueControl(s, control);
+}
+
+int distill_stop(distill_session* s) {
+  distill::Control control;
+  control.kind = distill::Control::kStop;
+  return QueueControl(s, control);
+}
+
+uint32_t distill_latency_frames(const distill_session* s) {
+  return s ? s->session->latency_frames() : 0;
+}
+
+void distill_get_status(distill_session* s, distill_status* status) {
+  if (!s || !status) return;
+  s->session->GetStatus(status);
+}
+
+void distill_close(distill_session* s) { delete s; }
+
+distill_model_info* distill_model_info_get(const distill_config* config, double timeout_s,
+                                           char* error, size_t error_size) {
+  distill_config defaults;
+  if (!config) {
+    distill_config_init(&defaults);
+    config = &defaults;
+  }
+  distill::Endpoint endpoint;
+  std::string why;
+  if (!distill::ResolveEndpoint(*config, &endpoint, &why)) {
+    WriteError(error, error_size, why);
+    return nullptr;
+  }
+  auto stub = v1::DistillService::NewStub(distill::MakeChannel(endpoint));
+  grpc::ClientContext context;
+  distill::AddToken(endpoint, &context);
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::milliseconds(static_cast<int64_t>((timeout_s > 0 ? timeout_s : 10) * 1000)));
+  auto info = std::make_unique<distill_model_info>();
+  grpc::Status status = stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info->response);
+  if (!status.ok()) {
+    WriteError(error, error_size, endpoint.server + ": " + status.error_message());
+    return nullptr;
+  }
+  WriteError(error, error_size, "");
+  return info.release();
+}
+
+uint32_t distill_model_latent_dim(const distill_model_info* info) {
+  return info ? info->response.latent_dim() : 0;
+}
+
+uint32_t distill_model_num_sliders(const distill_model_info* info) {
+  return info ? static_cast<uint32_t>(info->response.sliders_size()) : 0;
+}
+
+const char* distill_model_slider_label(const distill_model_info* info, uint32_t i) {
+  if (!info || i >= distill_model_num_sliders(info)) return nullptr;
+  return info->response.sliders(static_cast<int>(i)).label().c_str();
+}
+
+int32_t distill_model_slider_min(const distill_model_info* info, uint32_t i) {
+  if (!info || i >= distill_model_num_sliders(info)) return 0;
+  return info->response.sliders(static_cast<int>(i)).min_position();
+}
+
+int32_t distill_model_slider_max(const distill_model_info* info, uint32_t i) {
+  if (!info || i >= distill_model_num_sliders(info)) return 0;
+  return info->response.sliders(static_cast<int>(i)).max_position();
+}
+
+uint32_t distill_model_num_sample_rates(const distill_model_info* info) {
+  return info ? static_cast<uint32_t>(info->response.sample_rates_size()) : 0;
+}
+
+uint32_t distill_model_sample_rate(const distill_model_info* info, uint32_t i) {
+  if (!info || i >= distill_model_num_sample_rates(info)) return 0;
+  return info->response.sample_rates(static_cast<int>(i));
+}
+
+void distill_model_info_free(distill_model_info* info) { delete info; }
+
+const char* distill_version(void) { return "libdistill 1 (distill_serve.v1)"; }
+
+}  // extern "C"

@@ -1,0 +1,127 @@
+// Playout: the audio thread's side of a session. It reads interleaved audio from the ring
+// that the network thread fills and writes it into the host's channel arrays, holding silence
+// until the jitter buffer has filled, fading out (kFadeFrames) when the ring is about to run
+// dry and back in when audio returns. Nothing here locks, allocates or blocks.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+
+#include "queues.h"
+
+namespace distill {
+
+// Where a control first takes effect: the ring position (in frames) of the first audio that
+// reflects control `sequence`.
+struct ControlMark {
+  uint64_t frame;
+  uint64_t sequence;
+};
+
+class Playout {
+ public:
+  static constexpr uint32_t kFadeFrames = 64;
+
+  Playout(uint32_t channels, uint32_t jitter_frames, size_t ring_frames)
+      : channels_(channels),
+        jitter_frames_(jitter_frames),
+        audio_(ring_frames * channels),
+        marks_(256) {}
+
+  // --- network thread ---
+  SpscRing<float>& audio() { return audio_; }
+  SpscRing<ControlMark>& marks() { return marks_; }
+  // No more audio will come (the session was stopped or refused for good).
+  void MarkEnded() { ended_.store(true, std::memory_order_release); }
+
+  // --- audio thread ---
+  // Writes frame i of channel c to out[c][i * stride] (stride 1: one array per channel;
+  // out[c] = buffer + c with stride = channels: interleaved).
+  uint32_t Render(float* const* out, uint32_t frames, uint32_t stride) {
+    const bool ended = ended_.load(std::memory_order_acquire);
+    const size_t available = audio_.Readable() / channels_;
+    if (!playing_ && (available >= jitter_frames_ || (ended && available > 0))) {
+      playing_ = true;
+      fade_in_left_ = started_ ? kFadeFrames : 0;  // the very first audio is the server's as is
+    }
+    uint32_t n = 0;
+    if (playing_) {
+      started_ = true;
+      // About to run dry: play what there is and fade it out, instead of a click next time.
+      const bool dry = !ended && available < static_cast<size_t>(frames) + kFadeFrames;
+      n = static_cast<uint32_t>(std::min<size_t>(frames, available));
+      const uint32_t fade_out = dry ? std::min(n, kFadeFrames) : 0;
+      for (uint32_t i = 0; i < n; ++i) {
+        float gain = 1.0f;
+        if (fade_in_left_ > 0) {
+          gain = static_cast<float>(kFadeFrames - fade_in_left_) / kFadeFrames;
+          --fade_in_left_;
+        }
+        if (fade_out > 0 && i >= n - fade_out) {
+          gain *= static_cast<float>(n - 1 - i) / static_cast<float>(fade_out);
+        }
+        for (uint32_t c = 0; c < channels_; ++c) {
+          out[c][static_cast<size_t>(i) * stride] = audio_.Peek(static_cast<size_t>(i) * channels_ + c) * gain;
+        }
+      }
+      audio_.Consume(static_cast<size_t>(n) * channels_);
+      consumed_ += n;
+      if (dry) {
+        playing_ = false;
+        underruns_.fetch_add(1, std::memory_order_relaxed);
+      } else if (ended && available == n) {
+        playing_ = false;
+      }
+    } else if (!started_) {
+      frames_before_audio_.fetch_add(frames, std::memory_order_relaxed);
+    }
+    for (uint32_t c = 0; c < channels_; ++c) {
+      for (uint32_t i = n; i < frames; ++i) out[c][static_cast<size_t>(i) * stride] = 0.0f;
+    }
+    // Controls heard: the marks up to the frames played so far.
+    while (marks_.Readable() > 0 && marks_.Peek(0).frame < consumed_) {
+      heard_.store(marks_.Peek(0).sequence, std::memory_order_relaxed);
+      marks_.Consume(1);
+    }
+    playing_now_.store(playing_, std::memory_order_relaxed);
+    frames_rendered_.fetch_add(frames, std::memory_order_relaxed);
+    frames_played_.fetch_add(n, std::memory_order_relaxed);
+    return n;
+  }
+
+  // --- any thread (status) ---
+  bool playing() const { return playing_now_.load(std::memory_order_relaxed); }
+  bool drained() const {
+    return ended_.load(std::memory_order_acquire) && audio_.Readable() == 0 && !playing();
+  }
+  uint64_t underruns() const { return underruns_.load(std::memory_order_relaxed); }
+  uint64_t frames_rendered() const { return frames_rendered_.load(std::memory_order_relaxed); }
+  uint64_t frames_played() const { return frames_played_.load(std::memory_order_relaxed); }
+  uint64_t frames_before_audio() const {
+    return frames_before_audio_.load(std::memory_order_relaxed);
+  }
+  uint64_t heard() const { return heard_.load(std::memory_order_relaxed); }
+  uint32_t buffered() const { return static_cast<uint32_t>(audio_.Readable() / channels_); }
+
+ private:
+  const uint32_t channels_;
+  const uint32_t jitter_frames_;
+  SpscRing<float> audio_;
+  SpscRing<ControlMark> marks_;
+  std::atomic<bool> ended_{false};
+  // Audio thread only.
+  bool playing_ = false;
+  bool started_ = false;
+  uint32_t fade_in_left_ = 0;
+  uint64_t consumed_ = 0;
+  // Written by the audio thread, read by status.
+  std::atomic<bool> playing_now_{false};
+  std::atomic<uint64_t> underruns_{0};
+  std::atomic<uint64_t> frames_rendered_{0};
+  std::atomic<uint64_t> frames_played_{0};
+  std::atomic<uint64_t> frames_before_audio_{0};
+  std::atomic<uint64_t> heard_{0};
+};
+
+}  // namespace distill

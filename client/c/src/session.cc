@@ -1,0 +1,366 @@
+#include "session.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+namespace distill {
+
+namespace {
+
+constexpr double kControlPollS = 0.002;
+constexpr double kFirstBackoffS = 0.1;
+constexpr double kMaxBackoffS = 2.0;
+
+v1::GenerationSpec SpecFromConfig(const distill_config& config) {
+  v1::GenerationSpec spec;  // duration_s stays 0: open-ended
+  spec.set_mode(static_cast<v1::ChunkMode>(config.mode));
+  if (config.has_seed) spec.set_seed(config.seed);
+  spec.set_sample_rate(config.sample_rate);
+  spec.set_encoding(v1::AUDIO_ENCODING_FLOAT32);
+  spec.set_spatial(config.channels == 2 ? v1::SPATIAL_MODE_STEREO_MID_SIDE : v1::SPATIAL_MODE_MONO);
+  return spec;
+}
+
+double Lookahead(const distill_config& config) {
+  return config.lookahead_s > 0 ? config.lookahead_s : 0.3;
+}
+
+double Jitter(const distill_config& config) { return config.jitter_s > 0 ? config.jitter_s : 0.05; }
+
+// Codes a retry cannot cure: the session fails for good with the server's message.
+bool Permanent(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::UNAUTHENTICATED:
+    case grpc::StatusCode::PERMISSION_DENIED:
+    case grpc::StatusCode::NOT_FOUND:
+    case grpc::StatusCode::FAILED_PRECONDITION:
+    case grpc::StatusCode::UNIMPLEMENTED:
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return true;
+    default:
+      return false;
+  }
+}
+
+const char* CodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::CANCELLED: return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
+    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    case grpc::StatusCode::INTERNAL: return "INTERNAL";
+    default: return "ERROR";
+  }
+}
+
+}  // namespace
+
+bool ResolveEndpoint(const distill_config& config, Endpoint* endpoint, std::string* error) {
+  const char* server = config.server ? config.server : std::getenv("DISTILL_SERVER");
+  endpoint->server = (server && *server) ? server : "127.0.0.1:50051";
+  const char* token = config.token ? config.token : std::getenv("DISTILL_TOKEN");
+  endpoint->token = token ? token : "";
+  endpoint->tls = config.tls_root_certs != nullptr;
+  if (endpoint->tls && *config.tls_root_certs) {
+    std::ifstream file(config.tls_root_certs);
+    if (!file) {
+      *error = std::string("cannot read TLS root certificates ") + config.tls_root_certs;
+      return false;
+    }
+    std::stringstream pem;
+    pem << file.rdbuf();
+    endpoint->root_certs = pem.str();
+  }
+  return true;
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const Endpoint& endpoint) {
+  grpc::ChannelArguments args;
+  // Reconnect quickly once a server is back (gRPC's default backoff grows to 120 s).
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (endpoint.tls) {
+    grpc::SslCredentialsOptions options;
+    options.pem_root_certs = endpoint.root_certs;
+    credentials = grpc::SslCredentials(options);
+  } else {
+    credentials = grpc::InsecureChannelCredentials();
+  }
+  return grpc::CreateCustomChannel(endpoint.server, credentials, args);
+}
+
+void AddToken(const Endpoint& endpoint, grpc::ClientContext* context) {
+  if (!endpoint.token.empty()) context->AddMetadata("authorization", "Bearer " + endpoint.token);
+}
+
+Session::Session(const distill_config& config, Endpoint endpoint, ControlState initial)
+    : spec_(SpecFromConfig(config)),
+      lookahead_s_(Lookahead(config)),
+      channels_(config.channels),
+      max_frames_(config.max_frames),
+      latency_frames_(static_cast<uint32_t>(
+          std::lround((Lookahead(config) + Jitter(config)) * config.sample_rate))),
+      endpoint_(std::move(endpoint)),
+      channel_(MakeChannel(endpoint_)),
+      stub_(v1::DistillService::NewStub(channel_)),
+      // The ring holds the lookahead, the jitter buffer, the host's largest block and a second.
+      playout_(config.channels,
+               static_cast<uint32_t>(std::lround(Jitter(config) * config.sample_rate)),
+               static_cast<size_t>((Lookahead(config) + Jitter(config) + 1.0) * config.sample_rate) +
+                   config.max_frames),
+      controls_(64),
+      state_(std::move(initial)) {
+  network_ = std::thread(&Session::NetworkLoop, this);
+}
+
+Session::~Session() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closing_.store(true);
+    if (context_) context_->TryCancel();
+  }
+  wake_.notify_all();
+  network_.join();
+}
+
+int Session::Queue(const Control& control) {
+  if (failed_.load() || stop_requested_.load()) return DISTILL_ERROR_ENDED;
+  if (!controls_.Push(control)) return DISTILL_ERROR_QUEUE_FULL;
+  if (control.kind == Control::kStop) stop_requested_.store(true);
+  return DISTILL_OK;
+}
+
+void Session::SetError(const std::string& message) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  last_error_ = message;
+}
+
+bool Session::SleepUnlessClosing(double seconds) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return !wake_.wait_for(lock, std::chrono::duration<double>(seconds),
+                         [this] { return closing_.load(); });
+}
+
+void Session::GetStatus(distill_status* status) {
+  std::memset(status, 0, sizeof *status);
+  if (failed_.load() && playout_.drained()) {
+    status->state = DISTILL_STATE_FAILED;
+  } else if (stop_requested_.load() && playout_.drained()) {
+    status->state = DISTILL_STATE_STOPPED;
+  } else if (playout_.playing()) {
+    status->state = DISTILL_STATE_PLAYING;
+  } else if (connected_.load()) {
+    status->state = DISTILL_STATE_BUFFERING;
+  } else {
+    status->state = DISTILL_STATE_CONNECTING;
+  }
+  status->underruns = playout_.underruns();
+  status->connects = connects_.load();
+  status->frames_rendered = playout_.frames_rendered();
+  status->frames_played = playout_.frames_played();
+  status->frames_before_audio = playout_.frames_before_audio();
+  status->frames_buffered = playout_.buffered();
+  status->control_sent = sent_.load();
+  status->control_heard = playout_.heard();
+  status->seed = seed_.load();
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::snprintf(status->last_error, sizeof status->last_error, "%s", last_error_.c_str());
+}
+
+v1::GenerateLiveRequest Session::StartRequest() const {
+  v1::GenerateLiveRequest request;
+  v1::LiveStart* start = request.mutable_start();
+  start->set_lookahead_s(lookahead_s_);
+  v1::GenerationSpec* spec = start->mutable_spec();
+  *spec = spec_;
+  if (spec_.mode() == v1::CHUNK_MODE_SLIDER) {  // the start point: the controls in force
+    if (state_.latent_is_latest && !state_.latent.empty()) {
+      for (float v : state_.latent) spec->mutable_latent()->add_values(v);
+    } else {
+      v1::SliderPositions* sliders = spec->mutable_sliders();
+      for (const auto& [index, position] : state_.sliders) {
+        v1::SliderPosition* p = sliders->add_positions();
+        p->set_index(index);
+        p->set_position(position);
+      }
+    }
+    if (state_.evolution >= 0) spec->set_evolution_amount(state_.evolution);
+  }
+  if (state_.width >= 0 && channels_ == 2) spec->set_stereo_width(state_.width);
+  return request;
+}
+
+void Session::NetworkLoop() {
+  double backoff = kFirstBackoffS;
+  while (!closing_.load()) {
+    if (stop_requested_.load() && !connected_.load()) break;  // stopped while away: done
+    bool got_audio = false;
+    double retry_after = 0;
+    Outcome outcome = RunCall(&got_audio, &retry_after);
+    connected_.store(false);
+    if (outcome != Outcome::kRetry) {
+      if (outcome == Outcome::kFailed) failed_.store(true);
+      break;
+    }
+    if (got_audio) backoff = kFirstBackoffS;
+    if (!SleepUnlessClosing(std::max(backoff, retry_after))) break;
+    backoff = std::min(2 * backoff, kMaxBackoffS);
+  }
+  playout_.MarkEnded();
+}
+
+Session::Outcome Session::RunCall(bool* got_audio, double* retry_after_s) {
+  grpc::ClientContext context;
+  AddToken(endpoint_, &context);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closing_.load()) return Outcome::kClosing;
+    context_ = &context;
+  }
+  auto stream = stub_->GenerateLive(&context);
+  connects_.fetch_add(1);
+  const uint64_t base_sequence = sequence_;  // the start carries every control up to here
+  bool first_audio = true;
+  bool ended_by_stop = false;
+  std::atomic<bool> call_done{false};
+  std::thread writer;
+  if (stream->Write(StartRequest())) {
+    writer = std::thread(&Session::WriterLoop, this, stream.get(), &call_done);
+    v1::GenerateLiveResponse message;
+    while (stream->Read(&message)) {
+      if (message.has_header()) {
+        seed_.store(message.header().seed());
+        connected_.store(true);
+      } else if (message.has_audio()) {
+        const v1::AudioChunk& chunk = message.audio();
+        uint64_t heard = std::max<uint64_t>(chunk.control_sequence(), base_sequence);
+        if (first_audio || chunk.control_sequence() > base_sequence) {
+          playout_.marks().Push(ControlMark{pushed_frames_, heard});
+        }
+        first_audio = false;
+        *got_audio = true;
+        if (!PushAudio(chunk)) {  // closing
+          context.TryCancel();
+          break;
+        }
+      } else if (message.has_end()) {
+        ended_by_stop = message.end().reason() == "stop";
+      }
+    }
+  }
+  call_done.store(true);
+  if (writer.joinable()) writer.join();
+  grpc::Status status = stream->Finish();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    context_ = nullptr;
+  }
+  if (closing_.load()) return Outcome::kClosing;
+  if (status.ok() && (ended_by_stop || stop_requested_.load())) return Outcome::kStopped;
+  std::string message = std::string(CodeName(status.error_code())) + ": " + status.error_message();
+  if (status.ok()) message = "the server ended the session";
+  SetError(message);
+  if (!status.ok() && Permanent(status.error_code())) return Outcome::kFailed;
+  for (const auto& [key, value] : context.GetServerTrailingMetadata()) {
+    if (key == "retry-after-ms") *retry_after_s = std::atof(std::string(value.data(), value.size()).c_str()) / 1000;
+  }
+  return Outcome::kRetry;
+}
+
+bool Session::PushAudio(const v1::AudioChunk& chunk) {
+  const std::string& data = chunk.data();
+  size_t samples = data.size() / sizeof(float);
+  scratch_.resize(samples);
+  std::memcpy(scratch_.data(), data.data(), samples * sizeof(float));
+  size_t done = 0;
+  while (done < samples) {
+    size_t room = playout_.audio().Writable();
+    room -= room % channels_;  // whole frames only
+    if (room == 0) {
+      if (closing_.load()) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));  // the host is not pulling
+      continue;
+    }
+    size_t n = std::min(room, samples - done);
+    playout_.audio().Write(scratch_.data() + done, n);
+    done += n;
+  }
+  pushed_frames_ += samples / channels_;
+  return true;
+}
+
+void Session::WriterLoop(
+    grpc::ClientReaderWriter<v1::GenerateLiveRequest, v1::GenerateLiveResponse>* stream,
+    const std::atomic<bool>* call_done) {
+  Control control;
+  while (!call_done->load() && !closing_.load()) {
+    // Everything queued since the last pass goes out as one LiveControl.
+    v1::GenerateLiveRequest request;
+    v1::LiveControl* live = request.mutable_control();
+    bool any = false, stop = false, sliders = false, latent = false;
+    while (controls_.Pop(&control)) {
+      any = true;
+      switch (control.kind) {
+        case Control::kSlider:
+          state_.sliders[control.index] = control.position;
+          state_.latent_is_latest = false;
+          sliders = true;
+          latent = false;
+          break;
+        case Control::kLatent:
+          state_.latent.assign(control.latent, control.latent + control.latent_dim);
+          state_.latent_is_latest = true;
+          latent = true;
+          sliders = false;
+          break;
+        case Control::kEvolution:
+          state_.evolution = control.value;
+          live->set_evolution_amount(control.value);
+          break;
+        case Control::kWidth:
+          state_.width = control.value;
+          if (channels_ == 2) live->set_stereo_width(control.value);
+          break;
+        case Control::kStop:
+          stop = true;
+          break;
+      }
+    }
+    if (any) {
+      if (sliders) {  // every slider in force: the server keeps positions it is not sent anyway
+        for (const auto& [index, position] : state_.sliders) {
+          v1::SliderPosition* p = live->mutable_sliders()->add_positions();
+          p->set_index(index);
+          p->set_position(position);
+        }
+      } else if (latent) {
+        for (float v : state_.latent) live->mutable_latent()->add_values(v);
+      }
+      live->set_stop(stop);
+      live->set_sequence(++sequence_);
+      if (!stream->Write(request)) return;  // the call has ended
+      sent_.store(sequence_);
+      if (stop) {
+        stream->WritesDone();
+        return;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::duration<double>(kControlPollS));
+  }
+}
+
+}  // namespace distill

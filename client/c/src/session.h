@@ -1,0 +1,122 @@
+// Session: one live distill-serve session as a host plays it. The network thread opens
+// DistillService.GenerateLive, fills the Playout's ring with the audio blocks, forwards the
+// controls that the host's threads queue, and reopens the session with a backoff when the call
+// fails for a reason that retrying can cure.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "distill.h"
+#include "distill_serve/v1/distill.grpc.pb.h"
+#include "playout.h"
+#include "queues.h"
+
+namespace distill {
+
+namespace v1 = distill_serve::v1;
+
+// One control as a host thread queued it.
+struct Control {
+  enum Kind : uint8_t { kSlider, kLatent, kEvolution, kWidth, kStop };
+  Kind kind = kStop;
+  uint32_t index = 0;
+  int32_t position = 0;
+  float value = 0;
+  uint32_t latent_dim = 0;
+  float latent[DISTILL_MAX_LATENT] = {};
+};
+
+// The controls in force: what a (re)opened session starts with.
+struct ControlState {
+  std::map<uint32_t, int32_t> sliders;
+  std::vector<float> latent;  // non-empty: the latent is the target (set after the sliders)
+  bool latent_is_latest = false;
+  float evolution = -1;
+  float width = -1;
+};
+
+// Server, token and TLS settings resolved from a distill_config (NULLs -> environment).
+struct Endpoint {
+  std::string server;
+  std::string token;
+  bool tls = false;
+  std::string root_certs;  // PEM; empty with tls: the system's roots
+};
+
+// Resolves config's endpoint; false (and *error) when the TLS root file cannot be read.
+bool ResolveEndpoint(const distill_config& config, Endpoint* endpoint, std::string* error);
+std::shared_ptr<grpc::Channel> MakeChannel(const Endpoint& endpoint);
+void AddToken(const Endpoint& endpoint, grpc::ClientContext* context);
+
+class Session {
+ public:
+  Session(const distill_config& config, Endpoint endpoint, ControlState initial);
+  ~Session();  // cancels the call and joins the network thread
+
+  uint32_t Render(float* const* out, uint32_t frames, uint32_t stride) {
+    if (frames == 0 || frames > max_frames_) return 0;
+    return playout_.Render(out, frames, stride);
+  }
+  uint32_t channels() const { return channels_; }
+  int Queue(const Control& control);
+  uint32_t latency_frames() const { return latency_frames_; }
+  void GetStatus(distill_status* status);
+
+ private:
+  enum class Outcome { kStopped, kRetry, kFailed, kClosing };
+
+  void NetworkLoop();
+  Outcome RunCall(bool* got_audio, double* retry_after_s);
+  void WriterLoop(grpc::ClientReaderWriter<v1::GenerateLiveRequest, v1::GenerateLiveResponse>* stream,
+                  const std::atomic<bool>* call_done);
+  v1::GenerateLiveRequest StartRequest() const;
+  bool PushAudio(const v1::AudioChunk& chunk);
+  void SetError(const std::string& message);
+  bool SleepUnlessClosing(double seconds);
+
+  // Fixed at open.
+  const v1::GenerationSpec spec_;
+  const double lookahead_s_;
+  const uint32_t channels_;
+  const uint32_t max_frames_;
+  const uint32_t latency_frames_;
+  const Endpoint endpoint_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::DistillService::Stub> stub_;
+
+  Playout playout_;
+  MpscQueue<Control> controls_;
+
+  // Network thread (and its per-call writer thread, one at a time, joined before reuse).
+  ControlState state_;
+  uint64_t sequence_ = 0;
+  uint64_t pushed_frames_ = 0;
+  std::vector<float> scratch_;
+
+  std::atomic<bool> closing_{false};
+  std::atomic<bool> stop_requested_{false};
+  std::atomic<bool> failed_{false};
+  std::atomic<bool> connected_{false};
+  std::atomic<uint64_t> connects_{0};
+  std::atomic<uint64_t> sent_{0};
+  std::atomic<uint64_t> seed_{0};
+
+  std::mutex mutex_;  // guards last_error_, context_ and the close wake-up; never the audio thread
+  std::condition_variable wake_;
+  std::string last_error_;
+  grpc::ClientContext* context_ = nullptr;
+
+  std::thread network_;
+};
+
+}  // namespace distill

@@ -19,10 +19,11 @@
  * distill_get_status and distill_close may be called from any thread except the audio thread
  * (they may lock). distill_close must not run concurrently with any other call on the session.
  *
- * Timing. Audio starts once the jitter buffer (jitter_s) holds audio; until then, and on an
- * underrun, distill_render writes silence (an underrun fades out over 1.3 ms and back in, never
- * a click). distill_latency_frames is fixed per session: a control is heard about that many
- * frames after it is set (the server's lookahead plus the jitter buffer). When the server goes
+ * Timing. The server generates up to lookahead_s ahead of real time. Audio starts once the ring
+ * holds lookahead_s + jitter_s (distill_latency_frames, fixed per session); until then, and on
+ * an underrun, distill_render writes silence (an underrun fades out over 64 frames and back in,
+ * never a click). The ring then stays about that full, so a control is heard about
+ * distill_latency_frames plus one server block after it is set. When the server goes
  * away, the session reconnects with a backoff (0.1 s doubling to 2 s) and plays a new session
  * with the latest controls; a refusal that retrying cannot cure (bad token, bad spec) ends it
  * in DISTILL_STATE_FAILED with the server's message in the status.
@@ -65,14 +66,15 @@ typedef enum distill_result {
   DISTILL_OK = 0,
   DISTILL_ERROR_ARGUMENT = -1,  /* a NULL session or an argument out of range */
   DISTILL_ERROR_QUEUE_FULL = -2, /* the control queue is full (the network thread is behind) */
-  DISTILL_ERROR_ENDED = -3      /* the session is stopped or failed: controls go nowhere */
+  DISTILL_ERROR_ENDED = -3      /* the session failed for good: controls go nowhere */
 } distill_result;
 
 typedef enum distill_state {
   DISTILL_STATE_CONNECTING = 0, /* opening a session with the server, or reopening after a loss */
-  DISTILL_STATE_BUFFERING = 1,  /* connected; filling the jitter buffer */
+  DISTILL_STATE_BUFFERING = 1,  /* connected; filling the ring to the latency */
   DISTILL_STATE_PLAYING = 2,    /* audio is being rendered */
-  DISTILL_STATE_STOPPED = 3,    /* distill_stop was called and the faded-out audio has played */
+  DISTILL_STATE_STOPPED = 3,    /* distill_stop was called and the faded-out audio has played
+                                   (distill_play starts again) */
   DISTILL_STATE_FAILED = 4      /* refused for good (see last_error); no more retries */
 } distill_state;
 
@@ -100,7 +102,8 @@ typedef struct distill_config {
   float stereo_width;
   /* How far ahead of real time the server generates, seconds (0: 0.3). */
   double lookahead_s;
-  /* Audio held before playback starts, seconds (0: 0.05). */
+  /* Margin for network jitter, seconds (0: 0.05): playback starts once the ring holds
+     lookahead_s + jitter_s. */
   double jitter_s;
   /* The host's rate: the server resamples to it (it must be one the server offers). */
   uint32_t sample_rate;
@@ -159,8 +162,14 @@ DISTILL_API int distill_set_latent(distill_session *session, const float *latent
 DISTILL_API int distill_set_evolution(distill_session *session, float evolution_amount);
 DISTILL_API int distill_set_stereo_width(distill_session *session, float stereo_width);
 /* Asks the server to fade out (50 ms) and end; the status becomes STOPPED once that has
-   played. */
+   played. Controls set while stopped apply to the next session. */
 DISTILL_API int distill_stop(distill_session *session);
+/* After distill_stop: play again (a new session, from the start of the trajectory, with the
+   controls in force; it fades in). */
+DISTILL_API int distill_play(distill_session *session);
+/* Switches to the trajectory of `seed`: the session fades out and a new one starts on it
+   (fading in). Nothing happens if it already plays that seed. */
+DISTILL_API int distill_set_seed(distill_session *session, uint64_t seed);
 
 /* The fixed latency of the session in frames: lookahead plus jitter buffer. */
 DISTILL_API uint32_t distill_latency_frames(const distill_session *session);

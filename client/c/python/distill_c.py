@@ -96,6 +96,8 @@ class Library:
             "distill_set_evolution": (ctypes.c_int, [p, f32]),
             "distill_set_stereo_width": (ctypes.c_int, [p, f32]),
             "distill_stop": (ctypes.c_int, [p]),
+            "distill_play": (ctypes.c_int, [p]),
+            "distill_set_seed": (ctypes.c_int, [p, ctypes.c_uint64]),
             "distill_latency_frames": (u32, [p]),
             "distill_get_status": (None, [p, ctypes.POINTER(Status)]),
             "distill_close": (None, [p]),
@@ -207,6 +209,12 @@ class Session:
 
     def stop(self) -> int:
         return int(self.lib.distill_stop(self.handle))
+
+    def play(self) -> int:
+        return int(self.lib.distill_play(self.handle))
+
+    def set_seed(self, seed: int) -> int:
+        return int(self.lib.distill_set_seed(self.handle, seed))
 
     @property
     def latency_frames(self) -> int:

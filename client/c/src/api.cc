@@ -86,6 +86,8 @@ distill_session* distill_open(const distill_config* config, char* error, size_t 
     initial.latent_is_latest = true;
   }
   initial.evolution = config->evolution_amount;
+  initial.has_seed = config->has_seed != 0;
+  initial.seed = config->seed;
   initial.width = config->stereo_width;
   auto* s = new distill_session;
   s->session = std::make_unique<distill::Session>(*config, std::move(endpoint), std::move(initial));
@@ -141,6 +143,19 @@ int distill_set_stereo_width(distill_session* s, float stereo_width) {
 int distill_stop(distill_session* s) {
   distill::Control control;
   control.kind = distill::Control::kStop;
+  return QueueControl(s, control);
+}
+
+int distill_play(distill_session* s) {
+  distill::Control control;
+  control.kind = distill::Control::kPlay;
+  return QueueControl(s, control);
+}
+
+int distill_set_seed(distill_session* s, uint64_t seed) {
+  distill::Control control;
+  control.kind = distill::Control::kSeed;
+  control.seed = seed;
   return QueueControl(s, control);
 }
 

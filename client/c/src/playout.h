@@ -1,6 +1,6 @@
 // Playout: the audio thread's side of a session. It reads interleaved audio from the ring
 // that the network thread fills and writes it into the host's channel arrays, holding silence
-// until the jitter buffer has filled, fading out (kFadeFrames) when the ring is about to run
+// until it holds start_frames (the server's lookahead plus the jitter margin), fading out (kFadeFrames) when the ring is about to run
 // dry and back in when audio returns. Nothing here locks, allocates or blocks.
 #pragma once
 
@@ -23,9 +23,9 @@ class Playout {
  public:
   static constexpr uint32_t kFadeFrames = 64;
 
-  Playout(uint32_t channels, uint32_t jitter_frames, size_t ring_frames)
+  Playout(uint32_t channels, uint32_t start_frames, size_t ring_frames)
       : channels_(channels),
-        jitter_frames_(jitter_frames),
+        start_frames_(start_frames),
         audio_(ring_frames * channels),
         marks_(256) {}
 
@@ -34,6 +34,8 @@ class Playout {
   SpscRing<ControlMark>& marks() { return marks_; }
   // No more audio will come (the session was stopped or refused for good).
   void MarkEnded() { ended_.store(true, std::memory_order_release); }
+  // A new session starts: its audio follows whatever is still in the ring.
+  void ClearEnded() { ended_.store(false, std::memory_order_release); }
 
   // --- audio thread ---
   // Writes frame i of channel c to out[c][i * stride] (stride 1: one array per channel;
@@ -41,7 +43,7 @@ class Playout {
   uint32_t Render(float* const* out, uint32_t frames, uint32_t stride) {
     const bool ended = ended_.load(std::memory_order_acquire);
     const size_t available = audio_.Readable() / channels_;
-    if (!playing_ && (available >= jitter_frames_ || (ended && available > 0))) {
+    if (!playing_ && (available >= start_frames_ || (ended && available > 0))) {
       playing_ = true;
       fade_in_left_ = started_ ? kFadeFrames : 0;  // the very first audio is the server's as is
     }
@@ -106,7 +108,7 @@ class Playout {
 
  private:
   const uint32_t channels_;
-  const uint32_t jitter_frames_;
+  const uint32_t start_frames_;
   SpscRing<float> audio_;
   SpscRing<ControlMark> marks_;
   std::atomic<bool> ended_{false};

@@ -117,9 +117,9 @@ Session::Session(const distill_config& config, Endpoint endpoint, ControlState i
       endpoint_(std::move(endpoint)),
       channel_(MakeChannel(endpoint_)),
       stub_(v1::DistillService::NewStub(channel_)),
-      // The ring holds the lookahead, the jitter buffer, the host's largest block and a second.
-      playout_(config.channels,
-               static_cast<uint32_t>(std::lround(Jitter(config) * config.sample_rate)),
+      // Playback starts once the ring holds the latency; the ring also has room for the host's
+      // largest block and a second more.
+      playout_(config.channels, latency_frames_,
                static_cast<size_t>((Lookahead(config) + Jitter(config) + 1.0) * config.sample_rate) +
                    config.max_frames),
       controls_(64),
@@ -138,10 +138,54 @@ Session::~Session() {
 }
 
 int Session::Queue(const Control& control) {
-  if (failed_.load() || stop_requested_.load()) return DISTILL_ERROR_ENDED;
-  if (!controls_.Push(control)) return DISTILL_ERROR_QUEUE_FULL;
-  if (control.kind == Control::kStop) stop_requested_.store(true);
-  return DISTILL_OK;
+  if (failed_.load()) return DISTILL_ERROR_ENDED;
+  return controls_.Push(control) ? DISTILL_OK : DISTILL_ERROR_QUEUE_FULL;
+}
+
+Commands Session::Drain() {
+  Commands c;
+  Control control;
+  while (controls_.Pop(&control)) {
+    c.any = true;
+    switch (control.kind) {
+      case Control::kSlider:
+        state_.sliders[control.index] = control.position;
+        state_.latent_is_latest = false;
+        c.sliders = true;
+        c.latent = false;
+        break;
+      case Control::kLatent:
+        state_.latent.assign(control.latent, control.latent + control.latent_dim);
+        state_.latent_is_latest = true;
+        c.latent = true;
+        c.sliders = false;
+        break;
+      case Control::kEvolution:
+        state_.evolution = control.value;
+        c.evolution = true;
+        break;
+      case Control::kWidth:
+        state_.width = control.value;
+        c.width = true;
+        break;
+      case Control::kStop:
+        play_.store(false);
+        c.stop = true;
+        c.play = false;
+        break;
+      case Control::kPlay:
+        play_.store(true);
+        c.play = true;
+        c.stop = false;
+        break;
+      case Control::kSeed:
+        if (!state_.has_seed || state_.seed != control.seed) c.reseed = true;
+        state_.has_seed = true;
+        state_.seed = control.seed;
+        break;
+    }
+  }
+  return c;
 }
 
 void Session::SetError(const std::string& message) {
@@ -159,7 +203,7 @@ void Session::GetStatus(distill_status* status) {
   std::memset(status, 0, sizeof *status);
   if (failed_.load() && playout_.drained()) {
     status->state = DISTILL_STATE_FAILED;
-  } else if (stop_requested_.load() && playout_.drained()) {
+  } else if (!play_.load() && playout_.drained()) {
     status->state = DISTILL_STATE_STOPPED;
   } else if (playout_.playing()) {
     status->state = DISTILL_STATE_PLAYING;
@@ -187,6 +231,11 @@ v1::GenerateLiveRequest Session::StartRequest() const {
   start->set_lookahead_s(lookahead_s_);
   v1::GenerationSpec* spec = start->mutable_spec();
   *spec = spec_;
+  if (state_.has_seed) {
+    spec->set_seed(state_.seed);
+  } else if (seed_.load() != 0) {  // reopened: the seed the server picked the first time
+    spec->set_seed(seed_.load());
+  }
   if (spec_.mode() == v1::CHUNK_MODE_SLIDER) {  // the start point: the controls in force
     if (state_.latent_is_latest && !state_.latent.empty()) {
       for (float v : state_.latent) spec->mutable_latent()->add_values(v);
@@ -207,17 +256,31 @@ v1::GenerateLiveRequest Session::StartRequest() const {
 void Session::NetworkLoop() {
   double backoff = kFirstBackoffS;
   while (!closing_.load()) {
-    if (stop_requested_.load() && !connected_.load()) break;  // stopped while away: done
+    if (!play_.load()) {  // stopped: controls only change what the next session starts with
+      Drain();
+      SleepUnlessClosing(kControlPollS);
+      continue;
+    }
     bool got_audio = false;
     double retry_after = 0;
     Outcome outcome = RunCall(&got_audio, &retry_after);
     connected_.store(false);
-    if (outcome != Outcome::kRetry) {
-      if (outcome == Outcome::kFailed) failed_.store(true);
+    if (outcome == Outcome::kClosing) break;
+    if (outcome == Outcome::kFailed) {
+      failed_.store(true);
       break;
     }
+    if (outcome == Outcome::kStopped) {
+      playout_.MarkEnded();
+      continue;  // stop, or a new seed (play_ still set: the next session starts at once)
+    }
     if (got_audio) backoff = kFirstBackoffS;
-    if (!SleepUnlessClosing(std::max(backoff, retry_after))) break;
+    // Wait before retrying; a stop or play meanwhile is honoured by the loop's next pass.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(std::max(backoff, retry_after));
+    while (!closing_.load() && play_.load() && std::chrono::steady_clock::now() < until) {
+      Drain();
+      SleepUnlessClosing(kControlPollS);
+    }
     backoff = std::min(2 * backoff, kMaxBackoffS);
   }
   playout_.MarkEnded();
@@ -233,13 +296,18 @@ Session::Outcome Session::RunCall(bool* got_audio, double* retry_after_s) {
   }
   auto stream = stub_->GenerateLive(&context);
   connects_.fetch_add(1);
+  playout_.ClearEnded();
+  const bool fade_in = !first_session_;
+  first_session_ = false;
+  std::atomic<bool> restart{false};
   const uint64_t base_sequence = sequence_;  // the start carries every control up to here
   bool first_audio = true;
+  int first_audio_pushed = 0;
   bool ended_by_stop = false;
   std::atomic<bool> call_done{false};
   std::thread writer;
   if (stream->Write(StartRequest())) {
-    writer = std::thread(&Session::WriterLoop, this, stream.get(), &call_done);
+    writer = std::thread(&Session::WriterLoop, this, stream.get(), &call_done, &restart);
     v1::GenerateLiveResponse message;
     while (stream->Read(&message)) {
       if (message.has_header()) {
@@ -253,7 +321,8 @@ Session::Outcome Session::RunCall(bool* got_audio, double* retry_after_s) {
         }
         first_audio = false;
         *got_audio = true;
-        if (!PushAudio(chunk)) {  // closing
+        ++first_audio_pushed;
+        if (!PushAudio(chunk, fade_in && first_audio_pushed == 0)) {  // closing
           context.TryCancel();
           break;
         }
@@ -270,7 +339,7 @@ Session::Outcome Session::RunCall(bool* got_audio, double* retry_after_s) {
     context_ = nullptr;
   }
   if (closing_.load()) return Outcome::kClosing;
-  if (status.ok() && (ended_by_stop || stop_requested_.load())) return Outcome::kStopped;
+  if (status.ok() && (ended_by_stop || !play_.load() || restart.load())) return Outcome::kStopped;
   std::string message = std::string(CodeName(status.error_code())) + ": " + status.error_message();
   if (status.ok()) message = "the server ended the session";
   SetError(message);
@@ -281,11 +350,19 @@ Session::Outcome Session::RunCall(bool* got_audio, double* retry_after_s) {
   return Outcome::kRetry;
 }
 
-bool Session::PushAudio(const v1::AudioChunk& chunk) {
+bool Session::PushAudio(const v1::AudioChunk& chunk, bool fade_in) {
   const std::string& data = chunk.data();
   size_t samples = data.size() / sizeof(float);
   scratch_.resize(samples);
   std::memcpy(scratch_.data(), data.data(), samples * sizeof(float));
+  if (fade_in) {  // a new session after another: no click where the old one faded out
+    size_t frames = std::min<size_t>(samples / channels_, Playout::kFadeFrames);
+    for (size_t i = 0; i < frames; ++i) {
+      for (size_t c = 0; c < channels_; ++c) {
+        scratch_[i * channels_ + c] *= static_cast<float>(i) / Playout::kFadeFrames;
+      }
+    }
+  }
   size_t done = 0;
   while (done < samples) {
     size_t room = playout_.audio().Writable();
@@ -305,51 +382,27 @@ bool Session::PushAudio(const v1::AudioChunk& chunk) {
 
 void Session::WriterLoop(
     grpc::ClientReaderWriter<v1::GenerateLiveRequest, v1::GenerateLiveResponse>* stream,
-    const std::atomic<bool>* call_done) {
-  Control control;
+    const std::atomic<bool>* call_done, std::atomic<bool>* restart) {
   while (!call_done->load() && !closing_.load()) {
     // Everything queued since the last pass goes out as one LiveControl.
-    v1::GenerateLiveRequest request;
-    v1::LiveControl* live = request.mutable_control();
-    bool any = false, stop = false, sliders = false, latent = false;
-    while (controls_.Pop(&control)) {
-      any = true;
-      switch (control.kind) {
-        case Control::kSlider:
-          state_.sliders[control.index] = control.position;
-          state_.latent_is_latest = false;
-          sliders = true;
-          latent = false;
-          break;
-        case Control::kLatent:
-          state_.latent.assign(control.latent, control.latent + control.latent_dim);
-          state_.latent_is_latest = true;
-          latent = true;
-          sliders = false;
-          break;
-        case Control::kEvolution:
-          state_.evolution = control.value;
-          live->set_evolution_amount(control.value);
-          break;
-        case Control::kWidth:
-          state_.width = control.value;
-          if (channels_ == 2) live->set_stereo_width(control.value);
-          break;
-        case Control::kStop:
-          stop = true;
-          break;
-      }
-    }
-    if (any) {
-      if (sliders) {  // every slider in force: the server keeps positions it is not sent anyway
+    Commands c = Drain();
+    if (c.any && (c.sliders || c.latent || c.evolution || c.width || c.stop || c.reseed)) {
+      v1::GenerateLiveRequest request;
+      v1::LiveControl* live = request.mutable_control();
+      if (c.sliders) {  // every slider in force (the server keeps the others anyway)
         for (const auto& [index, position] : state_.sliders) {
           v1::SliderPosition* p = live->mutable_sliders()->add_positions();
           p->set_index(index);
           p->set_position(position);
         }
-      } else if (latent) {
+      } else if (c.latent) {
         for (float v : state_.latent) live->mutable_latent()->add_values(v);
       }
+      if (c.evolution) live->set_evolution_amount(state_.evolution);
+      if (c.width && channels_ == 2) live->set_stereo_width(state_.width);
+      // A new seed ends this session (faded out) and starts the next on it.
+      const bool stop = c.stop || c.reseed;
+      if (c.reseed) restart->store(true);
       live->set_stop(stop);
       live->set_sequence(++sequence_);
       if (!stream->Write(request)) return;  // the call has ended

@@ -27,10 +27,11 @@ namespace v1 = distill_serve::v1;
 
 // One control as a host thread queued it.
 struct Control {
-  enum Kind : uint8_t { kSlider, kLatent, kEvolution, kWidth, kStop };
+  enum Kind : uint8_t { kSlider, kLatent, kEvolution, kWidth, kStop, kPlay, kSeed };
   Kind kind = kStop;
   uint32_t index = 0;
   int32_t position = 0;
+  uint64_t seed = 0;
   float value = 0;
   uint32_t latent_dim = 0;
   float latent[DISTILL_MAX_LATENT] = {};
@@ -43,6 +44,20 @@ struct ControlState {
   bool latent_is_latest = false;
   float evolution = -1;
   float width = -1;
+  bool has_seed = false;
+  uint64_t seed = 0;
+};
+
+// What one pass over the control queue asks for besides new control values.
+struct Commands {
+  bool any = false;       // something was queued
+  bool sliders = false;   // the sliders are the latest target
+  bool latent = false;    // the latent is the latest target
+  bool evolution = false;
+  bool width = false;
+  bool stop = false;
+  bool play = false;
+  bool reseed = false;    // a new seed: the session restarts on it
 };
 
 // Server, token and TLS settings resolved from a distill_config (NULLs -> environment).
@@ -78,9 +93,11 @@ class Session {
   void NetworkLoop();
   Outcome RunCall(bool* got_audio, double* retry_after_s);
   void WriterLoop(grpc::ClientReaderWriter<v1::GenerateLiveRequest, v1::GenerateLiveResponse>* stream,
-                  const std::atomic<bool>* call_done);
+                  const std::atomic<bool>* call_done, std::atomic<bool>* restart);
+  // Pops every queued control into state_ and play_; returns what changed.
+  Commands Drain();
   v1::GenerateLiveRequest StartRequest() const;
-  bool PushAudio(const v1::AudioChunk& chunk);
+  bool PushAudio(const v1::AudioChunk& chunk, bool fade_in);
   void SetError(const std::string& message);
   bool SleepUnlessClosing(double seconds);
 
@@ -104,7 +121,8 @@ class Session {
   std::vector<float> scratch_;
 
   std::atomic<bool> closing_{false};
-  std::atomic<bool> stop_requested_{false};
+  std::atomic<bool> play_{true};  // the host wants audio (false after stop, until play)
+  bool first_session_ = true;      // network thread: fade in every session but the first
   std::atomic<bool> failed_{false};
   std::atomic<bool> connected_{false};
   std::atomic<uint64_t> connects_{0};

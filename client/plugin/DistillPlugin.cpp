@@ -1,0 +1,272 @@
+// Distill: a CLAP / VST3 / LV2 instrument (DISTRHO Plugin Framework) that plays a live
+// distill-serve session through libdistill. Stereo out, no audio in, no GUI: hosts show the
+// parameters (play, seed, evolution, stereo width, the model's sliders). The server address and
+// token are plug-in state (CLAP, VST3), saved with the project; they default to
+// $DISTILL_SERVER / $DISTILL_TOKEN, then 127.0.0.1:50051 (the LV2 build reads only those).
+// The latency reported to the host is the session's (lookahead + jitter margin).
+//
+// Threads: run() renders from libdistill's ring (real-time safe). Parameter changes go to the
+// session's lock-free control queue, from whatever thread the host calls on. Only activate(),
+// deactivate() and setState() open or close sessions (never the audio thread); a session being
+// replaced is closed only once no other thread is inside it (readers_).
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include "DistrhoPlugin.hpp"
+#include "distill.h"
+
+START_NAMESPACE_DISTRHO
+
+namespace {
+
+constexpr uint32_t kMaxSliders = 8;
+enum ParameterIndex : uint32_t {
+  kParamPlay = 0,
+  kParamSeed,
+  kParamEvolution,
+  kParamWidth,
+  kParamSlider0,
+  kParamCount = kParamSlider0 + kMaxSliders
+};
+enum StateIndex : uint32_t { kStateServer = 0, kStateToken, kStateCount };
+#if DISTRHO_PLUGIN_WANT_STATE
+constexpr uint32_t kStates = kStateCount;
+#else
+constexpr uint32_t kStates = 0;
+#endif
+constexpr float kDefaultSeed = 7;
+constexpr double kLookaheadS = 0.3;
+constexpr double kJitterS = 0.05;
+
+std::string EnvOr(const char* name, const char* fallback) {
+  const char* value = std::getenv(name);
+  return (value && *value) ? value : fallback;
+}
+
+struct SliderInfo {
+  std::string label;
+  int32_t min = -10;
+  int32_t max = 10;
+};
+
+}  // namespace
+
+class DistillPlugin : public Plugin {
+ public:
+  DistillPlugin()
+      : Plugin(kParamCount, 0, kStates),
+        server_(EnvOr("DISTILL_SERVER", "127.0.0.1:50051")),
+        token_(EnvOr("DISTILL_TOKEN", "")) {
+    values_[kParamPlay] = 1;
+    values_[kParamSeed] = kDefaultSeed;
+    values_[kParamEvolution] = 0;
+    values_[kParamWidth] = 1;
+    for (uint32_t i = 0; i < kMaxSliders; ++i) {
+      sliders_[i].label = "Slider " + std::to_string(i + 1);
+    }
+    // Slider names and ranges from the server, for the host's parameter list (not for the
+    // instance a host makes only to read the plug-in's description).
+    if (!isDummyInstance()) FetchModelInfo();
+  }
+
+  ~DistillPlugin() override { Replace(nullptr); }
+
+ protected:
+  const char* getLabel() const override { return "Distill"; }
+  const char* getDescription() const override {
+    return "Plays a live session of a distill-serve server (generative audio) in real time.";
+  }
+  const char* getMaker() const override { return "distill-serve"; }
+  const char* getHomePage() const override { return "https://github.com/distill-serve"; }
+  const char* getLicense() const override { return "ISC"; }
+  uint32_t getVersion() const override { return d_version(0, 1, 0); }
+  int64_t getUniqueId() const override { return d_cconst('D', 's', 't', 'l'); }
+
+  void initParameter(uint32_t index, Parameter& p) override {
+    p.hints = kParameterIsAutomatable;
+    if (index == kParamPlay) {
+      p.hints |= kParameterIsBoolean | kParameterIsInteger;
+      p.name = "Play";
+      p.symbol = "play";
+      p.ranges = ParameterRanges(1, 0, 1);
+    } else if (index == kParamSeed) {
+      p.hints |= kParameterIsInteger;
+      p.name = "Seed";
+      p.symbol = "seed";
+      p.ranges = ParameterRanges(kDefaultSeed, 0, 9999);
+    } else if (index == kParamEvolution) {
+      p.name = "Evolution";
+      p.symbol = "evolution";
+      p.ranges = ParameterRanges(0, 0, 1);
+    } else if (index == kParamWidth) {
+      p.name = "Stereo width";
+      p.symbol = "stereo_width";
+      p.ranges = ParameterRanges(1, 0, 2);
+    } else {
+      const uint32_t i = index - kParamSlider0;
+      p.hints |= kParameterIsInteger;
+      p.name = sliders_[i].label.c_str();
+      p.symbol = ("slider" + std::to_string(i)).c_str();
+      p.ranges = ParameterRanges(0, static_cast<float>(sliders_[i].min),
+                                 static_cast<float>(sliders_[i].max));
+    }
+  }
+
+#if DISTRHO_PLUGIN_WANT_STATE
+  void initState(uint32_t index, State& state) override {
+    state.hints = kStateIsHostWritable;
+    if (index == kStateServer) {
+      state.key = "server";
+      state.label = "Server (host:port)";
+      state.defaultValue = server_.c_str();
+    } else {
+      state.key = "token";
+      state.label = "Token";
+      state.defaultValue = token_.c_str();
+    }
+  }
+
+  String getState(const char* key) const override {
+    return String(std::strcmp(key, "server") == 0 ? server_.c_str() : token_.c_str());
+  }
+
+  void setState(const char* key, const char* value) override {
+    std::string& field = std::strcmp(key, "server") == 0 ? server_ : token_;
+    if (field == value) return;
+    field = value;
+    if (active_) Replace(Open());  // a new server or token: a new session
+  }
+#endif
+
+  float getParameterValue(uint32_t index) const override { return values_[index]; }
+
+  void setParameterValue(uint32_t index, float value) override {
+    values_[index] = value;
+    readers_.fetch_add(1);
+    distill_session* s = session_.load();
+    if (s) Apply(s, index, value);
+    readers_.fetch_sub(1);
+  }
+
+  void activate() override {
+    active_ = true;
+    Replace(Open());
+    distill_session* s = session_.load();
+    setLatency(s ? distill_latency_frames(s) : 0);
+  }
+
+  void deactivate() override {
+    active_ = false;
+    Replace(nullptr);
+  }
+
+  void run(const float**, float** outputs, uint32_t frames) override {
+    readers_.fetch_add(1);
+    distill_session* s = session_.load();
+    uint32_t done = 0;
+    while (s && done < frames) {  // the host's buffer may be larger than one render call
+      const uint32_t n = std::min<uint32_t>(frames - done, DISTILL_MAX_BLOCK);
+      float* planes[2] = {outputs[0] + done, outputs[1] + done};
+      distill_render(s, planes, n);
+      done += n;
+    }
+    readers_.fetch_sub(1);
+    if (!s) {
+      std::memset(outputs[0], 0, sizeof(float) * frames);
+      std::memset(outputs[1], 0, sizeof(float) * frames);
+    }
+  }
+
+ private:
+  static void Apply(distill_session* s, uint32_t index, float value) {
+    if (index == kParamPlay) {
+      if (value >= 0.5f) distill_play(s);
+      else distill_stop(s);
+    } else if (index == kParamSeed) {
+      distill_set_seed(s, static_cast<uint64_t>(std::lround(value)));
+    } else if (index == kParamEvolution) {
+      distill_set_evolution(s, value);
+    } else if (index == kParamWidth) {
+      distill_set_stereo_width(s, value);
+    } else {
+      distill_set_slider(s, index - kParamSlider0, static_cast<int32_t>(std::lround(value)));
+    }
+  }
+
+  distill_config Config(int32_t* sliders) const {
+    distill_config config;
+    distill_config_init(&config);
+    config.server = server_.c_str();
+    config.token = token_.c_str();
+    config.mode = DISTILL_MODE_SLIDER;
+    config.has_seed = 1;
+    config.seed = static_cast<uint64_t>(std::lround(values_[kParamSeed]));
+    for (uint32_t i = 0; i < kMaxSliders; ++i) {
+      sliders[i] = static_cast<int32_t>(std::lround(values_[kParamSlider0 + i]));
+    }
+    config.sliders = sliders;
+    config.num_sliders = num_sliders_;
+    config.evolution_amount = values_[kParamEvolution];
+    config.stereo_width = values_[kParamWidth];
+    config.lookahead_s = kLookaheadS;
+    config.jitter_s = kJitterS;
+    config.sample_rate = static_cast<uint32_t>(std::lround(getSampleRate()));
+    config.channels = 2;
+    config.max_frames = DISTILL_MAX_BLOCK;
+    return config;
+  }
+
+  distill_session* Open() {
+    int32_t sliders[kMaxSliders];
+    distill_config config = Config(sliders);
+    char error[256];
+    distill_session* s = distill_open(&config, error, sizeof error);
+    if (s && values_[kParamPlay] < 0.5f) distill_stop(s);
+    if (!s) d_stderr2("Distill: %s", error);
+    return s;
+  }
+
+  // Makes `next` the session run() plays, and closes the previous one once no thread is
+  // inside it.
+  void Replace(distill_session* next) {
+    distill_session* previous = session_.exchange(next);
+    while (readers_.load() != 0) std::this_thread::yield();
+    if (previous) distill_close(previous);
+  }
+
+  void FetchModelInfo() {
+    distill_config config;
+    distill_config_init(&config);
+    config.server = server_.c_str();
+    config.token = token_.c_str();
+    char error[256];
+    distill_model_info* info = distill_model_info_get(&config, 1.0, error, sizeof error);
+    if (!info) return;  // generic names, no start positions sent; the session still plays
+    num_sliders_ = std::min<uint32_t>(distill_model_num_sliders(info), kMaxSliders);
+    for (uint32_t i = 0; i < num_sliders_; ++i) {
+      sliders_[i].label = distill_model_slider_label(info, i);
+      sliders_[i].min = distill_model_slider_min(info, i);
+      sliders_[i].max = distill_model_slider_max(info, i);
+    }
+    distill_model_info_free(info);
+  }
+
+  std::string server_;
+  std::string token_;
+  float values_[kParamCount] = {};
+  SliderInfo sliders_[kMaxSliders];
+  uint32_t num_sliders_ = 0;  // the model's sliders (up to kMaxSliders), once known
+  bool active_ = false;
+  std::atomic<distill_session*> session_{nullptr};
+  std::atomic<int> readers_{0};
+
+  DISTRHO_DECLARE_NON_COPYABLE_WITH_LEAK_DETECTOR(DistillPlugin)
+};
+
+Plugin* createPlugin() { return new DistillPlugin(); }
+
+END_NAMESPACE_DISTRHO

@@ -1,0 +1,233 @@
+/*
+ * clap_host: a headless CLAP host for the Distill plug-in, run by tests/test_plugin.py. It
+ * loads the .clap (dlopen, clap_entry, the plug-in factory), provides the host extensions DPF's
+ * wrapper asks for (clap.latency, clap.params, clap.state, clap.thread-check), activates the
+ * plug-in and processes it in buffers of random size (1..max), paced in real time. It writes
+ * the stereo output as interleaved float32 and prints `key value` lines: the reported latency,
+ * the parameters' names, when a parameter event was sent, the plug-in's saved state.
+ *
+ *   clap_host PLUGIN.clap --rate R --seconds S [--max-frames M] [--param ID=VALUE@SECONDS ...]
+ *             [--load-state FILE] [--save-state FILE] -o out.f32
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "clap/entry.h"
+#include "clap/ext/latency.h"
+#include "clap/ext/params.h"
+#include "clap/ext/state.h"
+#include "clap/ext/thread-check.h"
+#include "clap/host.h"
+#include "clap/plugin-factory.h"
+#include "clap/process.h"
+
+/* --- host side ------------------------------------------------------------------------- */
+
+static int latency_changes, param_rescans;
+static void latency_changed(const clap_host_t *h) { (void)h; ++latency_changes; }
+static void params_rescan(const clap_host_t *h, clap_param_rescan_flags f) { (void)h; (void)f; ++param_rescans; }
+static void params_clear(const clap_host_t *h, clap_id id, clap_param_clear_flags f) { (void)h; (void)id; (void)f; }
+static void params_request_flush(const clap_host_t *h) { (void)h; }
+static void state_mark_dirty(const clap_host_t *h) { (void)h; }
+static bool is_main_thread(const clap_host_t *h) { (void)h; return true; }
+static bool is_audio_thread(const clap_host_t *h) { (void)h; return true; }
+
+static const clap_host_latency_t host_latency = {latency_changed};
+static const clap_host_params_t host_params = {params_rescan, params_clear, params_request_flush};
+static const clap_host_state_t host_state = {state_mark_dirty};
+static const clap_host_thread_check_t host_thread_check = {is_main_thread, is_audio_thread};
+
+static const void *host_get_extension(const clap_host_t *h, const char *id) {
+  (void)h;
+  if (!strcmp(id, CLAP_EXT_LATENCY)) return &host_latency;
+  if (!strcmp(id, CLAP_EXT_PARAMS)) return &host_params;
+  if (!strcmp(id, CLAP_EXT_STATE)) return &host_state;
+  if (!strcmp(id, CLAP_EXT_THREAD_CHECK)) return &host_thread_check;
+  return NULL;
+}
+static void host_request(const clap_host_t *h) { (void)h; }
+
+static const clap_host_t host = {
+    CLAP_VERSION_INIT, NULL, "distill clap_host", "distill-serve", "", "1",
+    host_get_extension, host_request, host_request, host_request};
+
+/* Input events: at most one parameter change per process call. */
+static clap_event_param_value_t pending;
+static uint32_t pending_count;
+static uint32_t in_size(const clap_input_events_t *l) { (void)l; return pending_count; }
+static const clap_event_header_t *in_get(const clap_input_events_t *l, uint32_t i) {
+  (void)l; (void)i;
+  return &pending.header;
+}
+static bool out_try_push(const clap_output_events_t *l, const clap_event_header_t *e) {
+  (void)l; (void)e;
+  return true;
+}
+static const clap_input_events_t in_events = {NULL, in_size, in_get};
+static const clap_output_events_t out_events = {NULL, out_try_push};
+
+/* State streams over a memory buffer. */
+static char state_buffer[65536];
+static size_t state_size, state_read;
+static int64_t state_write(const clap_ostream_t *s, const void *b, uint64_t n) {
+  (void)s;
+  if (state_size + n > sizeof state_buffer) return -1;
+  memcpy(state_buffer + state_size, b, n);
+  state_size += n;
+  return (int64_t)n;
+}
+static int64_t state_read_fn(const clap_istream_t *s, void *b, uint64_t n) {
+  (void)s;
+  size_t left = state_size - state_read;
+  if (n > left) n = left;
+  memcpy(b, state_buffer + state_read, n);
+  state_read += n;
+  return (int64_t)n;
+}
+
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static void sleep_until(double t) {
+  double d = t - now_s();
+  if (d <= 0) return;
+  struct timespec ts = {(time_t)d, (long)((d - (time_t)d) * 1e9)};
+  nanosleep(&ts, NULL);
+}
+
+#define MAX_CHANGES 16
+struct change { clap_id id; double value; double at; int sent; };
+
+int main(int argc, char **argv) {
+  if (argc < 2) { fprintf(stderr, "usage: clap_host PLUGIN.clap ...\n"); return 2; }
+  const char *path = argv[1], *output = NULL, *load_state = NULL, *save_state = NULL;
+  double rate = 48000, seconds = 5;
+  uint32_t max_frames = 4096;
+  struct change changes[MAX_CHANGES];
+  int n_changes = 0;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    const char *a = argv[i], *v = argv[i + 1];
+    if (!strcmp(a, "--rate")) rate = atof(v);
+    else if (!strcmp(a, "--seconds")) seconds = atof(v);
+    else if (!strcmp(a, "--max-frames")) max_frames = (uint32_t)atoi(v);
+    else if (!strcmp(a, "--load-state")) load_state = v;
+    else if (!strcmp(a, "--save-state")) save_state = v;
+    else if (!strcmp(a, "--param") && n_changes < MAX_CHANGES) {
+      struct change *c = &changes[n_changes++];
+      c->sent = 0;
+      if (sscanf(v, "%u=%lf@%lf", &c->id, &c->value, &c->at) != 3) {
+        fprintf(stderr, "clap_host: --param wants ID=VALUE@SECONDS\n");
+        return 2;
+      }
+    } else if (!strcmp(a, "-o")) output = v;
+    else { fprintf(stderr, "clap_host: unknown option %s\n", a); return 2; }
+  }
+  if (!output) { fprintf(stderr, "clap_host: -o out.f32 is required\n"); return 2; }
+
+  void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!lib) { fprintf(stderr, "clap_host: %s\n", dlerror()); return 1; }
+  const clap_plugin_entry_t *entry = (const clap_plugin_entry_t *)dlsym(lib, "clap_entry");
+  if (!entry || !entry->init(path)) { fprintf(stderr, "clap_host: no clap_entry\n"); return 1; }
+  const clap_plugin_factory_t *factory =
+      (const clap_plugin_factory_t *)entry->get_factory(CLAP_PLUGIN_FACTORY_ID);
+  if (!factory || factory->get_plugin_count(factory) != 1) { fprintf(stderr, "clap_host: factory\n"); return 1; }
+  const clap_plugin_descriptor_t *desc = factory->get_plugin_descriptor(factory, 0);
+  printf("plugin_id %s\nplugin_name %s\n", desc->id, desc->name);
+  for (const char *const *f = desc->features; f && *f; ++f) printf("feature %s\n", *f);
+  const clap_plugin_t *plugin = factory->create_plugin(factory, &host, desc->id);
+  if (!plugin || !plugin->init(plugin)) { fprintf(stderr, "clap_host: init failed\n"); return 1; }
+
+  const clap_plugin_params_t *params = (const clap_plugin_params_t *)plugin->get_extension(plugin, CLAP_EXT_PARAMS);
+  const clap_plugin_latency_t *latency = (const clap_plugin_latency_t *)plugin->get_extension(plugin, CLAP_EXT_LATENCY);
+  const clap_plugin_state_t *state = (const clap_plugin_state_t *)plugin->get_extension(plugin, CLAP_EXT_STATE);
+  if (!params || !latency || !state) { fprintf(stderr, "clap_host: missing extensions\n"); return 1; }
+  for (uint32_t i = 0; i < params->count(plugin); ++i) {
+    clap_param_info_t info;
+    params->get_info(plugin, i, &info);
+    printf("param %u %s|%g|%g|%g\n", info.id, info.name, info.min_value, info.max_value, info.default_value);
+  }
+  if (load_state) {  /* a project's saved state: restore it before activating */
+    FILE *sf = fopen(load_state, "rb");
+    if (!sf) { fprintf(stderr, "clap_host: cannot read %s\n", load_state); return 2; }
+    state_size = fread(state_buffer, 1, sizeof state_buffer, sf);
+    fclose(sf);
+    state_read = 0;
+    clap_istream_t in = {NULL, state_read_fn};
+    printf("state_loaded %d\n", state->load(plugin, &in) ? 1 : 0);
+  }
+  if (!plugin->activate(plugin, rate, 1, max_frames)) { fprintf(stderr, "clap_host: activate failed\n"); return 1; }
+  printf("latency_frames %u\n", latency->get(plugin));
+  plugin->start_processing(plugin);
+
+  float *left = calloc(max_frames, sizeof(float)), *right = calloc(max_frames, sizeof(float));
+  float *channels[2] = {left, right};
+  float *interleaved = malloc(sizeof(float) * 2 * max_frames);
+  clap_audio_buffer_t out_buffer = {channels, NULL, 2, 0, 0};
+  FILE *f = fopen(output, "wb");
+  srand(4321);
+  const double start = now_s();
+  uint64_t frames = 0;
+  for (;;) {
+    uint32_t n = 1 + (uint32_t)(rand() % (int)max_frames);
+    double t = frames / rate;
+    pending_count = 0;
+    for (int i = 0; i < n_changes; ++i) {
+      if (!changes[i].sent && t >= changes[i].at) {
+        memset(&pending, 0, sizeof pending);
+        pending.header.size = sizeof pending;
+        pending.header.time = 0;
+        pending.header.space_id = CLAP_CORE_EVENT_SPACE_ID;
+        pending.header.type = CLAP_EVENT_PARAM_VALUE;
+        pending.param_id = changes[i].id;
+        pending.note_id = -1;
+        pending.port_index = pending.channel = pending.key = -1;
+        pending.value = changes[i].value;
+        pending_count = 1;
+        changes[i].sent = 1;
+        printf("param_sent %u %llu\n", changes[i].id, (unsigned long long)frames);
+        break;
+      }
+    }
+    clap_process_t process = {(int64_t)frames, n, NULL, NULL, &out_buffer, 0, 1, &in_events, &out_events};
+    if (plugin->process(plugin, &process) == CLAP_PROCESS_ERROR) { fprintf(stderr, "clap_host: process error\n"); return 1; }
+    for (uint32_t i = 0; i < n; ++i) {
+      interleaved[2 * i] = left[i];
+      interleaved[2 * i + 1] = right[i];
+    }
+    fwrite(interleaved, sizeof(float), 2 * (size_t)n, f);
+    frames += n;
+    if (frames / rate >= seconds) break;
+    sleep_until(start + frames / rate);
+  }
+  fclose(f);
+  clap_ostream_t out = {NULL, state_write};
+  state_size = 0;
+  if (state->save(plugin, &out)) {
+    if (save_state) {
+      FILE *sf = fopen(save_state, "wb");
+      fwrite(state_buffer, 1, state_size, sf);
+      fclose(sf);
+    }
+    printf("state ");  /* newlines shown as spaces, NULs as |, other bytes as ? */
+    for (size_t i = 0; i < state_size; ++i) {
+      unsigned char c = (unsigned char)state_buffer[i];
+      putchar(c == '\n' ? ' ' : c == 0 ? '|' : (c < 32 || c > 126) ? '?' : c);
+    }
+    putchar('\n');
+  }
+  plugin->stop_processing(plugin);
+  plugin->deactivate(plugin);
+  plugin->destroy(plugin);
+  entry->deinit();
+  printf("frames %llu\nlatency_changes %d\n", (unsigned long long)frames, latency_changes);
+  free(left); free(right); free(interleaved);
+  return 0;
+}

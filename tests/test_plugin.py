@@ -1,0 +1,160 @@
+"""The Distill instrument plug-in (client/plugin, DPF): built as CLAP, VST3 and LV2 by
+``make -C client/plugin``, loaded headlessly. A C CLAP host (client/plugin/tests/clap_host.c)
+plays it against a live server in random buffer sizes, paced in real time: the audio is the
+Python client's live session until the first parameter change, the change is heard within the
+reported latency plus a block, stop fades out, the server address is plug-in state."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, ServerThread, free_port
+from tests.test_c_library import _python_live_blocks
+
+PARAM_PLAY, PARAM_SEED, PARAM_SLIDER0 = 0, 1, 4
+
+
+@pytest.fixture(scope="module")
+def plugin(client_build: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``make -C client/plugin`` (out of tree: OUT=tmp, reusing the client build)."""
+    if not Path("/usr/share/dpf/Makefile.plugins.mk").is_file():
+        pytest.skip("dpf-source not installed; .ci/run installs it (apt-get install dpf-source)")
+    out = tmp_path_factory.mktemp("plugin")
+    proc = subprocess.run(
+        ["make", "-C", str(ROOT / "client/plugin"), "-j2", f"OUT={out}",
+         f"CLIENT_BUILD={client_build}", "all", "test-host"],
+        capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def _host(
+    plugin: Path, tmp_path: Path, server: str, *args: str, env: dict[str, str] | None = None
+) -> tuple[dict[str, str], np.ndarray, list[str]]:
+    out = tmp_path / "clap.f32"
+    proc = subprocess.run(
+        [str(plugin / "build/dpf/clap_host"), str(plugin / "bin/distill.clap"), "-o", str(out),
+         *args],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, DISTILL_SERVER=server, DISTILL_TOKEN="", **(env or {})),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    values = dict(line.split(" ", 1) for line in lines if " " in line)
+    return values, np.fromfile(out, np.float32).reshape(-1, 2), lines
+
+
+def test_builds_every_format(plugin: Path) -> None:
+    bin_dir = plugin / "bin"
+    assert (bin_dir / "distill.clap").is_file()
+    assert (bin_dir / "distill.vst3/Contents/x86_64-linux/distill.so").is_file()
+    assert (bin_dir / "distill.lv2/distill_dsp.so").is_file()
+    assert (bin_dir / "distill.lv2/manifest.ttl").is_file()
+
+
+@pytest.mark.parametrize(("rate", "seconds"), [(48000, 20.0), (96000, 8.0)])
+def test_clap_host_plays_the_python_clients_audio(
+    plugin: Path, server: ServerThread, tmp_path: Path, rate: int, seconds: float
+) -> None:
+    """Random buffers of 1..4096 frames in real time; slider 2 moves at 40 % of the run, play
+    goes off at 80 %."""
+    change_at, stop_at = 0.4 * seconds, 0.8 * seconds
+    r, audio, lines = _host(
+        plugin, tmp_path, server.target, "--rate", str(rate), "--seconds", str(seconds),
+        "--param", f"{PARAM_SLIDER0 + 2}=-6@{change_at}", "--param", f"{PARAM_PLAY}=0@{stop_at}",
+    )  # fmt: skip
+    assert r["plugin_id"] == "org.distill-serve.distill" and "feature instrument" in lines
+    latency = int(r["latency_frames"])
+    assert latency == round(0.35 * rate)  # clap.latency: lookahead 0.3 s + jitter 0.05 s
+    params = {
+        int(line.split()[1]): line.split(" ", 2)[2] for line in lines if line.startswith("param ")
+    }
+    assert params[PARAM_PLAY].startswith("Play|0|1|1") and params[PARAM_SEED] == "Seed|0|9999|7"
+    assert params[PARAM_SLIDER0] == "brightness|-10|10|0"  # named from the server's model info
+    assert not np.isnan(audio).any() and np.abs(audio).max() <= 1.0
+    sent = [line.split() for line in lines if line.startswith("param_sent")]
+    changed, stopped = int(sent[0][2]), int(sent[1][2])
+    # Until the slider moved, the Python client's live session with the plug-in's defaults.
+    start = int(np.flatnonzero(np.abs(audio).sum(axis=1) > 0)[0])
+    spec = {"seed": 7, "sliders": dict.fromkeys(range(8), 0), "sample_rate": rate}
+    ref, block = _python_live_blocks(server.target, stopped - start, 2, **spec)
+    np.testing.assert_array_equal(audio[start:changed], ref[: changed - start])
+    # When the change is heard: the ring holds at most the lookahead, one block and what the
+    # server made before playback began (at most `start` frames); one more block may be on
+    # its way.
+    differs = np.flatnonzero(np.abs(audio[start:stopped] - ref[: stopped - start]).max(axis=1) > 0)
+    heard = start + int(differs[0]) - changed
+    assert 0 < heard <= latency + 2 * block + start + rate // 50, (heard, latency, block, start)
+    # Play off: the server's fade-out, then silence to the end.
+    tail = audio[stopped:]
+    assert np.abs(tail[-rate // 2 :]).max() == 0.0
+    last = int(np.flatnonzero(np.abs(tail).sum(axis=1) > 0)[-1])
+    assert np.abs(tail[last - 16 : last + 1]).max() < 0.05
+
+
+def test_server_address_is_plugin_state(plugin: Path, server: ServerThread, tmp_path: Path) -> None:
+    """A project saved against one server: the saved state names it, and loading that state
+    into an instance whose environment points elsewhere plays from it."""
+    dead = f"127.0.0.1:{free_port()}"
+    saved = tmp_path / "project.state"
+    r, audio, _ = _host(plugin, tmp_path, dead, "--seconds", "2", "--save-state", str(saved))
+    assert f"|server|{dead}|" in r["state"] and np.abs(audio).max() == 0.0  # nothing there
+    saved.write_bytes(saved.read_bytes().replace(dead.encode(), server.target.encode()))
+    r2, audio2, _ = _host(plugin, tmp_path, dead, "--seconds", "3", "--load-state", str(saved))
+    assert r2["state_loaded"] == "1" and f"|server|{server.target}|" in r2["state"]
+    assert np.abs(audio2).max() > 0.0
+
+
+def test_vst3_factory_loads(plugin: Path) -> None:
+    """The VST3 binary loads as a Linux host loads it (ModuleEntry, then GetPluginFactory);
+    its IPluginFactory (a COM vtable: FUnknown's three methods, then getFactoryInfo,
+    countClasses, getClassInfo) lists the instrument."""
+    lib = ctypes.CDLL(str(plugin / "bin/distill.vst3/Contents/x86_64-linux/distill.so"))
+    lib.ModuleEntry.restype, lib.ModuleEntry.argtypes = ctypes.c_bool, [ctypes.c_void_p]
+    assert lib.ModuleEntry(None)
+    lib.GetPluginFactory.restype = ctypes.c_void_p
+    factory = lib.GetPluginFactory()
+    assert factory
+    vtable = ctypes.cast(ctypes.cast(factory, ctypes.POINTER(ctypes.c_void_p))[0],
+                         ctypes.POINTER(ctypes.c_void_p))  # fmt: skip
+    count = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)(vtable[4])(factory)
+    assert count >= 1
+
+    class ClassInfo(ctypes.Structure):
+        _fields_ = [("cid", ctypes.c_char * 16), ("cardinality", ctypes.c_int32),
+                    ("category", ctypes.c_char * 32), ("name", ctypes.c_char * 64)]  # fmt: skip
+
+    get_info = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32,
+                                ctypes.POINTER(ClassInfo))(vtable[5])  # fmt: skip
+    infos = []
+    for i in range(count):
+        info = ClassInfo()
+        assert get_info(factory, i, ctypes.byref(info)) == 0  # kResultOk
+        infos.append((info.category.decode(), info.name.decode()))
+    assert ("Audio Module Class", "Distill") in infos
+    lib.ModuleExit.restype = ctypes.c_bool
+    assert lib.ModuleExit()
+
+
+def test_lv2_bundle_passes_lv2info(plugin: Path) -> None:
+    if shutil.which("lv2info") is None:
+        pytest.skip("lilv-utils not installed; .ci/run installs it")
+    proc = subprocess.run(
+        ["lv2info", "urn:distill-serve:distill"], capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, LV2_PATH=str(plugin / "bin")),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "Name:              Distill" in out
+    assert "reportsLatency" in out
+    assert out.count("lv2core#OutputPort") >= 3  # two audio outputs and the latency port
+    for symbol in ("play", "seed", "evolution", "stereo_width", "slider0", "slider7"):
+        assert f"Symbol:      {symbol}\n" in out

@@ -111,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import vocoder
 
     rows = []
+    if (
+        quick
+        and args.bundle is not None
+        and vocoder.seed_from_bundle("demo", args.cache, args.bundle)
+    ):
+        print(f"vocoder graphs: {args.bundle}'s (same architecture as 'demo'; nothing exported)")
     for name in ["demo"] + (["full_44k"] if args.full_model else []):
         rows += vocoder.bench(name, lengths, repeats, args.cache, args.threads, plain=not quick)
         print(

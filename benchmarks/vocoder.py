@@ -50,6 +50,32 @@ def paths(name: str, cache: Path) -> dict[str, Path]:
     }
 
 
+def seed_from_bundle(name: str, cache: Path, bundle: Path) -> bool:
+    """Fill ``cache`` with ``bundle``'s vocoder graphs (exported polyphase ONNX, TorchScript,
+    int8, fp16) when that vocoder is ``name``'s architecture, so that :func:`prepare` exports
+    nothing. Their weights are the bundle's: the timings do not depend on them, and the int8
+    and fp16 SNRs compare graphs of the same weights. Returns whether it did."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    vocoder = manifest.get("vocoder", {})
+    if vocoder.get("family") != "bigvgan" or vocoder.get("config") != configs()[name]:
+        return False
+    files = {(f["role"], Path(f["path"]).suffix): bundle / f["path"] for f in manifest["files"]}
+    sources = {
+        "onnx": files.get(("vocoder", ".onnx")),
+        "torchscript": files.get(("vocoder", ".pt")),
+        "onnx_int8": files.get(("vocoder_int8", ".onnx")),
+        "onnx_fp16": files.get(("vocoder_fp16", ".onnx")),
+    }
+    if any(p is None or not p.is_file() for p in sources.values()):
+        return False
+    cache.mkdir(parents=True, exist_ok=True)
+    for key, source in sources.items():
+        target = paths(name, cache)[key]
+        if not target.exists() and source is not None:
+            target.symlink_to(source.resolve())
+    return True
+
+
 def prepare(name: str, cache: Path, plain: bool = True) -> dict[str, Path]:
     """Random-init weights (seed 0) for ``name``, exported once to ``cache``."""
     cache.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -35,6 +34,7 @@ from distill_serve.server.request import (
     Spatial,
     validate,
 )
+from tests import shared_builds
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -57,6 +57,7 @@ SMALL_HIFIGAN = {
 
 #: Figures tests measure (fuzz counts, load results, bridge error, ...), shown at the end of
 #: the run, passing or not, in a "distill-serve measurements" section.
+_PREBUILD = pytest.StashKey[subprocess.Popen]()  # type: ignore[type-arg]
 _MEASUREMENTS: list[str] = []
 
 
@@ -69,7 +70,28 @@ def report() -> Callable[[str], None]:
     return add
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The run's first process starts the shared builds in the background (tests/prebuild.py),
+    so that they overlap the first test modules instead of keeping a worker waiting."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or session.config.option.collectonly:
+        return
+    base = session.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    log = (base / "prebuild.log").open("w")
+    session.config.stash[_PREBUILD] = subprocess.Popen(
+        [sys.executable, "-m", "tests.prebuild", str(base)], cwd=ROOT, stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def _stop_prebuild(config: pytest.Config) -> None:
+    proc = config.stash.get(_PREBUILD, None)
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    _stop_prebuild(session.config)
     """An xdist worker hands its measurements to the controller, which prints them."""
     output = getattr(session.config, "workeroutput", None)
     if output is not None:
@@ -107,72 +129,28 @@ def run_lock(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Pa
 @pytest.fixture(scope="session")
 def stand_in_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``distill-serve export --stand-in --format both``, once per test run."""
-    with run_lock(tmp_path_factory, "stand-in") as out:
-        if not (out / "manifest.json").is_file():
-            _export_stand_in(out)
-    return out
-
-
-def _export_stand_in(out: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distill_serve",
-            "export",
-            "--stand-in",
-            "--out",
-            str(out),
-            "--format",
-            "both",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    return shared_builds.ensure(
+        shared_path(tmp_path_factory, "stand-in"), "manifest.json", shared_builds.export_stand_in
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "wrote bundle" in proc.stdout
 
 
 CLI = [sys.executable, "-m", "distill_serve"]
-ROOT = Path(__file__).resolve().parents[1]
-
-
-NATIVE_PACKAGES = (
-    "cmake g++ pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler"
-)
-
-
-def _native_toolchain_missing() -> str | None:
-    for tool in ("cmake", "g++", "pkg-config", "protoc", "grpc_cpp_plugin"):
-        if shutil.which(tool) is None:
-            return tool
-    if subprocess.run(["pkg-config", "--exists", "grpc++", "protobuf"]).returncode != 0:
-        return "grpc++.pc"
-    return None
+ROOT = shared_builds.ROOT
 
 
 @pytest.fixture(scope="session")
 def client_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``cmake -S client -B <dir> && cmake --build <dir>``: the C++ examples and libdistill,
-    built once per run (under a lock: the C++ and C library tests share it)."""
-    missing = _native_toolchain_missing()
+    built once per run (the C++, C library and plug-in tests share it)."""
+    missing = shared_builds.native_toolchain_missing()
     if missing is not None:
         pytest.skip(
             f"C++ toolchain not installed ({missing} missing); .ci/run installs it with "
-            f"apt-get install {NATIVE_PACKAGES}"
+            f"apt-get install {shared_builds.NATIVE_PACKAGES}"
         )
-    with run_lock(tmp_path_factory, "client-build") as build:
-        if not (build / "built").is_file():
-            for cmd in (
-                ["cmake", "-S", str(ROOT / "client"), "-B", str(build)],
-                ["cmake", "--build", str(build), "-j2"],
-            ):
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-                assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-            (build / "built").touch()
-    return build
+    return shared_builds.ensure(
+        shared_path(tmp_path_factory, "client-build"), "built", shared_builds.build_client
+    )
 
 
 def free_port() -> int:

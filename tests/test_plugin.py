@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, ServerThread, free_port
+from tests import shared_builds
+from tests.conftest import ServerThread, free_port, shared_path
 from tests.test_c_library import _python_live_blocks
 
 PARAM_PLAY, PARAM_SEED, PARAM_SLIDER0 = 0, 1, 4
@@ -23,17 +24,14 @@ PARAM_PLAY, PARAM_SEED, PARAM_SLIDER0 = 0, 1, 4
 
 @pytest.fixture(scope="module")
 def plugin(client_build: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``make -C client/plugin`` (out of tree: OUT=tmp, reusing the client build)."""
-    if not Path("/usr/share/dpf/Makefile.plugins.mk").is_file():
+    """``make -C client/plugin`` (out of tree, OUT=<shared dir>, reusing the client build),
+    once per run."""
+    if not shared_builds.DPF.is_file():
         pytest.skip("dpf-source not installed; .ci/run installs it (apt-get install dpf-source)")
-    out = tmp_path_factory.mktemp("plugin")
-    proc = subprocess.run(
-        ["make", "-C", str(ROOT / "client/plugin"), "-j2", f"OUT={out}",
-         f"CLIENT_BUILD={client_build}", "all", "test-host"],
-        capture_output=True, text=True, timeout=1800,
+    return shared_builds.ensure(
+        shared_path(tmp_path_factory, "plugin"), "built",
+        lambda out: shared_builds.build_plugin(out, client_build),
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out
 
 
 def _host(

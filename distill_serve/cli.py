@@ -15,7 +15,7 @@ from distill_serve.bundle import VOCODER_ROLES
 if TYPE_CHECKING:
     from distill_serve.server.app import ServerConfig
 
-DEFAULT_RATES = "16000,22050,24000,32000,44100,48000,96000"
+DEFAULT_RATES = "16000,22050,24000,32000,44100,48000,88200,96000"
 
 
 def _rates(text: str) -> tuple[int, ...]:

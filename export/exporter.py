@@ -48,7 +48,7 @@ from distill_serve.server.resample import ResamplerGeometry, resample_whole
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RATES = (16000, 22050, 24000, 32000, 44100, 48000, 96000)
+DEFAULT_RATES = (16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
 FORMATS = ("onnx", "torchscript", "both")
 PEAK_TARGET = 0.891
 MAX_FRAMES = 1 << 20

@@ -108,7 +108,7 @@ def demo_engine(demo_bundle: Path) -> Engine:
     return Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False))
 
 
-@pytest.mark.parametrize("rate", [16000, 22050, 24000, 32000, 44100, 48000, 96000])
+@pytest.mark.parametrize("rate", [16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000])
 def test_demo_bundle_serves_exact_durations(demo_engine: Engine, rate: int) -> None:
     engine = demo_engine
     for duration in (0.25, 1.37):

@@ -10,11 +10,14 @@ import ctypes
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from distill_serve.server.app import ServerConfig
+from distill_serve.server.engine import Engine
 from tests import shared_builds
 from tests.conftest import ServerThread, free_port, shared_path
 from tests.test_c_library import _python_live_blocks
@@ -42,7 +45,7 @@ def _host(
         [str(plugin / "build/dpf/clap_host"), str(plugin / "bin/distill.clap"), "-o", str(out),
          *args],
         capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, DISTILL_SERVER=server, DISTILL_TOKEN="", **(env or {})),
+        env={**os.environ, "DISTILL_SERVER": server, "DISTILL_TOKEN": "", **(env or {})},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
@@ -58,7 +61,9 @@ def test_builds_every_format(plugin: Path) -> None:
     assert (bin_dir / "distill.lv2/manifest.ttl").is_file()
 
 
-@pytest.mark.parametrize(("rate", "seconds"), [(48000, 20.0), (96000, 8.0)])
+@pytest.mark.parametrize(
+    ("rate", "seconds"), [(48000, 20.0), (96000, 8.0), (44100, 6.0), (88200, 6.0)]
+)
 def test_clap_host_plays_the_python_clients_audio(
     plugin: Path, server: ServerThread, tmp_path: Path, rate: int, seconds: float
 ) -> None:
@@ -84,7 +89,14 @@ def test_clap_host_plays_the_python_clients_audio(
     start = int(np.flatnonzero(np.abs(audio).sum(axis=1) > 0)[0])
     spec = {"seed": 7, "sliders": dict.fromkeys(range(8), 0), "sample_rate": rate}
     ref, block = _python_live_blocks(server.target, stopped - start, 2, **spec)
-    np.testing.assert_array_equal(audio[start:changed], ref[: changed - start])
+    # (An underrun, which only a machine too busy to keep up causes, fades the audio: the
+    # comparison stops there; the plug-in's Underruns meter says where.)
+    underruns = [int(line.split()[1]) for line in lines if line.startswith("underrun_at")]
+    same_until = min([changed, *[u - 2 * 4096 for u in underruns]])
+    assert same_until - start > rate // 4, (underruns, start, changed)
+    np.testing.assert_array_equal(audio[start:same_until], ref[: same_until - start])
+    if underruns:
+        return  # where the change is heard and how stop sounds need the audio unfaded
     # When the change is heard: the ring holds at most the lookahead, one block and what the
     # server made before playback began (at most `start` frames); one more block may be on
     # its way.
@@ -96,6 +108,57 @@ def test_clap_host_plays_the_python_clients_audio(
     assert np.abs(tail[-rate // 2 :]).max() == 0.0
     last = int(np.flatnonzero(np.abs(tail).sum(axis=1) > 0)[-1])
     assert np.abs(tail[last - 16 : last + 1]).max() < 0.05
+
+
+def _statuses(lines: list[str]) -> list[int]:
+    return [int(line.split()[2]) for line in lines if line.startswith("status_at")]
+
+
+def test_server_gone_and_back(plugin: Path, engine: Engine, tmp_path: Path) -> None:
+    """The server stops mid-session: the Status meter goes from playing (2) to connecting (0)
+    and Underruns counts the loss; a new server on the same port: playing again, with audio,
+    without the host doing anything."""
+    port = free_port()
+    first = ServerThread(ServerConfig(port=port), engine)
+    out = tmp_path / "gone.f32"
+    host = subprocess.Popen(
+        [str(plugin / "build/dpf/clap_host"), str(plugin / "bin/distill.clap"), "-o", str(out),
+         "--seconds", "12"],
+        stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, DISTILL_SERVER=f"127.0.0.1:{port}", DISTILL_TOKEN=""),
+    )  # fmt: skip
+    try:
+        time.sleep(3)
+        first.stop()
+        time.sleep(3)
+        second = ServerThread(ServerConfig(port=port), engine)
+        stdout, _ = host.communicate(timeout=120)
+        second.stop()
+    finally:
+        if host.poll() is None:
+            host.kill()
+    assert host.returncode == 0
+    lines = stdout.splitlines()
+    statuses = _statuses(lines)
+    assert 2 in statuses, statuses
+    gone = statuses.index(0, statuses.index(2))  # connecting after playing
+    assert 2 in statuses[gone:], statuses  # and playing again
+    assert any(line.startswith("underrun_at") for line in lines)
+    audio = np.fromfile(out, np.float32).reshape(-1, 2)
+    assert not np.isnan(audio).any() and np.abs(audio[-48000:]).max() > 0.0
+
+
+def test_bad_token_is_a_failed_status(plugin: Path, engine: Engine, tmp_path: Path) -> None:
+    server = ServerThread(ServerConfig(port=0, auth_tokens=("right-token",)), engine)
+    try:
+        r, audio, lines = _host(
+            plugin, tmp_path, server.target, "--seconds", "2",
+            env={"DISTILL_TOKEN": "wrong-token"},
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert _statuses(lines)[-1] == 4  # failed, for good
+    assert np.abs(audio).max() == 0.0 and int(r["frames"]) >= 2 * 48000
 
 
 def test_server_address_is_plugin_state(plugin: Path, server: ServerThread, tmp_path: Path) -> None:

@@ -30,7 +30,11 @@ enum ParameterIndex : uint32_t {
   kParamEvolution,
   kParamWidth,
   kParamSlider0,
-  kParamCount = kParamSlider0 + kMaxSliders
+  // Outputs (meters): the session's state (distill_state: 0 connecting, 1 buffering,
+  // 2 playing, 3 stopped, 4 failed) and its underrun count.
+  kParamStatus = kParamSlider0 + kMaxSliders,
+  kParamUnderruns,
+  kParamCount
 };
 enum StateIndex : uint32_t { kStateServer = 0, kStateToken, kStateCount };
 #if DISTRHO_PLUGIN_WANT_STATE
@@ -106,6 +110,16 @@ class DistillPlugin : public Plugin {
       p.name = "Stereo width";
       p.symbol = "stereo_width";
       p.ranges = ParameterRanges(1, 0, 2);
+    } else if (index == kParamStatus) {
+      p.hints = kParameterIsOutput | kParameterIsInteger;
+      p.name = "Status";
+      p.symbol = "status";
+      p.ranges = ParameterRanges(0, 0, 4);
+    } else if (index == kParamUnderruns) {
+      p.hints = kParameterIsOutput | kParameterIsInteger;
+      p.name = "Underruns";
+      p.symbol = "underruns";
+      p.ranges = ParameterRanges(0, 0, 1e9f);
     } else {
       const uint32_t i = index - kParamSlider0;
       p.hints |= kParameterIsInteger;
@@ -145,6 +159,7 @@ class DistillPlugin : public Plugin {
   float getParameterValue(uint32_t index) const override { return values_[index]; }
 
   void setParameterValue(uint32_t index, float value) override {
+    if (index >= kParamStatus) return;  // outputs
     values_[index] = value;
     readers_.fetch_add(1);
     distill_session* s = session_.load();
@@ -174,6 +189,8 @@ class DistillPlugin : public Plugin {
       distill_render(s, planes, n);
       done += n;
     }
+    values_[kParamStatus] = s ? static_cast<float>(distill_get_state(s)) : 0.0f;
+    values_[kParamUnderruns] = s ? static_cast<float>(distill_get_underruns(s)) : 0.0f;
     readers_.fetch_sub(1);
     if (!s) {
       std::memset(outputs[0], 0, sizeof(float) * frames);

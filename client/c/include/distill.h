@@ -173,7 +173,10 @@ DISTILL_API int distill_set_seed(distill_session *session, uint64_t seed);
 
 /* The fixed latency of the session in frames: lookahead plus jitter buffer. */
 DISTILL_API uint32_t distill_latency_frames(const distill_session *session);
-/* Copies the session's status (not from the audio thread). */
+/* The state and the underrun count alone, real-time safe (no lock): for a host's meters. */
+DISTILL_API distill_state distill_get_state(const distill_session *session);
+DISTILL_API uint64_t distill_get_underruns(const distill_session *session);
+/* Copies the session's status (not from the audio thread: it locks for last_error). */
 DISTILL_API void distill_get_status(distill_session *session, distill_status *status);
 /* Ends the session (cancelling the call) and frees it. */
 DISTILL_API void distill_close(distill_session *session);

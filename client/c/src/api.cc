@@ -163,6 +163,14 @@ uint32_t distill_latency_frames(const distill_session* s) {
   return s ? s->session->latency_frames() : 0;
 }
 
+distill_state distill_get_state(const distill_session* s) {
+  return s ? s->session->State() : DISTILL_STATE_FAILED;
+}
+
+uint64_t distill_get_underruns(const distill_session* s) {
+  return s ? s->session->underruns() : 0;
+}
+
 void distill_get_status(distill_session* s, distill_status* status) {
   if (!s || !status) return;
   s->session->GetStatus(status);

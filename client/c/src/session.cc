@@ -199,19 +199,16 @@ bool Session::SleepUnlessClosing(double seconds) {
                          [this] { return closing_.load(); });
 }
 
+distill_state Session::State() const {
+  if (failed_.load() && playout_.drained()) return DISTILL_STATE_FAILED;
+  if (!play_.load() && playout_.drained()) return DISTILL_STATE_STOPPED;
+  if (playout_.playing()) return DISTILL_STATE_PLAYING;
+  return connected_.load() ? DISTILL_STATE_BUFFERING : DISTILL_STATE_CONNECTING;
+}
+
 void Session::GetStatus(distill_status* status) {
   std::memset(status, 0, sizeof *status);
-  if (failed_.load() && playout_.drained()) {
-    status->state = DISTILL_STATE_FAILED;
-  } else if (!play_.load() && playout_.drained()) {
-    status->state = DISTILL_STATE_STOPPED;
-  } else if (playout_.playing()) {
-    status->state = DISTILL_STATE_PLAYING;
-  } else if (connected_.load()) {
-    status->state = DISTILL_STATE_BUFFERING;
-  } else {
-    status->state = DISTILL_STATE_CONNECTING;
-  }
+  status->state = State();
   status->underruns = playout_.underruns();
   status->connects = connects_.load();
   status->frames_rendered = playout_.frames_rendered();

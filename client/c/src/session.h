@@ -86,6 +86,8 @@ class Session {
   int Queue(const Control& control);
   uint32_t latency_frames() const { return latency_frames_; }
   void GetStatus(distill_status* status);
+  distill_state State() const;  // lock-free
+  uint64_t underruns() const { return playout_.underruns(); }
 
  private:
   enum class Outcome { kStopped, kRetry, kFailed, kClosing };

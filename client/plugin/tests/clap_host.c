@@ -4,7 +4,8 @@
  * wrapper asks for (clap.latency, clap.params, clap.state, clap.thread-check), activates the
  * plug-in and processes it in buffers of random size (1..max), paced in real time. It writes
  * the stereo output as interleaved float32 and prints `key value` lines: the reported latency,
- * the parameters' names, when a parameter event was sent, the plug-in's saved state.
+ * the parameters' names, when a parameter event was sent, when the plug-in's meters (Status,
+ * Underruns) changed, the plug-in's saved state.
  *
  *   clap_host PLUGIN.clap --rate R --seconds S [--max-frames M] [--param ID=VALUE@SECONDS ...]
  *             [--load-state FILE] [--save-state FILE] -o out.f32
@@ -149,9 +150,13 @@ int main(int argc, char **argv) {
   const clap_plugin_latency_t *latency = (const clap_plugin_latency_t *)plugin->get_extension(plugin, CLAP_EXT_LATENCY);
   const clap_plugin_state_t *state = (const clap_plugin_state_t *)plugin->get_extension(plugin, CLAP_EXT_STATE);
   if (!params || !latency || !state) { fprintf(stderr, "clap_host: missing extensions\n"); return 1; }
+  long status_id = -1, underruns_id = -1;
+  double last_status = -1, last_underruns = 0;
   for (uint32_t i = 0; i < params->count(plugin); ++i) {
     clap_param_info_t info;
     params->get_info(plugin, i, &info);
+    if (!strcmp(info.name, "Status")) status_id = info.id;
+    if (!strcmp(info.name, "Underruns")) underruns_id = info.id;
     printf("param %u %s|%g|%g|%g\n", info.id, info.name, info.min_value, info.max_value, info.default_value);
   }
   if (load_state) {  /* a project's saved state: restore it before activating */
@@ -204,6 +209,18 @@ int main(int argc, char **argv) {
     }
     fwrite(interleaved, sizeof(float), 2 * (size_t)n, f);
     frames += n;
+    /* The plug-in's meters (output parameters): status and underruns, after every buffer. */
+    double status = -1, underruns = -1;
+    if (status_id >= 0) params->get_value(plugin, (clap_id)status_id, &status);
+    if (underruns_id >= 0) params->get_value(plugin, (clap_id)underruns_id, &underruns);
+    if (underruns > last_underruns) {
+      printf("underrun_at %llu %.0f\n", (unsigned long long)frames, underruns);
+      last_underruns = underruns;
+    }
+    if (status != last_status) {
+      printf("status_at %llu %.0f\n", (unsigned long long)frames, status);
+      last_status = status;
+    }
     if (frames / rate >= seconds) break;
     sleep_until(start + frames / rate);
   }

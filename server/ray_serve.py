@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,10 @@ from distill_serve.server.request import Limits
 from distill_serve.server.service import RETRY_AFTER_MS, DistillServicer
 
 log = logging.getLogger(__name__)
+
+#: How long Serve's proxy may take to start. Serve itself gives up after a fixed 60 s
+#: (``HTTP_PROXY_TIMEOUT``, not configurable), which a node with every core busy misses.
+PROXY_START_S = 600.0
 
 APP_NAME = "distill"
 SERVICER_FUNCTIONS = [
@@ -286,15 +292,41 @@ def start(
             logging_level=logging.WARNING,
             configure_logging=False,
         )
-    serve.start(
-        http_options=HTTPOptions(host=host, port=0),
-        grpc_options=gRPCOptions(
-            port=port,
-            grpc_servicer_functions=SERVICER_FUNCTIONS,
-        ),
-    )
+    deadline = time.monotonic() + PROXY_START_S
+    while True:
+        try:
+            serve.start(
+                http_options=HTTPOptions(host=host, port=0),
+                grpc_options=gRPCOptions(port=port, grpc_servicer_functions=SERVICER_FUNCTIONS),
+            )
+            break
+        except TimeoutError as exc:  # the controller and its proxy stay; they are still starting
+            if time.monotonic() > deadline:
+                raise
+            log.warning(
+                "%s (Ray Serve's fixed limit; the node is busy?): waiting for the proxy, up to "
+                "%.0f s in all",
+                exc,
+                PROXY_START_S,
+            )
     app = build_app(bundle, engine, limits, tokens, ray_config)
     serve.run(app, name=APP_NAME, route_prefix="/")
+    _wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port, deadline)
+
+
+def _wait_for_port(host: str, port: int, deadline: float) -> None:
+    """Until the proxy accepts connections on ``host:port`` (TimeoutError at ``deadline``)."""
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"Ray Serve's gRPC proxy is not listening on {host}:{port} after "
+                    f"{PROXY_START_S:.0f} s"
+                ) from None
+            time.sleep(0.5)
 
 
 def run(

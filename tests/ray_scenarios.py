@@ -108,28 +108,33 @@ def limits_cancel_deadline(target: str) -> dict[str, Any]:
         time.sleep(1.0)
         out["after_cancel"] = [_status(lambda: c.generate("crossfade", 1.0, seed=6))[0]]
         out["deadline"] = _status(lambda: list(c.stream("crossfade", 30.0, seed=7, timeout=0.5)))
-        time.sleep(1.0)
         # Both slots must be free again: hold one stream, then open a second (Ray routes it to
         # the replica with fewer requests, as with the two streams above). Two unary calls at
         # once could both be routed to one replica, which refuses the second whatever the
-        # deadline did.
-        after: list[str] = []
-        held = []
-        for k in range(2):
-            try:
-                s = iter(c.stream("crossfade", 30.0, seed=10 + k))
-                next(s)
-                held.append(s)
-                after.append("OK")
-            except DistillError as exc:
-                after.append(exc.code.name)
-        for s in held:
-            s.close()
+        # deadline did. How soon the replica sees the deadline depends on the machine's load,
+        # so the check is repeated for up to a minute: it asserts that the slot comes back.
+        give_up = time.time() + 60
+        while True:
+            time.sleep(1.0)
+            after: list[str] = []
+            held = []
+            for k in range(2):
+                try:
+                    s = iter(c.stream("crossfade", 30.0, seed=10 + k))
+                    next(s)
+                    held.append(s)
+                    after.append("OK")
+                except DistillError as exc:
+                    after.append(exc.code.name)
+            for s in held:
+                s.close()
+            if after == ["OK", "OK"] or time.time() > give_up:
+                break
         out["after_deadline"] = after
     return out
 
 
-def _with_retry(fn: Any, tries: int = 40) -> Any:
+def _with_retry(fn: Any, tries: int = 240) -> Any:
     """Call ``fn``, honouring RESOURCE_EXHAUSTED's retry hint, as a client would."""
     for _ in range(tries):
         try:
@@ -154,7 +159,8 @@ def replica_kill(target: str) -> dict[str, Any]:
     playing = threading.Barrier(3)
 
     def stream(i: int) -> None:
-        with Client(target, timeout=120, token=TOKEN) as c:
+        # A 40 s clip under a full CPU load can take minutes: the deadline only guards a hang.
+        with Client(target, timeout=900, token=TOKEN) as c:
 
             def start() -> Any:  # the call is made at the first block: retry up to there
                 blocks = iter(c.stream("crossfade", 40.0, seed=i))
@@ -176,7 +182,7 @@ def replica_kill(target: str) -> dict[str, Any]:
     ray.kill(victim, no_restart=True)
     killed_at = time.time()
     running = 0
-    while time.time() - killed_at < 60:  # until a new replica replaced the killed one
+    while time.time() - killed_at < 300:  # until a new replica replaced the killed one
         state = serve.status().applications["distill"].deployments["DistillDeployment"]
         running = state.replica_states.get("RUNNING", 0)
         names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
@@ -194,7 +200,7 @@ def replica_kill(target: str) -> dict[str, Any]:
             for _ in range(3)
         ]
     for t in threads:
-        t.join(120)
+        t.join(900)
     return {
         "streams": results,
         "new_requests": new,

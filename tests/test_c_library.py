@@ -115,7 +115,7 @@ def test_c_host_plays_the_python_clients_audio(
     assert 0 < heard <= latency + 2 * block + start + 4096 + RATE // 50, (r, block)
     # stop: the server's fade-out, then silence.
     tail = audio[int(r["stop_frame"]) :]
-    assert np.abs(tail[-256:]).max() == 0.0
+    assert np.abs(tail[-RATE // 10 :]).max() == 0.0  # the host renders 0.2 s after the end
     assert int(r["frames_played"]) < int(r["frames_rendered"])
 
 

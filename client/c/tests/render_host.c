@@ -123,7 +123,7 @@ int main(int argc, char **argv) {
   for (uint32_t c = 0; c < ch; ++c) planes[c] = malloc(sizeof(float) * max);
   srand(1234);
   const double start = now_s();
-  uint64_t frames = 0, stop_frame = 0, first_underrun_frame = 0, slider_frame = 0, heard_frame = 0, sent = 0;
+  uint64_t frames = 0, stop_frame = 0, ended_frame = 0, first_underrun_frame = 0, slider_frame = 0, heard_frame = 0, sent = 0;
   int stopping = 0;
   float peak = 0;
   long nan_count = 0;
@@ -159,7 +159,11 @@ int main(int argc, char **argv) {
       stopping = 1;
       stop_frame = frames;
     }
-    if (stopping && (st.state == DISTILL_STATE_STOPPED || st.state == DISTILL_STATE_FAILED)) break;
+    /* After the session ended, 0.2 s more: silence that the test can check. */
+    if (stopping && !ended_frame &&
+        (st.state == DISTILL_STATE_STOPPED || st.state == DISTILL_STATE_FAILED))
+      ended_frame = frames;
+    if (ended_frame && frames >= ended_frame + config.sample_rate / 5) break;
     if (stopping && t > seconds + 10) break; /* the server never ended the session */
     if (!stopping && st.state == DISTILL_STATE_FAILED) break;
     sleep_until(start + t);

@@ -299,7 +299,6 @@ Session::Outcome Session::RunCall(bool* got_audio, double* retry_after_s) {
   std::atomic<bool> restart{false};
   const uint64_t base_sequence = sequence_;  // the start carries every control up to here
   bool first_audio = true;
-  int first_audio_pushed = 0;
   bool ended_by_stop = false;
   std::atomic<bool> call_done{false};
   std::thread writer;
@@ -316,10 +315,10 @@ Session::Outcome Session::RunCall(bool* got_audio, double* retry_after_s) {
         if (first_audio || chunk.control_sequence() > base_sequence) {
           playout_.marks().Push(ControlMark{pushed_frames_, heard});
         }
+        const bool fade = fade_in && first_audio;  // this session's first block
         first_audio = false;
         *got_audio = true;
-        ++first_audio_pushed;
-        if (!PushAudio(chunk, fade_in && first_audio_pushed == 0)) {  // closing
+        if (!PushAudio(chunk, fade)) {  // closing
           context.TryCancel();
           break;
         }

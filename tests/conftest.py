@@ -91,8 +91,8 @@ def _stop_prebuild(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    _stop_prebuild(session.config)
     """An xdist worker hands its measurements to the controller, which prints them."""
+    _stop_prebuild(session.config)
     output = getattr(session.config, "workeroutput", None)
     if output is not None:
         output["distill_measurements"] = list(_MEASUREMENTS)

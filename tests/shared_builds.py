@@ -33,16 +33,20 @@ def ensure(path: Path, done: str, build: Callable[[Path], None]) -> Path:
     return path
 
 
-def _run(cmd: list[str], timeout: float = 1800) -> None:
+def _run(cmd: list[str], timeout: float = 1800) -> str:
+    """Runs ``cmd``; its stdout, or BuildError with the output's tail."""
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise BuildError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    return proc.stdout
 
 
 def export_stand_in(out: Path) -> None:
     """``distill-serve export --stand-in --format both`` (writes manifest.json last)."""
-    _run([sys.executable, "-m", "distill_serve", "export", "--stand-in", "--out", str(out),
-          "--format", "both", "--quiet"], timeout=900)  # fmt: skip
+    stdout = _run([sys.executable, "-m", "distill_serve", "export", "--stand-in", "--out",
+                   str(out), "--format", "both", "--quiet"], timeout=900)  # fmt: skip
+    if "wrote bundle" not in stdout:
+        raise BuildError(f"the stand-in export did not say it wrote a bundle:\n{stdout[-3000:]}")
 
 
 def native_toolchain_missing() -> str | None:

@@ -40,8 +40,8 @@ lv2_ttl: $(lv2_dsp) $(TTL_GENERATOR)
 
 # The headless CLAP test host (tests/test_plugin.py).
 clap_host: $(DPF_BUILD_DIR)/clap_host
-$(DPF_BUILD_DIR)/clap_host: tests/clap_host.c
+$(DPF_BUILD_DIR)/clap_host: tests/clap_host.c ../c/tests/pacing.h
 	@mkdir -p $(DPF_BUILD_DIR)
-	$(CC) -O2 -Wall -Wextra -I$(DPF_PATH)/distrho/src $< -o $@ -ldl -lm
+	$(CC) -O2 -Wall -Wextra -I$(DPF_PATH)/distrho/src -I../c/tests $< -o $@ -ldl -lm
 
 .PHONY: all lv2_ttl clap_host

@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "distill.h"
+#include "pacing.h"
 
 #ifdef COUNT_CALLS
 /* Counted only while in_render is set on this thread. */
@@ -56,19 +57,6 @@ static long allocations = -1, locks = -1;
 #define RENDER_BEGIN() ((void)0)
 #define RENDER_END() ((void)0)
 #endif
-
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-static void sleep_until(double t) {
-  double d = t - now_s();
-  if (d <= 0) return;
-  struct timespec ts = {(time_t)d, (long)((d - (time_t)d) * 1e9)};
-  nanosleep(&ts, NULL);
-}
 
 static const char *state_name(distill_state s) {
   static const char *names[] = {"connecting", "buffering", "playing", "stopped", "failed"};

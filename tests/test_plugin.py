@@ -68,10 +68,12 @@ def test_clap_host_plays_the_python_clients_audio(
     plugin: Path, server: ServerThread, tmp_path: Path, rate: int, seconds: float
 ) -> None:
     """Random buffers of 1..4096 frames in real time; slider 2 moves at 40 % of the run, play
-    goes off at 80 %."""
+    goes off at 80 %. The host then plays on until 0.5 s after the Status meter reads stopped
+    (the fade-out played and the ring drained), however long a busy machine takes."""
     change_at, stop_at = 0.4 * seconds, 0.8 * seconds
     r, audio, lines = _host(
-        plugin, tmp_path, server.target, "--rate", str(rate), "--seconds", str(seconds),
+        plugin, tmp_path, server.target, "--rate", str(rate), "--seconds", str(seconds + 60),
+        "--after-stopped", "0.5",
         "--param", f"{PARAM_SLIDER0 + 2}=-6@{change_at}", "--param", f"{PARAM_PLAY}=0@{stop_at}",
     )  # fmt: skip
     assert r["plugin_id"] == "org.distill-serve.distill" and "feature instrument" in lines
@@ -117,13 +119,14 @@ def _statuses(lines: list[str]) -> list[int]:
 def test_server_gone_and_back(plugin: Path, engine: Engine, tmp_path: Path) -> None:
     """The server stops mid-session: the Status meter goes from playing (2) to connecting (0)
     and Underruns counts the loss; a new server on the same port: playing again, with audio,
-    without the host doing anything."""
+    without the host doing anything. The host plays until 2 s after it is playing again
+    (`--after-recovery`), however long the reconnect takes on a busy machine."""
     port = free_port()
     first = ServerThread(ServerConfig(port=port), engine)
     out = tmp_path / "gone.f32"
     host = subprocess.Popen(
         [str(plugin / "build/dpf/clap_host"), str(plugin / "bin/distill.clap"), "-o", str(out),
-         "--seconds", "12"],
+         "--seconds", "120", "--after-recovery", "2"],
         stdout=subprocess.PIPE, text=True,
         env=dict(os.environ, DISTILL_SERVER=f"127.0.0.1:{port}", DISTILL_TOKEN=""),
     )  # fmt: skip
@@ -132,7 +135,7 @@ def test_server_gone_and_back(plugin: Path, engine: Engine, tmp_path: Path) -> N
         first.stop()
         time.sleep(3)
         second = ServerThread(ServerConfig(port=port), engine)
-        stdout, _ = host.communicate(timeout=120)
+        stdout, _ = host.communicate(timeout=180)
         second.stop()
     finally:
         if host.poll() is None:

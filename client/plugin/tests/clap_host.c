@@ -98,7 +98,7 @@ struct change { clap_id id; double value; double at; int sent; };
 int main(int argc, char **argv) {
   if (argc < 2) { fprintf(stderr, "usage: clap_host PLUGIN.clap ...\n"); return 2; }
   const char *path = argv[1], *output = NULL, *load_state = NULL, *save_state = NULL;
-  double rate = 48000, seconds = 5;
+  double rate = 48000, seconds = 5, after_recovery = -1, after_stopped = -1;
   uint32_t max_frames = 4096;
   struct change changes[MAX_CHANGES];
   int n_changes = 0;
@@ -106,6 +106,11 @@ int main(int argc, char **argv) {
     const char *a = argv[i], *v = argv[i + 1];
     if (!strcmp(a, "--rate")) rate = atof(v);
     else if (!strcmp(a, "--seconds")) seconds = atof(v);
+    /* Stop this long after the status went playing -> connecting -> playing again (a server
+       that went away and came back), however long that took; --seconds stays the cap. */
+    else if (!strcmp(a, "--after-recovery")) after_recovery = atof(v);
+    /* Stop this long after the status first reads stopped (Play off and the ring drained). */
+    else if (!strcmp(a, "--after-stopped")) after_stopped = atof(v);
     else if (!strcmp(a, "--max-frames")) max_frames = (uint32_t)atoi(v);
     else if (!strcmp(a, "--load-state")) load_state = v;
     else if (!strcmp(a, "--save-state")) save_state = v;
@@ -167,10 +172,13 @@ int main(int argc, char **argv) {
   FILE *f = fopen(output, "wb");
   srand(4321);
   const double start = now_s();
-  uint64_t frames = 0;
+  uint64_t frames = 0, recovered_at = 0, stopped_at = 0, first_playing = 0;
+  int phase = 0; /* 0 not yet playing, 1 playing, 2 gone (connecting), 3 playing again */
   for (;;) {
     uint32_t n = 1 + (uint32_t)(rand() % (int)max_frames);
-    double t = frames / rate;
+    /* --param times count from the first buffer the plug-in played in (Status playing), so
+       that a machine slow to start the session still plays that long before each change. */
+    double t = phase ? (double)(frames - first_playing) / rate : -1;
     pending_count = 0;
     for (int i = 0; i < n_changes; ++i) {
       if (!changes[i].sent && t >= changes[i].at) {
@@ -208,8 +216,18 @@ int main(int argc, char **argv) {
     if (status != last_status) {
       printf("status_at %llu %.0f\n", (unsigned long long)frames, status);
       last_status = status;
+      if ((phase == 0 || phase == 2) && status == 2) {
+        if (phase == 0) first_playing = frames;
+        phase = phase == 0 ? 1 : 3;
+        recovered_at = frames;
+      } else if (phase == 1 && status == 0) {
+        phase = 2;
+      }
+      if (status == 3 && stopped_at == 0) stopped_at = frames;
     }
     if (frames / rate >= seconds) break;
+    if (after_recovery >= 0 && phase == 3 && (frames - recovered_at) / rate >= after_recovery) break;
+    if (after_stopped >= 0 && stopped_at && (frames - stopped_at) / rate >= after_stopped) break;
     sleep_until(start + frames / rate);
   }
   fclose(f);

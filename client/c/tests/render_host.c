@@ -111,7 +111,8 @@ int main(int argc, char **argv) {
   for (uint32_t c = 0; c < ch; ++c) planes[c] = malloc(sizeof(float) * max);
   srand(1234);
   const double start = now_s();
-  uint64_t frames = 0, stop_frame = 0, ended_frame = 0, first_underrun_frame = 0, slider_frame = 0, heard_frame = 0, sent = 0, playing_from = 0;
+  uint64_t frames = 0, stop_frame = 0, ended_frame = 0, first_underrun_frame = 0, slider_frame = 0, heard_frame = 0, sent = 0, audio_from = 0;
+  int playing = 0;
   int stopping = 0;
   float peak = 0;
   long nan_count = 0;
@@ -136,8 +137,11 @@ int main(int argc, char **argv) {
     distill_get_status(s, &st);
     /* --slider-at and --seconds count from the first audible frame, so that a machine slow
        to start the session still plays that long before the control and the stop. */
-    if (!playing_from && st.state == DISTILL_STATE_PLAYING) playing_from = st.frames_before_audio + 1;
-    const double t = playing_from ? (double)(frames - (playing_from - 1)) / config.sample_rate : -1;
+    if (!playing && st.state == DISTILL_STATE_PLAYING) {
+      playing = 1;
+      audio_from = st.frames_before_audio;
+    }
+    const double t = playing ? (double)(frames - audio_from) / config.sample_rate : -1;
     if (slider_at >= 0 && !slider_frame && t >= slider_at) {
       distill_set_slider(s, 1, -6);
       slider_frame = frames;
@@ -157,7 +161,7 @@ int main(int argc, char **argv) {
     if (ended_frame && frames >= ended_frame + config.sample_rate / 5) break;
     if (stopping && t > seconds + 10) break; /* the server never ended the session */
     if (!stopping && st.state == DISTILL_STATE_FAILED) break;
-    if (!playing_from && frames > (uint64_t)(120.0 * config.sample_rate)) break; /* never played */
+    if (!playing && frames > (uint64_t)(120.0 * config.sample_rate)) break; /* never played */
     sleep_until(start + (double)frames / config.sample_rate);
   }
   fclose(f);

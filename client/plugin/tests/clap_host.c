@@ -216,12 +216,14 @@ int main(int argc, char **argv) {
     if (status != last_status) {
       printf("status_at %llu %.0f\n", (unsigned long long)frames, status);
       last_status = status;
-      if ((phase == 0 || phase == 2) && status == 2) {
-        if (phase == 0) first_playing = frames;
-        phase = phase == 0 ? 1 : 3;
-        recovered_at = frames;
+      if (phase == 0 && status == 2) {
+        phase = 1;
+        first_playing = frames;
       } else if (phase == 1 && status == 0) {
         phase = 2;
+      } else if (phase == 2 && status == 2) {
+        phase = 3;
+        recovered_at = frames;
       }
       if (status == 3 && stopped_at == 0) stopped_at = frames;
     }

@@ -10,6 +10,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -206,6 +207,32 @@ def test_vst3_factory_loads(plugin: Path) -> None:
     assert ("Audio Module Class", "Distill") in infos
     lib.ModuleExit.restype = ctypes.c_bool
     assert lib.ModuleExit()
+
+
+_FTZ_PROBE = """
+import ctypes, sys
+def ftz():  # flush-to-zero or denormals-are-zero: the smallest normal halved is 0
+    return sys.float_info.min / 2.0 == 0.0
+assert not ftz()
+ctypes.CDLL(sys.argv[1])
+print("ftz" if ftz() else "ieee")
+"""
+
+
+@pytest.mark.parametrize(
+    "binary",
+    ["distill.clap", "distill.vst3/Contents/x86_64-linux/distill.so", "distill.lv2/distill_dsp.so"],
+)
+def test_loading_the_plugin_leaves_the_hosts_float_mode_alone(plugin: Path, binary: str) -> None:
+    """dlopen must not set flush-to-zero / denormals-are-zero in the host's thread (a
+    -ffast-math link adds crtfastmath.o, whose constructor does; it once broke Hypothesis in
+    the test worker that had loaded the VST3). Checked in a fresh process."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _FTZ_PROBE, str(plugin / "bin" / binary)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ieee"
 
 
 def test_lv2_bundle_passes_lv2info(plugin: Path) -> None:

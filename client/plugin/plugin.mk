@@ -12,6 +12,11 @@ CLIENT_BUILD ?= build/client
 include $(DPF_PATH)/Makefile.plugins.mk
 
 BUILD_CXX_FLAGS += -std=gnu++17 -I../c/include
+# DPF compiles and links with -ffast-math, and gcc 12 then links crtfastmath.o into the shared
+# object: its constructor sets flush-to-zero and denormals-are-zero in whatever thread of the
+# host loads the plug-in (a DAW's GUI thread, a Python test process). The plug-in only copies
+# audio from libdistill's ring; it needs no fast math, and a host's float mode is not ours.
+BUILD_CXX_FLAGS += -fno-fast-math
 ifeq ($(NO_STATE),1)
 BUILD_CXX_FLAGS += -DDISTILL_NO_STATE
 endif

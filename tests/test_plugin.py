@@ -219,10 +219,14 @@ print("ftz" if ftz() else "ieee")
 """
 
 
-@pytest.mark.parametrize(
-    "binary",
-    ["distill.clap", "distill.vst3/Contents/x86_64-linux/distill.so", "distill.lv2/distill_dsp.so"],
+PLUGIN_BINARIES = (
+    "distill.clap",
+    "distill.vst3/Contents/x86_64-linux/distill.so",
+    "distill.lv2/distill_dsp.so",
 )
+
+
+@pytest.mark.parametrize("binary", PLUGIN_BINARIES)
 def test_loading_the_plugin_leaves_the_hosts_float_mode_alone(plugin: Path, binary: str) -> None:
     """dlopen must not set flush-to-zero / denormals-are-zero in the host's thread (a
     -ffast-math link adds crtfastmath.o, whose constructor does; it once broke Hypothesis in
@@ -233,6 +237,20 @@ def test_loading_the_plugin_leaves_the_hosts_float_mode_alone(plugin: Path, bina
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ieee"
+
+
+def test_every_build_loads_into_one_process(plugin: Path, client_build: Path) -> None:
+    """A DAW scanning plug-ins loads the CLAP, VST3 and LV2 builds into one process, and a
+    game may hold libdistill beside the plug-in: none may abort the others (full-runtime
+    protobuf messages registered distill.proto once per binary in the shared descriptor pool,
+    and the second registration aborted the process)."""
+    binaries = [plugin / "bin" / b for b in PLUGIN_BINARIES] + [client_build / "c/libdistill.so"]
+    probe = "import ctypes, sys\nfor path in sys.argv[1:]:\n    ctypes.CDLL(path)\nprint('loaded')"
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, *map(str, binaries)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip() == "loaded", proc.stderr[-2000:]
 
 
 def test_lv2_bundle_passes_lv2info(plugin: Path) -> None:

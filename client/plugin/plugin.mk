@@ -21,7 +21,7 @@ ifeq ($(NO_STATE),1)
 BUILD_CXX_FLAGS += -DDISTILL_NO_STATE
 endif
 LIBDISTILL = $(CLIENT_BUILD)/c/libdistill_static.a $(CLIENT_BUILD)/libdistill_proto.a
-LINK_FLAGS += $(LIBDISTILL) $(shell pkg-config --libs grpc++ protobuf) -lpthread
+LINK_FLAGS += $(LIBDISTILL) $(shell pkg-config --libs grpc++ protobuf-lite) -lpthread
 
 TTL_GENERATOR = $(DPF_BUILD_DIR)/lv2_ttl_generator
 

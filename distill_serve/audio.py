@@ -1,5 +1,6 @@
 """Audio sample formats shared by server and client: float blocks <-> interleaved
-little-endian bytes, and WAV files (soundfile)."""
+little-endian bytes, and WAV files (soundfile). The compressed encodings (FLAC, Opus) are
+coded in :mod:`distill_serve.codecs`."""
 
 from __future__ import annotations
 
@@ -14,13 +15,22 @@ class Encoding(enum.Enum):
     PCM16 = "pcm16"
     PCM24 = "pcm24"
     FLOAT32 = "float32"
+    FLAC = "flac"
+    OPUS = "opus"
+
+    @property
+    def is_pcm(self) -> bool:
+        """Raw sample bytes (:func:`encode`), as opposed to a codec's."""
+        return self in WAV_SUBTYPE
 
 
 WAV_SUBTYPE = {Encoding.PCM16: "PCM_16", Encoding.PCM24: "PCM_24", Encoding.FLOAT32: "FLOAT"}
 
 
 def encode(block: np.ndarray, encoding: Encoding) -> bytes:
-    """``(channels, n)`` float block in [-1, 1] -> interleaved bytes."""
+    """``(channels, n)`` float block in [-1, 1] -> interleaved bytes (PCM encodings)."""
+    if not encoding.is_pcm:
+        raise ValueError(f"{encoding.value} is a codec, not a sample format: see codecs")
     frames = np.ascontiguousarray(block.T)  # (n, channels): interleaved
     if encoding is Encoding.FLOAT32:
         return frames.astype("<f4").tobytes()

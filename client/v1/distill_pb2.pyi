@@ -7,7 +7,12 @@ Streaming contract (GenerateStream): the first message carries a StreamHeader,
 then AudioChunk messages follow in order (sequence 0, 1, ...; sample_offset counts
 frames per channel), then exactly one StreamEnd with statistics. Concatenating the
 chunks' data gives the same bytes as a unary Generate with CONTAINER_RAW for the
-same spec and seed.
+same spec and seed. With AUDIO_ENCODING_OPUS the chunks carry Opus packets instead
+(AudioChunk.packets; StreamHeader.opus), the same packets a unary CONTAINER_OGG reply holds.
+
+Models: a server serves one or more models (bundles), each by name; GenerationSpec.model
+and GetModelInfoRequest.model pick one (empty: the server's default model). An unknown
+name is NOT_FOUND, a model being unloaded or not loaded is UNAVAILABLE.
 """
 
 from collections import abc as _abc
@@ -63,6 +68,16 @@ class _AudioEncodingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AudioEn
     AUDIO_ENCODING_PCM16: _AudioEncoding.ValueType  # 1
     AUDIO_ENCODING_PCM24: _AudioEncoding.ValueType  # 2
     AUDIO_ENCODING_FLOAT32: _AudioEncoding.ValueType  # 3
+    AUDIO_ENCODING_FLAC: _AudioEncoding.ValueType  # 4
+    """FLAC, lossless, 16 or 24 bit (GenerationSpec.bits_per_sample): unary Generate only, in
+    CONTAINER_FLAC (a complete .flac file).
+    """
+    AUDIO_ENCODING_OPUS: _AudioEncoding.ValueType  # 5
+    """Opus, 20 ms frames, at 8, 12, 16, 24 or 48 kHz only (GenerationSpec.bitrate_bps). Unary:
+    CONTAINER_OGG (a complete Ogg Opus file, RFC 7845). Streams and live sessions: raw Opus
+    packets in AudioChunk.packets, decodable by libopus as they are, with the codec header
+    in StreamHeader.opus.
+    """
 
 class AudioEncoding(_AudioEncoding, metaclass=_AudioEncodingEnumTypeWrapper):
     """AudioEncoding is the sample format of audio bytes (little endian, interleaved)."""
@@ -72,6 +87,16 @@ AUDIO_ENCODING_UNSPECIFIED: AudioEncoding.ValueType  # 0
 AUDIO_ENCODING_PCM16: AudioEncoding.ValueType  # 1
 AUDIO_ENCODING_PCM24: AudioEncoding.ValueType  # 2
 AUDIO_ENCODING_FLOAT32: AudioEncoding.ValueType  # 3
+AUDIO_ENCODING_FLAC: AudioEncoding.ValueType  # 4
+"""FLAC, lossless, 16 or 24 bit (GenerationSpec.bits_per_sample): unary Generate only, in
+CONTAINER_FLAC (a complete .flac file).
+"""
+AUDIO_ENCODING_OPUS: AudioEncoding.ValueType  # 5
+"""Opus, 20 ms frames, at 8, 12, 16, 24 or 48 kHz only (GenerationSpec.bitrate_bps). Unary:
+CONTAINER_OGG (a complete Ogg Opus file, RFC 7845). Streams and live sessions: raw Opus
+packets in AudioChunk.packets, decodable by libopus as they are, with the codec header
+in StreamHeader.opus.
+"""
 Global___AudioEncoding: _TypeAlias = AudioEncoding  # noqa: Y015
 
 class _Container:
@@ -85,6 +110,10 @@ class _ContainerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Container.V
     CONTAINER_RAW: _Container.ValueType  # 1
     CONTAINER_WAV: _Container.ValueType  # 2
     """A complete RIFF/WAVE file (unary Generate only)."""
+    CONTAINER_FLAC: _Container.ValueType  # 3
+    """A complete FLAC file (AUDIO_ENCODING_FLAC; unary Generate only)."""
+    CONTAINER_OGG: _Container.ValueType  # 4
+    """A complete Ogg Opus file (AUDIO_ENCODING_OPUS; unary Generate only)."""
 
 class Container(_Container, metaclass=_ContainerEnumTypeWrapper):
     """Container wraps unary audio bytes."""
@@ -94,6 +123,10 @@ CONTAINER_UNSPECIFIED: Container.ValueType  # 0
 CONTAINER_RAW: Container.ValueType  # 1
 CONTAINER_WAV: Container.ValueType  # 2
 """A complete RIFF/WAVE file (unary Generate only)."""
+CONTAINER_FLAC: Container.ValueType  # 3
+"""A complete FLAC file (AUDIO_ENCODING_FLAC; unary Generate only)."""
+CONTAINER_OGG: Container.ValueType  # 4
+"""A complete Ogg Opus file (AUDIO_ENCODING_OPUS; unary Generate only)."""
 Global___Container: _TypeAlias = Container  # noqa: Y015
 
 class _SpatialMode:
@@ -121,6 +154,40 @@ SPATIAL_MODE_STEREO_MID_SIDE: SpatialMode.ValueType  # 2
 SPATIAL_MODE_DUAL_SEED: SpatialMode.ValueType  # 3
 """Two channels: left from seed, right from seed + 1."""
 Global___SpatialMode: _TypeAlias = SpatialMode  # noqa: Y015
+
+class _ModelState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ModelStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MODEL_STATE_UNSPECIFIED: _ModelState.ValueType  # 0
+    MODEL_STATE_LOADING: _ModelState.ValueType  # 1
+    """Its bundle is being verified and its sessions opened; requests get UNAVAILABLE."""
+    MODEL_STATE_READY: _ModelState.ValueType  # 2
+    """Serving."""
+    MODEL_STATE_FAILED: _ModelState.ValueType  # 3
+    """Its bundle could not be loaded (ModelStatus.reason says why); the others keep serving."""
+    MODEL_STATE_UNLOADING: _ModelState.ValueType  # 4
+    """Finishing its in-flight generations; new requests get UNAVAILABLE."""
+    MODEL_STATE_UNLOADED: _ModelState.ValueType  # 5
+    """In the repository but not loaded (unloaded, or evicted by --max-loaded-models)."""
+
+class ModelState(_ModelState, metaclass=_ModelStateEnumTypeWrapper):
+    """ModelState is where a model of the repository stands."""
+
+MODEL_STATE_UNSPECIFIED: ModelState.ValueType  # 0
+MODEL_STATE_LOADING: ModelState.ValueType  # 1
+"""Its bundle is being verified and its sessions opened; requests get UNAVAILABLE."""
+MODEL_STATE_READY: ModelState.ValueType  # 2
+"""Serving."""
+MODEL_STATE_FAILED: ModelState.ValueType  # 3
+"""Its bundle could not be loaded (ModelStatus.reason says why); the others keep serving."""
+MODEL_STATE_UNLOADING: ModelState.ValueType  # 4
+"""Finishing its in-flight generations; new requests get UNAVAILABLE."""
+MODEL_STATE_UNLOADED: ModelState.ValueType  # 5
+"""In the repository but not loaded (unloaded, or evicted by --max-loaded-models)."""
+Global___ModelState: _TypeAlias = ModelState  # noqa: Y015
 
 @_typing.final
 class LatentVector(_message.Message):
@@ -210,13 +277,16 @@ class GenerationSpec(_message.Message):
     LATENT_FIELD_NUMBER: _builtins.int
     SLIDERS_FIELD_NUMBER: _builtins.int
     CHUNK_DURATION_S_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    BITRATE_BPS_FIELD_NUMBER: _builtins.int
+    BITS_PER_SAMPLE_FIELD_NUMBER: _builtins.int
     mode: Global___ChunkMode.ValueType
     duration_s: _builtins.float
     """Length of the result in seconds, in (0, max_duration_s]."""
     seed: _builtins.int
     """Seed of the random trajectory; absent means the server picks one and echoes it."""
     sample_rate: _builtins.int
-    """Output rate in Hz; 0 means the bundle's default rate."""
+    """Output rate in Hz; 0 means the bundle's default rate (48000 with AUDIO_ENCODING_OPUS)."""
     encoding: Global___AudioEncoding.ValueType
     spatial: Global___SpatialMode.ValueType
     stereo_width: _builtins.float
@@ -227,6 +297,12 @@ class GenerationSpec(_message.Message):
     """Drift per chunk in CHUNK_MODE_SLIDER, in [0, 1]; absent means 0 (static)."""
     chunk_duration_s: _builtins.float
     """Decoder chunk length in seconds; absent means the model's native chunk."""
+    model: _builtins.str
+    """The model to generate with (ListModels); empty means the server's default model."""
+    bitrate_bps: _builtins.int
+    """AUDIO_ENCODING_OPUS: target bitrate in bits per second, [6000, 510000]; absent: 128000."""
+    bits_per_sample: _builtins.int
+    """AUDIO_ENCODING_FLAC: 16 or 24; absent: 16."""
     @_builtins.property
     def latent(self) -> Global___LatentVector: ...
     @_builtins.property
@@ -246,11 +322,18 @@ class GenerationSpec(_message.Message):
         latent: Global___LatentVector | None = ...,
         sliders: Global___SliderPositions | None = ...,
         chunk_duration_s: _builtins.float | None = ...,
+        model: _builtins.str = ...,
+        bitrate_bps: _builtins.int | None = ...,
+        bits_per_sample: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_chunk_duration_s", b"_chunk_duration_s", "_evolution_amount", b"_evolution_amount", "_seed", b"_seed", "_steps_between", b"_steps_between", "_stereo_width", b"_stereo_width", "chunk_duration_s", b"chunk_duration_s", "evolution_amount", b"evolution_amount", "latent", b"latent", "seed", b"seed", "slider_input", b"slider_input", "sliders", b"sliders", "steps_between", b"steps_between", "stereo_width", b"stereo_width"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bitrate_bps", b"_bitrate_bps", "_bits_per_sample", b"_bits_per_sample", "_chunk_duration_s", b"_chunk_duration_s", "_evolution_amount", b"_evolution_amount", "_seed", b"_seed", "_steps_between", b"_steps_between", "_stereo_width", b"_stereo_width", "bitrate_bps", b"bitrate_bps", "bits_per_sample", b"bits_per_sample", "chunk_duration_s", b"chunk_duration_s", "evolution_amount", b"evolution_amount", "latent", b"latent", "seed", b"seed", "slider_input", b"slider_input", "sliders", b"sliders", "steps_between", b"steps_between", "stereo_width", b"stereo_width"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_chunk_duration_s", b"_chunk_duration_s", "_evolution_amount", b"_evolution_amount", "_seed", b"_seed", "_steps_between", b"_steps_between", "_stereo_width", b"_stereo_width", "chunk_duration_s", b"chunk_duration_s", "duration_s", b"duration_s", "encoding", b"encoding", "evolution_amount", b"evolution_amount", "latent", b"latent", "mode", b"mode", "sample_rate", b"sample_rate", "seed", b"seed", "slider_input", b"slider_input", "sliders", b"sliders", "spatial", b"spatial", "steps_between", b"steps_between", "stereo_width", b"stereo_width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bitrate_bps", b"_bitrate_bps", "_bits_per_sample", b"_bits_per_sample", "_chunk_duration_s", b"_chunk_duration_s", "_evolution_amount", b"_evolution_amount", "_seed", b"_seed", "_steps_between", b"_steps_between", "_stereo_width", b"_stereo_width", "bitrate_bps", b"bitrate_bps", "bits_per_sample", b"bits_per_sample", "chunk_duration_s", b"chunk_duration_s", "duration_s", b"duration_s", "encoding", b"encoding", "evolution_amount", b"evolution_amount", "latent", b"latent", "mode", b"mode", "model", b"model", "sample_rate", b"sample_rate", "seed", b"seed", "slider_input", b"slider_input", "sliders", b"sliders", "spatial", b"spatial", "steps_between", b"steps_between", "stereo_width", b"stereo_width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__bitrate_bps: _TypeAlias = _typing.Literal["bitrate_bps"]  # noqa: Y015
+    _WhichOneofArgType__bitrate_bps: _TypeAlias = _typing.Literal["_bitrate_bps", b"_bitrate_bps"]  # noqa: Y015
+    _WhichOneofReturnType__bits_per_sample: _TypeAlias = _typing.Literal["bits_per_sample"]  # noqa: Y015
+    _WhichOneofArgType__bits_per_sample: _TypeAlias = _typing.Literal["_bits_per_sample", b"_bits_per_sample"]  # noqa: Y015
     _WhichOneofReturnType__chunk_duration_s: _TypeAlias = _typing.Literal["chunk_duration_s"]  # noqa: Y015
     _WhichOneofArgType__chunk_duration_s: _TypeAlias = _typing.Literal["_chunk_duration_s", b"_chunk_duration_s"]  # noqa: Y015
     _WhichOneofReturnType__evolution_amount: _TypeAlias = _typing.Literal["evolution_amount"]  # noqa: Y015
@@ -263,6 +346,10 @@ class GenerationSpec(_message.Message):
     _WhichOneofArgType__stereo_width: _TypeAlias = _typing.Literal["_stereo_width", b"_stereo_width"]  # noqa: Y015
     _WhichOneofReturnType_slider_input: _TypeAlias = _typing.Literal["latent", "sliders"]  # noqa: Y015
     _WhichOneofArgType_slider_input: _TypeAlias = _typing.Literal["slider_input", b"slider_input"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bitrate_bps) -> _WhichOneofReturnType__bitrate_bps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bits_per_sample) -> _WhichOneofReturnType__bits_per_sample | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__chunk_duration_s) -> _WhichOneofReturnType__chunk_duration_s | None: ...
     @_typing.overload
@@ -289,12 +376,17 @@ class AudioFormat(_message.Message):
     ENCODING_FIELD_NUMBER: _builtins.int
     CONTAINER_FIELD_NUMBER: _builtins.int
     TOTAL_SAMPLES_FIELD_NUMBER: _builtins.int
+    BITS_PER_SAMPLE_FIELD_NUMBER: _builtins.int
+    BITRATE_BPS_FIELD_NUMBER: _builtins.int
     sample_rate: _builtins.int
     channels: _builtins.int
     encoding: Global___AudioEncoding.ValueType
     container: Global___Container.ValueType
     total_samples: _builtins.int
-    """Frames per channel."""
+    """Frames per channel (of the decoded audio, after an Opus stream's pre-skip)."""
+    bits_per_sample: _builtins.int
+    """AUDIO_ENCODING_FLAC: bits per sample; AUDIO_ENCODING_OPUS: the target bitrate (bit/s)."""
+    bitrate_bps: _builtins.int
     def __init__(
         self,
         *,
@@ -303,10 +395,12 @@ class AudioFormat(_message.Message):
         encoding: Global___AudioEncoding.ValueType = ...,
         container: Global___Container.ValueType = ...,
         total_samples: _builtins.int = ...,
+        bits_per_sample: _builtins.int = ...,
+        bitrate_bps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "container", b"container", "encoding", b"encoding", "sample_rate", b"sample_rate", "total_samples", b"total_samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bitrate_bps", b"bitrate_bps", "bits_per_sample", b"bits_per_sample", "channels", b"channels", "container", b"container", "encoding", b"encoding", "sample_rate", b"sample_rate", "total_samples", b"total_samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -438,22 +532,74 @@ class StreamHeader(_message.Message):
 
     FORMAT_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    OPUS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
     seed: _builtins.int
+    model: _builtins.str
+    """The model generating (its name and version, as ListModels reports them)."""
+    model_version: _builtins.str
     @_builtins.property
     def format(self) -> Global___AudioFormat: ...
+    @_builtins.property
+    def opus(self) -> Global___OpusHeader:
+        """AUDIO_ENCODING_OPUS only: how to decode the packets."""
+
     def __init__(
         self,
         *,
         format: Global___AudioFormat | None = ...,
         seed: _builtins.int = ...,
+        opus: Global___OpusHeader | None = ...,
+        model: _builtins.str = ...,
+        model_version: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "opus", b"opus"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "model", b"model", "model_version", b"model_version", "opus", b"opus", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamHeader: _TypeAlias = StreamHeader  # noqa: Y015
+
+@_typing.final
+class OpusHeader(_message.Message):
+    """OpusHeader describes a stream of raw Opus packets. Decode each packet with libopus at
+    AudioFormat.sample_rate and channels, in order; drop the first pre_skip * sample_rate /
+    48000 decoded frames, then keep AudioFormat.total_samples frames (0 in a live session:
+    all of them).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_HEADER_FIELD_NUMBER: _builtins.int
+    PRE_SKIP_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    FRAME_DURATION_MS_FIELD_NUMBER: _builtins.int
+    id_header: _builtins.bytes
+    """The Ogg Opus identification header (RFC 7845 section 5.1, "OpusHead"), as an Ogg Opus
+    file's first packet holds it (also the codec extradata FFmpeg and others take).
+    """
+    pre_skip: _builtins.int
+    """Encoder delay in 48 kHz samples (the id header's pre-skip field)."""
+    channels: _builtins.int
+    frame_duration_ms: _builtins.int
+    """Duration of one packet, milliseconds (20)."""
+    def __init__(
+        self,
+        *,
+        id_header: _builtins.bytes = ...,
+        pre_skip: _builtins.int = ...,
+        channels: _builtins.int = ...,
+        frame_duration_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "frame_duration_ms", b"frame_duration_ms", "id_header", b"id_header", "pre_skip", b"pre_skip"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpusHeader: _TypeAlias = OpusHeader  # noqa: Y015
 
 @_typing.final
 class AudioChunk(_message.Message):
@@ -466,6 +612,7 @@ class AudioChunk(_message.Message):
     NUM_SAMPLES_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     CONTROL_SEQUENCE_FIELD_NUMBER: _builtins.int
+    PACKETS_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     sample_offset: _builtins.int
     """Offset of the block's first frame, in frames per channel."""
@@ -473,6 +620,12 @@ class AudioChunk(_message.Message):
     data: _builtins.bytes
     control_sequence: _builtins.int
     """GenerateLive: the sequence of the last LiveControl this block reflects (0: none yet)."""
+    @_builtins.property
+    def packets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """AUDIO_ENCODING_OPUS: whole Opus packets in order (data is then empty). sample_offset and
+        num_samples count the frames the packets decode to, pre-skip included.
+        """
+
     def __init__(
         self,
         *,
@@ -481,10 +634,11 @@ class AudioChunk(_message.Message):
         num_samples: _builtins.int = ...,
         data: _builtins.bytes = ...,
         control_sequence: _builtins.int = ...,
+        packets: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_sequence", b"control_sequence", "data", b"data", "num_samples", b"num_samples", "sample_offset", b"sample_offset", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_sequence", b"control_sequence", "data", b"data", "num_samples", b"num_samples", "packets", b"packets", "sample_offset", b"sample_offset", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -552,16 +706,21 @@ Global___GenerateStreamResponse: _TypeAlias = GenerateStreamResponse  # noqa: Y0
 
 @_typing.final
 class GetModelInfoRequest(_message.Message):
-    """GetModelInfoRequest is empty."""
+    """GetModelInfoRequest names the model to describe."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Empty means the server's default model."""
     def __init__(
         self,
+        *,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -693,6 +852,8 @@ class GetModelInfoResponse(_message.Message):
     PROVIDER_NOTE_FIELD_NUMBER: _builtins.int
     VOCODER_PATH_FIELD_NUMBER: _builtins.int
     LIVE_CAPACITY_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
     latent_dim: _builtins.int
     default_sample_rate: _builtins.int
     execution_provider: _builtins.str
@@ -714,6 +875,9 @@ class GetModelInfoResponse(_message.Message):
     """Live sessions the server estimates it can keep in real time (from measured vocoder step
     costs; 0: no estimate, the block path). More are refused with RESOURCE_EXHAUSTED.
     """
+    model: _builtins.str
+    """The model described and its version (the bundle's bundle_id)."""
+    model_version: _builtins.str
     @_builtins.property
     def sliders(self) -> _containers.RepeatedCompositeFieldContainer[Global___Slider]: ...
     @_builtins.property
@@ -744,14 +908,208 @@ class GetModelInfoResponse(_message.Message):
         provider_note: _builtins.str = ...,
         vocoder_path: _builtins.str = ...,
         live_capacity: _builtins.int = ...,
+        model: _builtins.str = ...,
+        model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_format_version", b"bundle_format_version", "containers", b"containers", "default_sample_rate", b"default_sample_rate", "encodings", b"encodings", "execution_provider", b"execution_provider", "files", b"files", "latent_dim", b"latent_dim", "limits", b"limits", "live_capacity", b"live_capacity", "native_chunk_duration_s", b"native_chunk_duration_s", "provider_note", b"provider_note", "sample_rates", b"sample_rates", "sliders", b"sliders", "vocoder_path", b"vocoder_path", "vocoder_precision", b"vocoder_precision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_format_version", b"bundle_format_version", "containers", b"containers", "default_sample_rate", b"default_sample_rate", "encodings", b"encodings", "execution_provider", b"execution_provider", "files", b"files", "latent_dim", b"latent_dim", "limits", b"limits", "live_capacity", b"live_capacity", "model", b"model", "model_version", b"model_version", "native_chunk_duration_s", b"native_chunk_duration_s", "provider_note", b"provider_note", "sample_rates", b"sample_rates", "sliders", b"sliders", "vocoder_path", b"vocoder_path", "vocoder_precision", b"vocoder_precision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetModelInfoResponse: _TypeAlias = GetModelInfoResponse  # noqa: Y015
+
+@_typing.final
+class ModelStatus(_message.Message):
+    """ModelStatus describes one model of the repository."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    VOCODER_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATES_FIELD_NUMBER: _builtins.int
+    DEFAULT_SAMPLE_RATE_FIELD_NUMBER: _builtins.int
+    SLIDERS_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The model's name: its directory's name in the repository."""
+    version: _builtins.str
+    """The bundle's bundle_id (empty until it has loaded once)."""
+    state: Global___ModelState.ValueType
+    reason: _builtins.str
+    """Why it failed, or the last note on it (empty when there is none)."""
+    vocoder: _builtins.str
+    """The vocoder family ("hifigan", "bigvgan")."""
+    default_sample_rate: _builtins.int
+    in_flight: _builtins.int
+    """Generations running on it now (unary, streams and live sessions)."""
+    is_default: _builtins.bool
+    """Whether requests that name no model go to it."""
+    @_builtins.property
+    def sample_rates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def sliders(self) -> _containers.RepeatedCompositeFieldContainer[Global___Slider]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        state: Global___ModelState.ValueType = ...,
+        reason: _builtins.str = ...,
+        vocoder: _builtins.str = ...,
+        sample_rates: _abc.Iterable[_builtins.int] | None = ...,
+        default_sample_rate: _builtins.int = ...,
+        sliders: _abc.Iterable[Global___Slider] | None = ...,
+        in_flight: _builtins.int = ...,
+        is_default: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_sample_rate", b"default_sample_rate", "in_flight", b"in_flight", "is_default", b"is_default", "name", b"name", "reason", b"reason", "sample_rates", b"sample_rates", "sliders", b"sliders", "state", b"state", "version", b"version", "vocoder", b"vocoder"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelStatus: _TypeAlias = ModelStatus  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    """ListModelsRequest is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    """ListModelsResponse lists the repository's models, by name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    DEFAULT_MODEL_FIELD_NUMBER: _builtins.int
+    default_model: _builtins.str
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStatus]: ...
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___ModelStatus] | None = ...,
+        default_model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_model", b"default_model", "models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class LoadModelRequest(_message.Message):
+    """LoadModelRequest names the model to load (a directory of the repository)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadModelRequest: _TypeAlias = LoadModelRequest  # noqa: Y015
+
+@_typing.final
+class LoadModelResponse(_message.Message):
+    """LoadModelResponse is the model's state after the load: READY, or FAILED with the reason."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___ModelStatus: ...
+    def __init__(
+        self,
+        *,
+        model: Global___ModelStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadModelResponse: _TypeAlias = LoadModelResponse  # noqa: Y015
+
+@_typing.final
+class UnloadModelRequest(_message.Message):
+    """UnloadModelRequest names the model to unload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    GRACE_S_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    grace_s: _builtins.float
+    """How long in-flight generations may run on before they are cancelled; absent: the
+    server's --grace.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        grace_s: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_grace_s", b"_grace_s", "grace_s", b"grace_s"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grace_s", b"_grace_s", "grace_s", b"grace_s", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__grace_s: _TypeAlias = _typing.Literal["grace_s"]  # noqa: Y015
+    _WhichOneofArgType__grace_s: _TypeAlias = _typing.Literal["_grace_s", b"_grace_s"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__grace_s) -> _WhichOneofReturnType__grace_s | None: ...
+
+Global___UnloadModelRequest: _TypeAlias = UnloadModelRequest  # noqa: Y015
+
+@_typing.final
+class UnloadModelResponse(_message.Message):
+    """UnloadModelResponse is the model's state after the unload (UNLOADED)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___ModelStatus: ...
+    def __init__(
+        self,
+        *,
+        model: Global___ModelStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnloadModelResponse: _TypeAlias = UnloadModelResponse  # noqa: Y015
 
 @_typing.final
 class LiveStart(_message.Message):

@@ -55,6 +55,21 @@ class DistillServiceStub:
                 request_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveRequest.SerializeToString,
                 response_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/distill_serve.v1.DistillService/ListModels',
+                request_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/distill_serve.v1.DistillService/LoadModel',
+                request_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/distill_serve.v1.DistillService/UnloadModel',
+                request_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
 
 
 class DistillServiceServicer:
@@ -92,6 +107,31 @@ class DistillServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """ListModels lists the models of the server's repository: name, version, state, vocoder,
+        rates and sliders.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadModel(self, request, context):
+        """LoadModel loads a model of the repository (or reloads it from disk when loaded), while
+        the other models keep serving; it returns when the model is ready or failed. Needs an
+        admin token (serve --admin-token-file), else PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """UnloadModel refuses new requests to a model (UNAVAILABLE), lets its streams and live
+        sessions finish within grace_s (then cancels them) and frees it. Admin token only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DistillServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +154,21 @@ def add_DistillServiceServicer_to_server(servicer, server):
                     servicer.GenerateLive,
                     request_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveRequest.FromString,
                     response_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.ListModelsRequest.FromString,
+                    response_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.LoadModelRequest.FromString,
+                    response_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.UnloadModelRequest.FromString,
+                    response_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.UnloadModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +280,87 @@ class DistillService:
             '/distill_serve.v1.DistillService/GenerateLive',
             distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveRequest.SerializeToString,
             distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distill_serve.v1.DistillService/ListModels',
+            distill__serve_dot_client_dot_v1_dot_distill__pb2.ListModelsRequest.SerializeToString,
+            distill__serve_dot_client_dot_v1_dot_distill__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distill_serve.v1.DistillService/LoadModel',
+            distill__serve_dot_client_dot_v1_dot_distill__pb2.LoadModelRequest.SerializeToString,
+            distill__serve_dot_client_dot_v1_dot_distill__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distill_serve.v1.DistillService/UnloadModel',
+            distill__serve_dot_client_dot_v1_dot_distill__pb2.UnloadModelRequest.SerializeToString,
+            distill__serve_dot_client_dot_v1_dot_distill__pb2.UnloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,7 +7,12 @@ Streaming contract (GenerateStream): the first message carries a StreamHeader,
 then AudioChunk messages follow in order (sequence 0, 1, ...; sample_offset counts
 frames per channel), then exactly one StreamEnd with statistics. Concatenating the
 chunks' data gives the same bytes as a unary Generate with CONTAINER_RAW for the
-same spec and seed.
+same spec and seed. With AUDIO_ENCODING_OPUS the chunks carry Opus packets instead
+(AudioChunk.packets; StreamHeader.opus), the same packets a unary CONTAINER_OGG reply holds.
+
+Models: a server serves one or more models (bundles), each by name; GenerationSpec.model
+and GetModelInfoRequest.model pick one (empty: the server's default model). An unknown
+name is NOT_FOUND, a model being unloaded or not loaded is UNAVAILABLE.
 """
 
 from collections import abc as _abc
@@ -52,6 +57,19 @@ class DistillServiceStub:
     GenerateStream's contract (header, audio, end); each AudioChunk names the last control
     it reflects. The server keeps at most lookahead_s of audio ahead of real time.
     """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_distill_pb2.ListModelsRequest, _distill_pb2.ListModelsResponse]
+    """ListModels lists the models of the server's repository: name, version, state, vocoder,
+    rates and sliders.
+    """
+    LoadModel: _grpc.UnaryUnaryMultiCallable[_distill_pb2.LoadModelRequest, _distill_pb2.LoadModelResponse]
+    """LoadModel loads a model of the repository (or reloads it from disk when loaded), while
+    the other models keep serving; it returns when the model is ready or failed. Needs an
+    admin token (serve --admin-token-file), else PERMISSION_DENIED.
+    """
+    UnloadModel: _grpc.UnaryUnaryMultiCallable[_distill_pb2.UnloadModelRequest, _distill_pb2.UnloadModelResponse]
+    """UnloadModel refuses new requests to a model (UNAVAILABLE), lets its streams and live
+    sessions finish within grace_s (then cancels them) and frees it. Admin token only.
+    """
 
 @_typing.type_check_only
 class DistillServiceAsyncStub(DistillServiceStub):
@@ -69,6 +87,19 @@ class DistillServiceAsyncStub(DistillServiceStub):
     GenerateLiveRequest carries a LiveStart, later ones LiveControl messages. Replies follow
     GenerateStream's contract (header, audio, end); each AudioChunk names the last control
     it reflects. The server keeps at most lookahead_s of audio ahead of real time.
+    """
+    ListModels: _aio.UnaryUnaryMultiCallable[_distill_pb2.ListModelsRequest, _distill_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """ListModels lists the models of the server's repository: name, version, state, vocoder,
+    rates and sliders.
+    """
+    LoadModel: _aio.UnaryUnaryMultiCallable[_distill_pb2.LoadModelRequest, _distill_pb2.LoadModelResponse]  # type: ignore[assignment]
+    """LoadModel loads a model of the repository (or reloads it from disk when loaded), while
+    the other models keep serving; it returns when the model is ready or failed. Needs an
+    admin token (serve --admin-token-file), else PERMISSION_DENIED.
+    """
+    UnloadModel: _aio.UnaryUnaryMultiCallable[_distill_pb2.UnloadModelRequest, _distill_pb2.UnloadModelResponse]  # type: ignore[assignment]
+    """UnloadModel refuses new requests to a model (UNAVAILABLE), lets its streams and live
+    sessions finish within grace_s (then cancels them) and frees it. Admin token only.
     """
 
 class DistillServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -108,6 +139,37 @@ class DistillServiceServicer(metaclass=_abc_1.ABCMeta):
         GenerateLiveRequest carries a LiveStart, later ones LiveControl messages. Replies follow
         GenerateStream's contract (header, audio, end); each AudioChunk names the last control
         it reflects. The server keeps at most lookahead_s of audio ahead of real time.
+        """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _distill_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_distill_pb2.ListModelsResponse, _abc.Awaitable[_distill_pb2.ListModelsResponse]]:
+        """ListModels lists the models of the server's repository: name, version, state, vocoder,
+        rates and sliders.
+        """
+
+    @_abc_1.abstractmethod
+    def LoadModel(
+        self,
+        request: _distill_pb2.LoadModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_distill_pb2.LoadModelResponse, _abc.Awaitable[_distill_pb2.LoadModelResponse]]:
+        """LoadModel loads a model of the repository (or reloads it from disk when loaded), while
+        the other models keep serving; it returns when the model is ready or failed. Needs an
+        admin token (serve --admin-token-file), else PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def UnloadModel(
+        self,
+        request: _distill_pb2.UnloadModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_distill_pb2.UnloadModelResponse, _abc.Awaitable[_distill_pb2.UnloadModelResponse]]:
+        """UnloadModel refuses new requests to a model (UNAVAILABLE), lets its streams and live
+        sessions finish within grace_s (then cancels them) and frees it. Admin token only.
         """
 
 def add_DistillServiceServicer_to_server(servicer: DistillServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -108,19 +108,21 @@ def _free_port() -> int:
 
 
 def _scrape(port: int) -> dict[str, float]:
-    """The server's Prometheus samples (name{labels} -> value)."""
+    """The server's Prometheus samples (name{labels} -> value), summed over models (the
+    ``model`` label is left out of the keys)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     samples: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
+            labels = {k: v for k, v in s.labels.items() if k != "model"}
             key = s.name + (
-                "{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}"
-                if s.labels
+                "{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}"
+                if labels
                 else ""
             )
-            samples[key] = float(s.value)
+            samples[key] = samples.get(key, 0.0) + float(s.value)
     return samples
 
 

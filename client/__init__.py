@@ -8,6 +8,7 @@ from distill_serve.client.client import (
     DistillError,
     GenerationStats,
     ModelInfo,
+    ModelStatus,
     StreamHeader,
     build_spec,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "GenerationStats",
     "LiveSession",
     "ModelInfo",
+    "ModelStatus",
     "StreamHeader",
     "build_spec",
 ]

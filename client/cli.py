@@ -1,4 +1,5 @@
-"""``distill-serve generate`` and ``distill-serve info``: call a running server."""
+"""``distill-serve generate``, ``info``, ``list-models``, ``load`` and ``unload``: call a
+running server."""
 
 from __future__ import annotations
 
@@ -11,18 +12,29 @@ import grpc
 import numpy as np
 import soundfile as sf
 
-from distill_serve.client.client import AudioResult, Client, DistillError
+from distill_serve.client.client import AudioResult, Client, DistillError, ModelStatus
 
 WAV_SUBTYPES = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float32": "FLOAT"}
+#: Compressed encodings: the server's file is written as it came (unary), or the decoded
+#: audio as a float WAV (streamed Opus)
+CODEC_FILES = {"flac": (".flac",), "opus": (".opus", ".ogg")}
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     """What to generate: the arguments ``generate`` and ``live`` share."""
     p.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the server")
+    p.add_argument("--model", default="", help="the server's model (default: its default)")
     p.add_argument("--mode", required=True, choices=["crossfade", "latent_interp", "slider"])
     p.add_argument("--seed", type=int, default=None, help="trajectory seed (default: server's)")
     p.add_argument("--rate", type=int, default=0, help="output sample rate (default: model's)")
-    p.add_argument("--encoding", choices=sorted(WAV_SUBTYPES), default="pcm16")
+    p.add_argument(
+        "--encoding",
+        choices=sorted([*WAV_SUBTYPES, *CODEC_FILES]),
+        default="pcm16",
+        help="pcm16/pcm24/float32 (raw samples), flac (lossless file, unary only) or opus",
+    )
+    p.add_argument("--bitrate", type=int, default=None, help="opus: bit/s (default 128000)")
+    p.add_argument("--bits", type=int, default=None, choices=[16, 24], help="flac: bit depth")
     p.add_argument("--stereo", action="store_true", help="mid-side stereo")
     p.add_argument("--width", type=float, default=None, help="stereo width in [0, 2]")
     p.add_argument("--dual-seed", action="store_true", help="stereo from seed and seed+1")
@@ -55,6 +67,9 @@ def _spec_options(args: argparse.Namespace) -> dict[str, Any]:
         chunk_duration_s=args.chunk_duration,
         sliders=_sliders(args.slider),
         latent=np.load(args.latent) if args.latent is not None else None,
+        model=args.model,
+        bitrate_bps=args.bitrate,
+        bits_per_sample=args.bits,
     )
 
 
@@ -62,7 +77,14 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     _add_spec_args(p)
     p.add_argument("--duration", type=float, required=True, help="seconds of audio")
     p.add_argument("--stream", action="store_true", help="use the streaming RPC")
-    p.add_argument("-o", "--output", type=Path, required=True, help="WAV file to write")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="file to write: .wav; .flac with --encoding flac; .opus/.ogg with --encoding opus "
+        "(unary; a streamed opus reply is written decoded, as .wav)",
+    )
 
 
 def _sliders(values: list[str]) -> dict[int, int] | None:
@@ -83,7 +105,9 @@ def _fail(message: str) -> int:
 
 
 def _describe(exc: DistillError, server: str) -> str:
-    if exc.code == grpc.StatusCode.UNAVAILABLE:
+    # UNAVAILABLE is also the server's answer for a model that cannot serve now ("model 'x'
+    # is being unloaded"); only a transport failure means the server is not there.
+    if exc.code == grpc.StatusCode.UNAVAILABLE and not exc.details.startswith("model "):
         return f"server {server} is unavailable ({exc.details}); is `distill-serve serve` running?"
     return f"server refused the request: {exc.code.name}: {exc.details}"
 
@@ -91,6 +115,7 @@ def _describe(exc: DistillError, server: str) -> str:
 def run_generate(args: argparse.Namespace) -> int:
     try:
         options = _spec_options(args)
+        _check_output(args.output, args.encoding, args.stream)
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
     try:
@@ -101,7 +126,11 @@ def run_generate(args: argparse.Namespace) -> int:
                 result = client.generate(args.mode, args.duration, **options)
     except DistillError as exc:
         return _fail(_describe(exc, args.server))
-    sf.write(args.output, result.audio.T, result.sample_rate, subtype=WAV_SUBTYPES[args.encoding])
+    if result.file and args.encoding in CODEC_FILES:
+        args.output.write_bytes(result.file)  # the server's FLAC or Ogg Opus file as it came
+    else:
+        subtype = WAV_SUBTYPES.get(args.encoding, "FLOAT")  # decoded Opus: float samples
+        sf.write(args.output, result.audio.T, result.sample_rate, subtype=subtype)
     provider = result.stats.execution_provider if result.stats else "?"
     print(
         f"wrote {args.output}: {result.duration_s:.3f} s, {result.sample_rate} Hz, "
@@ -112,18 +141,34 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_info_args(p: argparse.ArgumentParser) -> None:
+def _check_output(output: Path, encoding: str, stream: bool) -> None:
+    """The output file's suffix must say what is written into it."""
+    suffix = output.suffix.lower()
+    wanted = (".wav",) if encoding in WAV_SUBTYPES or stream else CODEC_FILES[encoding]
+    if suffix not in wanted:
+        what = "a streamed reply is written decoded" if encoding in CODEC_FILES else encoding
+        raise ValueError(f"--output {output}: {what}: name it *{' or *'.join(wanted)}")
+
+
+def add_server_args(p: argparse.ArgumentParser, timeout: float = 10.0) -> None:
     p.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the server")
     p.add_argument("--token", default=None, help="bearer token")
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--timeout", type=float, default=timeout)
+
+
+def add_info_args(p: argparse.ArgumentParser) -> None:
+    add_server_args(p)
+    p.add_argument("--model", default="", help="the model to describe (default: the default)")
 
 
 def run_info(args: argparse.Namespace) -> int:
     try:
         with Client(args.server, token=args.token, timeout=args.timeout) as client:
-            info = client.info()
+            info = client.info(model=args.model)
     except DistillError as exc:
         return _fail(_describe(exc, args.server))
+    if info.model:
+        print(f"model: {info.model} (version {info.model_version})")
     print(f"latent_dim: {info.latent_dim}")
     print(f"execution provider: {info.execution_provider}, vocoder {info.vocoder_precision}")
     capacity = f", live capacity {info.live_capacity} sessions" if info.live_capacity else ""
@@ -145,4 +190,53 @@ def run_info(args: argparse.Namespace) -> int:
             print(f"  {s.index:2d} {s.label:<14} [{s.min_position}, {s.max_position}]")
     else:
         print("sliders: none (slider mode takes a latent vector)")
+    return 0
+
+
+def _status_line(m: ModelStatus) -> str:
+    line = f"{m.name:<20} {m.state:<9} {m.version or '-':<16} {m.vocoder or '-':<8}"
+    if m.sample_rates:
+        line += f" {m.default_sample_rate} Hz, {len(m.sliders)} sliders"
+    line += f", {m.in_flight} in flight" if m.in_flight else ""
+    line += " (default)" if m.is_default else ""
+    return line + (f": {m.reason}" if m.reason else "")
+
+
+def run_list_models(args: argparse.Namespace) -> int:
+    try:
+        with Client(args.server, token=args.token, timeout=args.timeout) as client:
+            models = client.list_models()
+    except DistillError as exc:
+        return _fail(_describe(exc, args.server))
+    for m in models:
+        print(_status_line(m))
+    return 0
+
+
+def add_control_args(p: argparse.ArgumentParser, unload: bool) -> None:
+    add_server_args(p, timeout=600.0)
+    p.add_argument("name", help="the model (a directory of the server's --models repository)")
+    if unload:
+        p.add_argument(
+            "--grace", type=float, default=None, help="seconds in-flight generations may run on"
+        )
+
+
+def run_load(args: argparse.Namespace) -> int:
+    try:
+        with Client(args.server, token=args.token, timeout=args.timeout) as client:
+            status = client.load_model(args.name)
+    except DistillError as exc:
+        return _fail(_describe(exc, args.server))
+    print(_status_line(status))
+    return 0 if status.state == "ready" else 1
+
+
+def run_unload(args: argparse.Namespace) -> int:
+    try:
+        with Client(args.server, token=args.token, timeout=args.timeout) as client:
+            status = client.unload_model(args.name, args.grace)
+    except DistillError as exc:
+        return _fail(_describe(exc, args.server))
+    print(_status_line(status))
     return 0

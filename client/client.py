@@ -15,6 +15,7 @@ import numpy as np
 from distill_serve.audio import Encoding, decode
 from distill_serve.client.v1 import distill_pb2 as pb
 from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
+from distill_serve.codecs import OpusDecoder, read_file
 
 if TYPE_CHECKING:
     from distill_serve.client.live import AsyncLiveSession, LiveSession
@@ -28,6 +29,8 @@ ENCODINGS = {
     "pcm16": pb.AUDIO_ENCODING_PCM16,
     "pcm24": pb.AUDIO_ENCODING_PCM24,
     "float32": pb.AUDIO_ENCODING_FLOAT32,
+    "flac": pb.AUDIO_ENCODING_FLAC,
+    "opus": pb.AUDIO_ENCODING_OPUS,
 }
 ENCODING_FROM_PB = {v: Encoding(k) for k, v in ENCODINGS.items()}
 SPATIAL = {
@@ -88,7 +91,9 @@ class GenerationStats:
 class AudioResult:
     """Audio ``(channels, samples)`` float32 in [-1, 1] with its rate, seed and stats.
 
-    ``client_first_audio_s`` and ``client_total_s`` are measured by the client.
+    ``client_first_audio_s`` and ``client_total_s`` are measured by the client. ``file``:
+    the reply's file as the server sent it (a unary WAV, FLAC or Ogg Opus reply), which
+    ``audio`` is decoded from; empty for raw samples and streams.
     """
 
     audio: np.ndarray
@@ -97,6 +102,7 @@ class AudioResult:
     stats: GenerationStats | None
     client_first_audio_s: float = 0.0
     client_total_s: float = 0.0
+    file: bytes = b""
 
     @property
     def channels(self) -> int:
@@ -114,6 +120,10 @@ class StreamHeader:
     encoding: Encoding
     seed: int
     total_samples: int
+    #: Opus streams: the identification header (OpusHead) the packets decode with
+    opus_id_header: bytes = b""
+    model: str = ""
+    model_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -154,6 +164,9 @@ class ModelInfo:
     provider_note: str = ""
     vocoder_path: str = ""
     live_capacity: int = 0
+    #: the model described (its name on the server) and its version (bundle_id)
+    model: str = ""
+    model_version: str = ""
 
     @classmethod
     def from_pb(cls, r: pb.GetModelInfoResponse) -> ModelInfo:
@@ -174,6 +187,50 @@ class ModelInfo:
             provider_note=r.provider_note,
             vocoder_path=r.vocoder_path,
             live_capacity=r.live_capacity,
+            model=r.model,
+            model_version=r.model_version,
+        )
+
+
+MODEL_STATES = {
+    pb.MODEL_STATE_LOADING: "loading",
+    pb.MODEL_STATE_READY: "ready",
+    pb.MODEL_STATE_FAILED: "failed",
+    pb.MODEL_STATE_UNLOADING: "unloading",
+    pb.MODEL_STATE_UNLOADED: "unloaded",
+}
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One model of a server's repository (``ListModels``, ``LoadModel``, ``UnloadModel``)."""
+
+    name: str
+    version: str
+    state: str
+    reason: str
+    vocoder: str
+    sample_rates: list[int]
+    default_sample_rate: int
+    sliders: list[SliderInfo]
+    in_flight: int
+    is_default: bool
+
+    @classmethod
+    def from_pb(cls, m: pb.ModelStatus) -> ModelStatus:
+        return cls(
+            name=m.name,
+            version=m.version,
+            state=MODEL_STATES.get(m.state, "unspecified"),
+            reason=m.reason,
+            vocoder=m.vocoder,
+            sample_rates=list(m.sample_rates),
+            default_sample_rate=m.default_sample_rate,
+            sliders=[
+                SliderInfo(s.index, s.label, s.min_position, s.max_position) for s in m.sliders
+            ],
+            in_flight=m.in_flight,
+            is_default=m.is_default,
         )
 
 
@@ -191,8 +248,13 @@ def build_spec(
     latent: Sequence[float] | np.ndarray | None = None,
     sliders: Mapping[int, int] | None = None,
     chunk_duration_s: float | None = None,
+    model: str = "",
+    bitrate_bps: int | None = None,
+    bits_per_sample: int | None = None,
 ) -> pb.GenerationSpec:
-    """A :class:`GenerationSpec` from Python values (names as in the CLI)."""
+    """A :class:`GenerationSpec` from Python values (names as in the CLI); ``model`` names
+    the server's model ("": its default); ``bitrate_bps`` for ``opus``, ``bits_per_sample``
+    (16, 24) for ``flac``."""
     for name, value, allowed in (
         ("mode", mode, MODES),
         ("encoding", encoding, ENCODINGS),
@@ -206,6 +268,7 @@ def build_spec(
         sample_rate=sample_rate,
         encoding=ENCODINGS[encoding],
         spatial=SPATIAL[spatial],
+        model=model,
     )
     optional: dict[str, Any] = {
         "seed": seed,
@@ -213,6 +276,8 @@ def build_spec(
         "steps_between": steps_between,
         "evolution_amount": evolution_amount,
         "chunk_duration_s": chunk_duration_s,
+        "bitrate_bps": bitrate_bps,
+        "bits_per_sample": bits_per_sample,
     }
     for key, value in optional.items():
         if value is not None:
@@ -227,10 +292,13 @@ def build_spec(
 
 
 def _generate_request(mode: str, duration_s: float, wav: bool, options: Any) -> pb.GenerateRequest:
-    return pb.GenerateRequest(
-        spec=build_spec(mode, duration_s, **options),
-        container=pb.CONTAINER_WAV if wav else pb.CONTAINER_RAW,
-    )
+    """PCM comes raw or (``wav``) as a WAV file; FLAC and Opus in their own files."""
+    spec = build_spec(mode, duration_s, **options)
+    if spec.encoding in (pb.AUDIO_ENCODING_FLAC, pb.AUDIO_ENCODING_OPUS):
+        container = pb.CONTAINER_UNSPECIFIED
+    else:
+        container = pb.CONTAINER_WAV if wav else pb.CONTAINER_RAW
+    return pb.GenerateRequest(spec=spec, container=container)
 
 
 def _stream_request(mode: str, duration_s: float, options: Any) -> pb.GenerateStreamRequest:
@@ -251,29 +319,35 @@ def _channel_options() -> list[tuple[str, int]]:
 def _header(h: pb.StreamHeader) -> StreamHeader:
     f = h.format
     return StreamHeader(
-        f.sample_rate, f.channels, ENCODING_FROM_PB[f.encoding], h.seed, f.total_samples
+        f.sample_rate,
+        f.channels,
+        ENCODING_FROM_PB[f.encoding],
+        h.seed,
+        f.total_samples,
+        h.opus.id_header if h.HasField("opus") else b"",
+        h.model,
+        h.model_version,
     )
 
 
 def _unary_result(r: pb.GenerateResponse, started: float) -> AudioResult:
     f = r.format
-    if f.container == pb.CONTAINER_WAV:
-        import io
-
-        import soundfile as sf
-
-        data, _ = sf.read(io.BytesIO(r.audio), dtype="float32", always_2d=True)
-        audio = data.T
+    is_file = f.container in (pb.CONTAINER_WAV, pb.CONTAINER_FLAC, pb.CONTAINER_OGG)
+    if is_file:
+        audio, _ = read_file(r.audio)
     else:
         audio = decode(r.audio, ENCODING_FROM_PB[f.encoding], f.channels)
     elapsed = time.perf_counter() - started
-    return AudioResult(
-        audio, f.sample_rate, r.seed, GenerationStats.from_pb(r.stats), elapsed, elapsed
-    )
+    stats = GenerationStats.from_pb(r.stats)
+    file = r.audio if is_file else b""
+    return AudioResult(audio, f.sample_rate, r.seed, stats, elapsed, elapsed, file)
 
 
 class _Collector:
-    """Collects streamed messages into an :class:`AudioResult`."""
+    """Collects streamed messages into an :class:`AudioResult`; decodes Opus packets.
+
+    An Opus stream's blocks are the packets' decoded audio (pre-skip dropped), so their
+    ``sample_offset`` counts decoded frames; the result is cut to the header's length."""
 
     def __init__(self, started: float) -> None:
         self.started = started
@@ -281,25 +355,36 @@ class _Collector:
         self.blocks: list[np.ndarray] = []
         self.stats: GenerationStats | None = None
         self.first: float | None = None
+        self._opus: OpusDecoder | None = None
+        self._decoded = 0
 
     def feed(self, msg: pb.GenerateStreamResponse | pb.GenerateLiveResponse) -> AudioBlock | None:
         kind = msg.WhichOneof("event")
         if kind == "header":
             self.header = _header(msg.header)
+            if self.header.encoding is Encoding.OPUS:
+                h = self.header
+                self._opus = OpusDecoder(h.opus_id_header, h.sample_rate, h.channels)
             return None
         if kind == "end":
             self.stats = GenerationStats.from_pb(msg.end.stats)
+            if self._opus is not None:  # the resampler's last samples (below 48 kHz)
+                self.blocks.append(self._opus.finish())
             return None
         if self.header is None:
             raise DistillError(grpc.StatusCode.INTERNAL, "stream sent audio before its header")
         if self.first is None:
             self.first = time.perf_counter() - self.started
         chunk = msg.audio
-        audio = decode(chunk.data, self.header.encoding, self.header.channels)
+        if self._opus is not None:
+            audio = self._opus.decode(list(chunk.packets))
+            offset = self._decoded
+        else:
+            audio = decode(chunk.data, self.header.encoding, self.header.channels)
+            offset = chunk.sample_offset
+        self._decoded += audio.shape[1]
         self.blocks.append(audio)
-        return AudioBlock(
-            chunk.sequence, chunk.sample_offset, audio, self.header, chunk.control_sequence
-        )
+        return AudioBlock(chunk.sequence, offset, audio, self.header, chunk.control_sequence)
 
     def result(self) -> AudioResult:
         if self.header is None:
@@ -309,6 +394,8 @@ class _Collector:
             if self.blocks
             else np.zeros((self.header.channels, 0), np.float32)
         )
+        if self.header.total_samples:  # Opus: the last packet's padding
+            audio = audio[:, : self.header.total_samples]
         return AudioResult(
             audio,
             self.header.sample_rate,
@@ -367,17 +454,45 @@ class Client(_Base):
     def close(self) -> None:
         self._channel.close()
 
-    def info(self, timeout: float | None = None) -> ModelInfo:
-        """The server's model info (sliders, rates, limits, provider)."""
+    def info(self, timeout: float | None = None, model: str = "") -> ModelInfo:
+        """A model's info (sliders, rates, limits, provider); ``model`` "": the default."""
         try:
             return ModelInfo.from_pb(
-                self._stub.GetModelInfo(
-                    pb.GetModelInfoRequest(),
-                    **self._kw(timeout),
-                )
+                self._stub.GetModelInfo(pb.GetModelInfoRequest(model=model), **self._kw(timeout))
             )
         except grpc.RpcError as exc:
             raise DistillError.wrap(exc) from None
+
+    def list_models(self, timeout: float | None = None) -> list[ModelStatus]:
+        """The server's models, their versions and states."""
+        try:
+            reply = self._stub.ListModels(pb.ListModelsRequest(), **self._kw(timeout))
+        except grpc.RpcError as exc:
+            raise DistillError.wrap(exc) from None
+        return [ModelStatus.from_pb(m) for m in reply.models]
+
+    def load_model(self, name: str, timeout: float | None = None) -> ModelStatus:
+        """Load (or reload) ``name`` from the server's repository; needs an admin token.
+        Returns its state: ready, or failed with the reason."""
+        try:
+            reply = self._stub.LoadModel(pb.LoadModelRequest(name=name), **self._kw(timeout))
+        except grpc.RpcError as exc:
+            raise DistillError.wrap(exc) from None
+        return ModelStatus.from_pb(reply.model)
+
+    def unload_model(
+        self, name: str, grace_s: float | None = None, timeout: float | None = None
+    ) -> ModelStatus:
+        """Unload ``name``: in-flight generations get ``grace_s`` (default: the server's
+        --grace) to finish. Needs an admin token."""
+        request = pb.UnloadModelRequest(name=name)
+        if grace_s is not None:
+            request.grace_s = grace_s
+        try:
+            reply = self._stub.UnloadModel(request, **self._kw(timeout))
+        except grpc.RpcError as exc:
+            raise DistillError.wrap(exc) from None
+        return ModelStatus.from_pb(reply.model)
 
     def generate(
         self,
@@ -477,12 +592,21 @@ class AsyncClient(_Base):
     async def close(self) -> None:
         await self._channel.close(None)
 
-    async def info(self, timeout: float | None = None) -> ModelInfo:
+    async def info(self, timeout: float | None = None, model: str = "") -> ModelInfo:
         try:
-            reply = await self._stub.GetModelInfo(pb.GetModelInfoRequest(), **self._kw(timeout))
+            reply = await self._stub.GetModelInfo(
+                pb.GetModelInfoRequest(model=model), **self._kw(timeout)
+            )
         except grpc.RpcError as exc:
             raise DistillError.wrap(exc) from None
         return ModelInfo.from_pb(reply)
+
+    async def list_models(self, timeout: float | None = None) -> list[ModelStatus]:
+        try:
+            reply = await self._stub.ListModels(pb.ListModelsRequest(), **self._kw(timeout))
+        except grpc.RpcError as exc:
+            raise DistillError.wrap(exc) from None
+        return [ModelStatus.from_pb(m) for m in reply.models]
 
     async def generate(
         self,

@@ -112,7 +112,7 @@ class _Sink:
                 "w",
                 samplerate=rate,
                 channels=audio.shape[0],
-                subtype=WAV_SUBTYPES[self._encoding],
+                subtype=WAV_SUBTYPES.get(self._encoding, "FLOAT"),  # decoded Opus: float
             )
         if self._play and self._device is None:
             import sounddevice

@@ -1,4 +1,5 @@
-"""The ``distill-serve`` command: export, serve, generate, live, info and demo."""
+"""The ``distill-serve`` command: export, serve, generate, live, info, list-models, load,
+unload and demo."""
 
 from __future__ import annotations
 
@@ -73,9 +74,10 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tokens(token_file: Path | None) -> tuple[str, ...]:
-    """Bearer tokens from ``DISTILL_SERVE_TOKENS`` (comma-separated) and a file (one a line)."""
-    tokens = [t.strip() for t in os.environ.get("DISTILL_SERVE_TOKENS", "").split(",")]
+def _tokens(token_file: Path | None, env: str | None = "DISTILL_SERVE_TOKENS") -> tuple[str, ...]:
+    """Bearer tokens from the environment variable ``env`` (comma-separated) and a file (one
+    a line)."""
+    tokens = [t.strip() for t in os.environ.get(env, "").split(",")] if env else []
     if token_file is not None:
         tokens += [line.strip() for line in token_file.read_text().splitlines()]
     return tuple(t for t in tokens if t and not t.startswith("#"))
@@ -90,11 +92,16 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = ServerConfig(
             bundle=args.bundle,
+            models_dir=args.models,
+            default_model=args.default_model,
+            max_loaded_models=args.max_loaded_models,
+            poll_models_s=args.poll_models,
             host=args.host,
             port=args.port,
             limits=Limits(
                 max_duration_s=args.max_duration,
                 max_concurrent=args.max_concurrent,
+                max_concurrent_per_model=args.max_concurrent_per_model,
                 max_live_s=args.max_live_seconds,
                 live_idle_timeout_s=args.live_idle_timeout,
             ),
@@ -114,6 +121,7 @@ def _serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
             auth_tokens=_tokens(args.token_file),
+            admin_tokens=_tokens(args.admin_token_file, env=None),
         )
         if args.ray:
             return _serve_ray(args, config)
@@ -215,12 +223,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("serve", help="serve a bundle over gRPC")
-    p.add_argument(
+    p = sub.add_parser("serve", help="serve a bundle, or a repository of them, over gRPC")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
         "--bundle",
         type=Path,
         default=None,
         help="bundle dir (default: build and cache the demo bundle)",
+    )
+    which.add_argument(
+        "--models",
+        type=Path,
+        default=None,
+        help="model repository: one bundle per subdirectory, served by the directory's name "
+        "(its bundle_id is the version); SIGHUP or --poll-models rescans it",
+    )
+    p.add_argument(
+        "--default-model",
+        default=None,
+        help="the model of requests that name none (default: the repository's first by name)",
+    )
+    p.add_argument(
+        "--max-loaded-models",
+        type=int,
+        default=0,
+        help="most models loaded at once; loading one more unloads the least recently used "
+        "idle one (default 0: no limit)",
+    )
+    p.add_argument(
+        "--poll-models",
+        type=float,
+        default=None,
+        metavar="S",
+        help="rescan the repository every S seconds (default: on SIGHUP only)",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=50051)
@@ -288,6 +323,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="accepted bearer tokens, one a line (also DISTILL_SERVE_TOKENS=a,b)",
     )
+    p.add_argument(
+        "--admin-token-file",
+        type=Path,
+        default=None,
+        help="admin bearer tokens, one a line: these may also LoadModel / UnloadModel "
+        "(without any, model control over gRPC is refused)",
+    )
+    p.add_argument(
+        "--max-concurrent-per-model",
+        type=int,
+        default=0,
+        help="generations one model may run at once (default 0: only --max-concurrent)",
+    )
     ray = p.add_argument_group("Ray Serve (--ray; needs distill-serve[ray])")
     ray.add_argument("--ray", action="store_true", help="serve as Ray Serve replicas")
     ray.add_argument("--replicas", type=int, default=1, help="fixed number of replicas")
@@ -313,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_serve)
 
+    from distill_serve.client import cli as client_cli
     from distill_serve.client.cli import add_generate_args, add_info_args, run_generate, run_info
 
     p = sub.add_parser("generate", help="ask a server for audio and write a WAV")
@@ -333,6 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print a server's model info")
     add_info_args(p)
     p.set_defaults(func=run_info)
+
+    p = sub.add_parser("list-models", help="list a server's models and their states")
+    client_cli.add_server_args(p)
+    p.set_defaults(func=client_cli.run_list_models)
+
+    p = sub.add_parser("load", help="load or reload a model of a server (admin token)")
+    client_cli.add_control_args(p, unload=False)
+    p.set_defaults(func=client_cli.run_load)
+
+    p = sub.add_parser("unload", help="unload a model of a server (admin token)")
+    client_cli.add_control_args(p, unload=True)
+    p.set_defaults(func=client_cli.run_unload)
 
     p = sub.add_parser("demo", help="demo bundle + local server + one clip per mode")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="where to write WAVs")

@@ -22,6 +22,7 @@ from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
 from distill_serve.server.engine import Engine, EngineConfig
 from distill_serve.server.interceptors import BearerTokenInterceptor, MalformedRequestInterceptor
 from distill_serve.server.metrics import Metrics
+from distill_serve.server.repository import ModelRepository, ModelState, RepositoryHooks
 from distill_serve.server.request import Limits
 from distill_serve.server.service import DistillServicer
 
@@ -37,6 +38,11 @@ class ServerConfig:
 
     Attributes:
         bundle: bundle dir; None builds (once) and caches the demo bundle.
+        models_dir: a model repository (one bundle per subdirectory); replaces ``bundle``.
+        default_model: the model of requests that name none (None: the bundle's, or the
+            repository's first by name).
+        max_loaded_models: most models loaded at once (0: no limit; LRU eviction).
+        poll_models_s: rescan the repository every this many seconds (None: on SIGHUP only).
         host, port: where to listen (port 0 picks a free one).
         limits: duration, concurrency and steps_between limits.
         engine: execution-provider options.
@@ -46,9 +52,15 @@ class ServerConfig:
         tls_cert, tls_key: PEM server certificate and key (both or neither): TLS on.
         tls_client_ca: PEM CA bundle; when set, clients must present a certificate it signed.
         auth_tokens: bearer tokens accepted (empty: no token check). Health stays open.
+        admin_tokens: bearer tokens that may also load and unload models (LoadModel,
+            UnloadModel); with none, model control over gRPC is refused.
     """
 
     bundle: Path | None = None
+    models_dir: Path | None = None
+    default_model: str | None = None
+    max_loaded_models: int = 0
+    poll_models_s: float | None = None
     host: str = "127.0.0.1"
     port: int = 50051
     limits: Limits = field(default_factory=Limits)
@@ -61,12 +73,21 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     auth_tokens: tuple[str, ...] = ()
+    admin_tokens: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.bundle is not None and self.models_dir is not None:
+            raise ValueError("give --bundle or --models, not both")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both --tls-cert and --tls-key")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+
+    @property
+    def model_name(self) -> str:
+        """The one model's name when serving a bundle: its directory's ("demo" for the
+        demo bundle)."""
+        return self.bundle.name if self.bundle is not None else "demo"
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         """TLS credentials, or None for plaintext."""
@@ -115,23 +136,44 @@ def ensure_demo_bundle(path: Path | None = None) -> Path:
 
 
 class DistillServer:
-    """A grpc.aio server with the Distill service, health and reflection.
+    """A grpc.aio server with the Distill service, health and reflection, serving the models
+    of a :class:`ModelRepository` (or the one ``engine`` given).
 
     Make it inside the event loop that will run it: grpc.aio binds a server to the loop
     that is current when it is created.
     """
 
-    def __init__(self, config: ServerConfig, engine: Engine, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        config: ServerConfig,
+        engine: Engine | None = None,
+        metrics: Metrics | None = None,
+        models: ModelRepository | None = None,
+    ):
         self.config = config
         self.metrics = metrics or Metrics()
-        self.engine = self._attach(engine)
+        if models is None:
+            if engine is None:
+                raise ValueError("give an engine or a model repository")
+            models = ModelRepository(
+                self._engine_for, bundles={}, grace_s=config.grace_s, hooks=self._hooks()
+            )
+            models.add_engine(engine_name(config, engine), engine)
+        else:
+            models.hooks = self._hooks()
+            for entry in models.entries():
+                if entry.engine is not None:
+                    self._attach(entry.name, entry.engine)
+                self.metrics.model_state.labels(entry.name, entry.state.value).set(1)
+        self.models = models
         # grpc-stubs predates health.aio; it is grpcio-health-checking's asyncio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        self.servicer = DistillServicer(engine, config.limits, self.metrics)
-        interceptors: list[grpc.aio.ServerInterceptor] = []
-        if config.auth_tokens:  # outermost: an unauthenticated call learns nothing more
-            interceptors.append(BearerTokenInterceptor(config.auth_tokens))
-        interceptors.append(MalformedRequestInterceptor())
+        self.servicer = DistillServicer(models, config.limits, self.metrics)
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            # outermost: an unauthenticated call learns nothing more
+            BearerTokenInterceptor(config.auth_tokens, config.admin_tokens),
+            MalformedRequestInterceptor(),
+        ]
         self._server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -146,24 +188,53 @@ class DistillServer:
         )
         self.port = 0
 
-    def _attach(self, engine: Engine) -> Engine:
+    def _engine_for(self, root: Path) -> Engine:
+        return Engine.from_dir(root, self.config.engine)
+
+    def _hooks(self) -> RepositoryHooks:
+        m = self.metrics
+
+        def on_load(name: str, seconds: float, outcome: str) -> None:
+            m.model_loads.labels(name, outcome).inc()
+            if outcome == "ok":
+                m.model_load_seconds.labels(name).observe(seconds)
+
+        def on_state(name: str, state: ModelState) -> None:
+            for s in ModelState:
+                m.model_state.labels(name, s.value).set(1 if s is state else 0)
+
+        return RepositoryHooks(
+            on_engine=self._attach,
+            on_load=on_load,
+            on_evict=lambda name: m.model_evictions.labels(name).inc(),
+            on_state=on_state,
+        )
+
+    def _attach(self, name: str, engine: Engine) -> None:
         """Count the engine's CUDA fallbacks and failed CUDA starts in this server's metrics
-        (a failure before the server existed counts once, here)."""
-        engine.on_fallback = lambda graph: self.metrics.fallbacks.labels(graph).inc()
-        engine.on_primary_failure = lambda reason: self.metrics.primary_failures.inc()
+        (a failure before the server existed counts once, here), under its model's name."""
+        m = self.metrics
+        engine.on_fallback = lambda graph: m.fallbacks.labels(name, graph).inc()
+        engine.on_primary_failure = lambda reason: m.primary_failures.labels(name).inc()
         if engine.provider_note and not engine.has_primary:
-            self.metrics.primary_failures.inc()
+            m.primary_failures.labels(name).inc()
         if (scheduler := engine.scheduler) is not None:
-            m = self.metrics
 
             def on_run(batch: int, seconds: float, missed: int) -> None:
-                m.step_batch.observe(batch)
+                m.step_batch.labels(name).observe(batch)
                 if missed:
-                    m.step_misses.inc(missed)
+                    m.step_misses.labels(name).inc(missed)
 
             scheduler.on_run = on_run
-            scheduler.on_queue = m.step_queue.set
-            scheduler.on_step = m.step_latency.observe
+            scheduler.on_queue = m.step_queue.labels(name).set
+            scheduler.on_step = m.step_latency.labels(name).observe
+
+    @property
+    def engine(self) -> Engine:
+        """The default model's engine."""
+        engine = self.models.entry("").engine
+        if engine is None:
+            raise BundleError(f"the default model {self.models.default_name} is not loaded")
         return engine
 
     async def start(self) -> int:
@@ -188,18 +259,42 @@ class DistillServer:
         self.servicer.close()
 
     async def reload(self, bundle: Path | None = None) -> Engine:
-        """Load ``bundle`` (default: the current one, re-read from disk) and serve new
+        """Load the default model again (from disk, or from ``bundle``) and serve new
         requests with it; in-flight streams finish on the old engine. A bundle that fails
-        its checks is refused and the old one keeps serving."""
-        root = bundle or self.engine.bundle.root
-        engine = await asyncio.to_thread(Engine.from_dir, root, self.config.engine)
-        self.engine = self._attach(engine)
-        self.servicer.swap_engine(engine)
-        log.info("reloaded bundle %s (%s)", root, engine.bundle.bundle_id)
-        return engine
+        its checks is refused (BundleError) and the old one keeps serving."""
+        entry = await self.models.load(self.models.default_name, bundle)
+        if entry.engine is None or entry.reason:
+            raise BundleError(entry.reason)
+        log.info("reloaded bundle %s (%s)", entry.root, entry.version)
+        return entry.engine
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
+
+
+def engine_name(config: ServerConfig, engine: Engine) -> str:
+    """The model name of a server built around one engine."""
+    if config.default_model:
+        return config.default_model
+    return config.model_name if config.bundle is not None else engine.bundle.root.name
+
+
+def build_models(config: ServerConfig) -> ModelRepository:
+    """The repository ``config`` asks for: ``--models DIR``, ``--bundle DIR`` or the demo."""
+
+    def factory(root: Path) -> Engine:
+        return Engine.from_dir(root, config.engine)
+
+    if config.models_dir is not None:
+        return ModelRepository(
+            factory,
+            models_dir=config.models_dir,
+            default=config.default_model,
+            max_loaded=config.max_loaded_models,
+            grace_s=config.grace_s,
+        )
+    root = config.bundle or ensure_demo_bundle()
+    return ModelRepository(factory, bundles={config.model_name: root}, grace_s=config.grace_s)
 
 
 def build_engine(config: ServerConfig) -> Engine:
@@ -209,21 +304,41 @@ def build_engine(config: ServerConfig) -> Engine:
 
 async def run(config: ServerConfig) -> None:
     """Serve until SIGTERM or SIGINT, then drain in-flight streams for ``grace_s``."""
-    engine = await asyncio.to_thread(build_engine, config)
-    server = DistillServer(config, engine)
+    models = await asyncio.to_thread(build_models, config)
+    server = DistillServer(config, models=models)
+    await models.load_all()
+    if config.models_dir is None and models.entry("").engine is None:
+        raise BundleError(models.entry("").reason)  # one bundle: it serves, or nothing
     port = await server.start()
     if config.metrics_port is not None:
         start_http_server(config.metrics_port, addr=config.host, registry=server.metrics.registry)
-    print(
-        f"distill-serve listening on {config.host}:{port} "
-        f"(bundle {engine.bundle.root}, provider {engine.primary_provider}, "
-        f"vocoder path {engine.vocoder_path}"
-        + (f", live capacity {engine.live_capacity}" if engine.live_capacity else "")
-        + ")",
-        flush=True,
-    )
-    if engine.provider_note:
-        print(f"CUDA not serving: {engine.provider_note}", flush=True)
+    if config.models_dir is None:
+        engine = server.engine
+        print(
+            f"distill-serve listening on {config.host}:{port} "
+            f"(bundle {engine.bundle.root}, provider {engine.primary_provider}, "
+            f"vocoder path {engine.vocoder_path}"
+            + (f", live capacity {engine.live_capacity}" if engine.live_capacity else "")
+            + ")",
+            flush=True,
+        )
+        if engine.provider_note:
+            print(f"CUDA not serving: {engine.provider_note}", flush=True)
+    else:
+        for entry in models.entries():
+            line = f"model {entry.name}: {entry.state.value}"
+            if entry.engine is not None:
+                e = entry.engine
+                line += (
+                    f" {entry.version} (provider {e.primary_provider}, vocoder path "
+                    f"{e.vocoder_path}, live capacity {e.live_capacity})"
+                )
+            print(line + (f": {entry.reason}" if entry.reason else ""), flush=True)
+        print(  # last: "listening on" tells scripts the models above are settled
+            f"distill-serve listening on {config.host}:{port} (models {config.models_dir}, "
+            f"default {models.default_name})",
+            flush=True,
+        )
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 
@@ -233,6 +348,10 @@ async def run(config: ServerConfig) -> None:
             stopping.append(loop.create_task(server.stop()))
 
     async def reload() -> None:
+        if config.models_dir is not None:
+            for change in await models.rescan() or ["no change"]:
+                print(f"rescan: {change}", flush=True)
+            return
         try:
             engine = await server.reload()
             print(
@@ -242,10 +361,22 @@ async def run(config: ServerConfig) -> None:
         except (BundleError, OSError) as exc:
             print(f"SIGHUP: reload refused, still serving the old bundle: {exc}", flush=True)
 
+    async def poll(every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await reload()
+            except OSError as exc:  # the directory went away: keep serving what is loaded
+                print(f"rescan failed: {exc}", flush=True)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, shutdown, sig.name)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
+    poller = loop.create_task(poll(config.poll_models_s)) if config.poll_models_s else None
     await server.wait()
     if stopping:
         await stopping[0]
+    if poller is not None:
+        poller.cancel()
+    models.close()
     print("distill-serve stopped", flush=True)

@@ -57,19 +57,30 @@ def token_valid(header: str, tokens: Sequence[bytes]) -> bool:
     return any(hmac.compare_digest(given, t) for t in tokens)
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>`` on every RPC but health checks.
+#: RPCs that change what the server serves: admin tokens only (``--admin-token-file``).
+ADMIN_METHODS = (
+    "/distill_serve.v1.DistillService/LoadModel",
+    "/distill_serve.v1.DistillService/UnloadModel",
+)
 
-    Tokens are compared in constant time. A missing or wrong token gets UNAUTHENTICATED.
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Token scopes: ``authorization: Bearer <token>``.
+
+    - health checks are open;
+    - model control (:data:`ADMIN_METHODS`) needs an admin token: PERMISSION_DENIED for a
+      generation token or when the server has no admin tokens, UNAUTHENTICATED for none;
+    - every other RPC needs a generation or admin token when the server has generation
+      tokens (UNAUTHENTICATED otherwise), and is open when it has none.
+
+    Tokens are compared in constant time.
     """
 
-    def __init__(self, tokens: Sequence[str]) -> None:
-        if not tokens or any(not t for t in tokens):
-            raise ValueError("give at least one non-empty token")
+    def __init__(self, tokens: Sequence[str], admin_tokens: Sequence[str] = ()) -> None:
+        if any(not t for t in (*tokens, *admin_tokens)):
+            raise ValueError("tokens must not be empty")
         self._tokens = [t.encode() for t in tokens]
-
-    def _valid(self, header: str) -> bool:
-        return token_valid(header, self._tokens)
+        self._admin = [t.encode() for t in admin_tokens]
 
     async def intercept_service(
         self,
@@ -81,7 +92,25 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(OPEN_METHOD_PREFIXES):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
-        if self._valid(str(metadata.get("authorization", ""))):
+        header = str(metadata.get("authorization", ""))
+        admin = bool(self._admin) and token_valid(header, self._admin)
+        if method in ADMIN_METHODS:
+            if admin:
+                return handler
+            if not self._admin:
+                return _deny(
+                    handler,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "model control is off on this server: start it with --admin-token-file "
+                    "and call with one of those tokens (or rescan with SIGHUP)",
+                )
+            if self._tokens and token_valid(header, self._tokens):
+                return _deny(
+                    handler,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "this token may generate but not load or unload models: use an admin token",
+                )
+        elif not self._tokens or admin or token_valid(header, self._tokens):
             return handler
         return _deny(
             handler,

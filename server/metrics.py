@@ -11,7 +11,9 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 
 @dataclass
 class Metrics:
-    """Requests by mode and status, latency, time to first audio, fallbacks, active streams."""
+    """Requests by mode and status, latency, time to first audio, fallbacks, active streams,
+    the step scheduler and the model repository. Every series has a ``model`` label (the
+    model's name; "unknown" for requests naming a model the server does not have)."""
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
@@ -20,58 +22,94 @@ class Metrics:
         self.requests = Counter(
             "distill_requests",
             "Generate requests by RPC, mode and final status",
-            ["rpc", "mode", "status"],
+            ["model", "rpc", "mode", "status"],
             registry=r,
         )
         self.latency = Histogram(
             "distill_request_latency_seconds",
             "Time from request to last audio byte",
-            ["rpc", "mode"],
+            ["model", "rpc", "mode"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.first_audio = Histogram(
             "distill_time_to_first_audio_seconds",
             "Time from request to first audio block",
-            ["rpc", "mode"],
+            ["model", "rpc", "mode"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.fallbacks = Counter(
             "distill_cuda_fallbacks",
             "Requests rerun on CPU after a CUDA out-of-memory",
-            ["graph"],
+            ["model", "graph"],
             registry=r,
         )
         self.primary_failures = Counter(
             "distill_cuda_init_failures",
             "Times the CUDA sessions could not be created (the server then serves on CPU)",
+            ["model"],
             registry=r,
         )
         self.active = Gauge(
-            "distill_active_generations", "Generations running now", ["rpc"], registry=r
+            "distill_active_generations", "Generations running now", ["model", "rpc"], registry=r
         )
         self.rejected = Counter(
-            "distill_rejected", "Requests refused before work started", ["reason"], registry=r
+            "distill_rejected",
+            "Requests refused before work started",
+            ["model", "reason"],
+            registry=r,
         )
         # The streaming vocoder's step scheduler (server/scheduler.py).
         self.step_queue = Gauge(
-            "distill_vocoder_step_queue", "Vocoder steps waiting for a batch", registry=r
+            "distill_vocoder_step_queue",
+            "Vocoder steps waiting for a batch",
+            ["model"],
+            registry=r,
         )
         self.step_batch = Histogram(
             "distill_vocoder_step_batch_size",
             "Streams per batched vocoder run",
+            ["model"],
             buckets=(1, 2, 4, 8, 16, 32),
             registry=r,
         )
         self.step_misses = Counter(
             "distill_vocoder_step_deadline_misses",
             "Vocoder steps that started after their deadline",
+            ["model"],
             registry=r,
         )
         self.step_latency = Histogram(
             "distill_vocoder_step_latency_seconds",
             "Time from a vocoder step's submission to its result",
+            ["model"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+        # The model repository (server/repository.py).
+        self.model_state = Gauge(
+            "distill_model_state",
+            "1 for each model's current state (loading, ready, failed, unloading, unloaded)",
+            ["model", "state"],
+            registry=r,
+        )
+        self.model_loads = Counter(
+            "distill_model_loads",
+            "Model load attempts by outcome (ok, failed, refused: a reload kept the old one)",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.model_load_seconds = Histogram(
+            "distill_model_load_seconds",
+            "Time to load a model (verify the bundle, open its sessions)",
+            ["model"],
+            buckets=(0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+            registry=r,
+        )
+        self.model_evictions = Counter(
+            "distill_model_evictions",
+            "Models unloaded to make room for another (--max-loaded-models)",
+            ["model"],
             registry=r,
         )

@@ -32,6 +32,7 @@ from distill_serve.client.v1 import distill_pb2 as pb
 from distill_serve.server.engine import Engine, EngineConfig
 from distill_serve.server.interceptors import token_valid
 from distill_serve.server.metrics import Metrics
+from distill_serve.server.repository import ModelRepository
 from distill_serve.server.request import Limits
 from distill_serve.server.service import RETRY_AFTER_MS, DistillServicer
 
@@ -190,7 +191,9 @@ class DistillDeployment:
         self, bundle: str, engine: EngineConfig, limits: Limits, tokens: Sequence[str]
     ) -> None:
         self._engine = Engine.from_dir(Path(bundle), engine)
-        self._servicer = DistillServicer(self._engine, limits, Metrics())
+        models = ModelRepository(lambda root: Engine.from_dir(root, engine), bundles={})
+        models.add_engine(Path(bundle).name, self._engine)
+        self._servicer = DistillServicer(models, limits, Metrics())
         self._tokens = [t.encode() for t in tokens]
 
     def _denied(self, grpc_context: Any) -> bool:

@@ -9,6 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from distill_serve.audio import Encoding
+from distill_serve.codecs import (
+    DEFAULT_FLAC_BITS,
+    DEFAULT_OPUS_BITRATE,
+    FLAC_BITS,
+    OPUS_BITRATES,
+    OPUS_RATES,
+)
 from distill_serve.server.model import ModelSpec
 
 
@@ -43,6 +50,8 @@ class Limits:
 
     max_duration_s: float = 60.0
     max_concurrent: int = 4
+    #: generations one model may run at once (0: only the server-wide limit)
+    max_concurrent_per_model: int = 0
     max_steps_between: int = 16
     #: live sessions (GenerateLive): longest session, how long the server waits for a client
     #: that reads no audio, and the lookahead range a client may ask for
@@ -70,6 +79,9 @@ class GenerationParams:
     evolution_amount: float
     latent: np.ndarray | None
     chunk_duration_s: float
+    #: Opus: the target bitrate (bit/s); FLAC: bits per sample; 0 for the PCM encodings
+    bitrate_bps: int = 0
+    bits_per_sample: int = 0
 
     @property
     def channels(self) -> int:
@@ -97,6 +109,8 @@ class RawRequest:
     latent: list[float] | None = None
     slider_positions: list[tuple[int, int]] | None = None
     chunk_duration_s: float | None = None
+    bitrate_bps: int | None = None
+    bits_per_sample: int | None = None
 
 
 def _finite(field: str, value: float) -> float:
@@ -111,10 +125,12 @@ def validate(
     limits: Limits,
     fallback_seed: int,
     open_ended: bool = False,
+    unary: bool = False,
 ) -> GenerationParams:
     """Check every field against the model and limits; raise :class:`InvalidRequest`.
 
     ``open_ended`` (live sessions): ``duration_s`` must be 0, the session runs until stopped.
+    ``unary`` (one whole reply): FLAC, a file format, is only offered there.
     """
     if raw.mode is None:
         raise InvalidRequest("mode", "set a chunk mode: crossfade, latent_interp or slider")
@@ -130,10 +146,13 @@ def validate(
             "duration_s", f"must be in (0, {limits.max_duration_s:g}] seconds, got {duration:g}"
         )
     rate = raw.sample_rate or model.vocoder_rate
+    if raw.encoding is Encoding.OPUS and not raw.sample_rate:
+        rate = max(OPUS_RATES)  # the model's own rate is rarely an Opus rate
     if rate not in model.sample_rates:
         raise InvalidRequest(
             "sample_rate", f"{rate} Hz is not offered; choose one of {list(model.sample_rates)}"
         )
+    bitrate, bits = _codec_settings(raw, rate, unary)
     width = _finite(
         "stereo_width", DEFAULT_STEREO_WIDTH if raw.stereo_width is None else raw.stereo_width
     )
@@ -172,7 +191,41 @@ def validate(
         evolution_amount=evolution,
         latent=latent,
         chunk_duration_s=chunk_s,
+        bitrate_bps=bitrate,
+        bits_per_sample=bits,
     )
+
+
+def _codec_settings(raw: RawRequest, rate: int, unary: bool) -> tuple[int, int]:
+    """``(bitrate_bps, bits_per_sample)`` of the request's encoding; 0 where it has none."""
+    if raw.bitrate_bps is not None and raw.encoding is not Encoding.OPUS:
+        raise InvalidRequest("bitrate_bps", "applies to OPUS only; leave it unset")
+    if raw.bits_per_sample is not None and raw.encoding is not Encoding.FLAC:
+        raise InvalidRequest("bits_per_sample", "applies to FLAC only; leave it unset")
+    if raw.encoding is Encoding.OPUS:
+        if rate not in OPUS_RATES:
+            raise InvalidRequest(
+                "sample_rate",
+                f"Opus runs at {', '.join(map(str, OPUS_RATES))} Hz only, not {rate}; "
+                "ask for one of these or another encoding",
+            )
+        bitrate = DEFAULT_OPUS_BITRATE if raw.bitrate_bps is None else raw.bitrate_bps
+        lo, hi = OPUS_BITRATES
+        if not lo <= bitrate <= hi:
+            raise InvalidRequest("bitrate_bps", f"must be in [{lo}, {hi}] bit/s, got {bitrate}")
+        return bitrate, 0
+    if raw.encoding is Encoding.FLAC:
+        if not unary:
+            raise InvalidRequest(
+                "encoding",
+                "FLAC is a file format, offered by unary Generate only; "
+                "stream with OPUS or a PCM encoding",
+            )
+        bits = DEFAULT_FLAC_BITS if raw.bits_per_sample is None else raw.bits_per_sample
+        if bits not in FLAC_BITS:
+            raise InvalidRequest("bits_per_sample", f"FLAC here is 16 or 24 bit, got {bits}")
+        return 0, bits
+    return 0, 0
 
 
 def check_latent(values: list[float], model: ModelSpec) -> np.ndarray:

@@ -1,8 +1,8 @@
 """The gRPC servicer: messages -> plain params -> pipeline blocks -> messages.
 
 Only this module and :mod:`distill_serve.server.app` know gRPC types. Concurrency: the
-servicer runs on one asyncio loop; ``_uses`` (generations per engine, whose sum is the slot
-count) is only touched from that loop, so it needs no lock. Pipeline steps run in
+servicer runs on one asyncio loop; the model repository (whose leases are the slots in use)
+is only touched from that loop, so it needs no lock. Pipeline steps run in
 ``_executor`` threads; a live session's steps (controls and blocks) run one at a time, so its
 state needs no lock either.
 """
@@ -17,14 +17,23 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import numpy as np
 
-from distill_serve.audio import Encoding, encode, wav_bytes
+from distill_serve.audio import Encoding
 from distill_serve.client.v1 import distill_pb2 as pb
 from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
+from distill_serve.server.audio_out import (
+    Coded,
+    Container,
+    OpusChunks,
+    PcmChunks,
+    chunk_coder,
+    container_for,
+    whole,
+)
 from distill_serve.server.engine import Engine, RequestRunner
 from distill_serve.server.live import (
     LiveBlock,
@@ -35,7 +44,17 @@ from distill_serve.server.live import (
     check_lookahead,
 )
 from distill_serve.server.metrics import Metrics
+from distill_serve.server.model import ModelSpec
 from distill_serve.server.pipeline import PipelineStats, audio_blocks
+from distill_serve.server.repository import (
+    Lease,
+    ModelEntry,
+    ModelRepository,
+    ModelState,
+    ModelUnavailable,
+    RepositoryFull,
+    UnknownModel,
+)
 from distill_serve.server.request import (
     ChunkMode,
     GenerationParams,
@@ -59,8 +78,18 @@ ENCODINGS = {
     pb.AUDIO_ENCODING_PCM16: Encoding.PCM16,
     pb.AUDIO_ENCODING_PCM24: Encoding.PCM24,
     pb.AUDIO_ENCODING_FLOAT32: Encoding.FLOAT32,
+    pb.AUDIO_ENCODING_FLAC: Encoding.FLAC,
+    pb.AUDIO_ENCODING_OPUS: Encoding.OPUS,
 }
 ENCODING_ENUM = {v: k for k, v in ENCODINGS.items() if k != pb.AUDIO_ENCODING_UNSPECIFIED}
+CONTAINERS = {
+    pb.CONTAINER_UNSPECIFIED: None,
+    pb.CONTAINER_RAW: Container.RAW,
+    pb.CONTAINER_WAV: Container.WAV,
+    pb.CONTAINER_FLAC: Container.FLAC,
+    pb.CONTAINER_OGG: Container.OGG,
+}
+CONTAINER_ENUM = {v: k for k, v in CONTAINERS.items() if v is not None}
 SPATIAL = {
     pb.SPATIAL_MODE_UNSPECIFIED: Spatial.MONO,
     pb.SPATIAL_MODE_MONO: Spatial.MONO,
@@ -79,7 +108,8 @@ def raw_request(spec: pb.GenerationSpec) -> RawRequest:
         raise InvalidRequest("mode", f"unknown chunk mode {spec.mode}")
     if spec.encoding not in ENCODINGS:
         raise InvalidRequest(
-            "encoding", f"unknown encoding {spec.encoding}; use PCM16, PCM24 or FLOAT32"
+            "encoding",
+            f"unknown encoding {spec.encoding}; use PCM16, PCM24, FLOAT32, FLAC or OPUS",
         )
     if spec.spatial not in SPATIAL:
         raise InvalidRequest("spatial", f"unknown spatial mode {spec.spatial}")
@@ -99,6 +129,8 @@ def raw_request(spec: pb.GenerationSpec) -> RawRequest:
             [(p.index, p.position) for p in spec.sliders.positions] if which == "sliders" else None
         ),
         chunk_duration_s=spec.chunk_duration_s if spec.HasField("chunk_duration_s") else None,
+        bitrate_bps=spec.bitrate_bps if spec.HasField("bitrate_bps") else None,
+        bits_per_sample=spec.bits_per_sample if spec.HasField("bits_per_sample") else None,
     )
 
 
@@ -127,13 +159,21 @@ class _Run:
     """One generation in flight: its params, stats and timing."""
 
     params: GenerationParams
-    engine: Engine
+    lease: Lease
     rpc: str
     started: float
     stats: PipelineStats
     provider: str = ""
     fallbacks: int = 0
     first_audio: float | None = None
+
+    @property
+    def engine(self) -> Engine:
+        return self.lease.engine
+
+    @property
+    def model(self) -> str:
+        return self.lease.entry.name
 
     def stats_message(self) -> pb.GenerationStats:
         return pb.GenerationStats(
@@ -145,38 +185,91 @@ class _Run:
             cpu_fallbacks=self.fallbacks,
         )
 
-    def audio_format(self, container: int) -> pb.AudioFormat:
+    def audio_format(self, container: Container) -> pb.AudioFormat:
         p = self.params
         return pb.AudioFormat(
             sample_rate=p.sample_rate,
             channels=p.channels,
             encoding=ENCODING_ENUM[p.encoding],
-            container=container,
+            container=CONTAINER_ENUM[container],
             total_samples=p.total_samples,
+            bits_per_sample=p.bits_per_sample,
+            bitrate_bps=p.bitrate_bps,
         )
+
+    def stream_header(self, coder: PcmChunks | OpusChunks) -> pb.StreamHeader:
+        header = pb.StreamHeader(
+            format=self.audio_format(Container.RAW),
+            seed=self.params.seed,
+            model=self.model,
+            model_version=self.engine.bundle.bundle_id,
+        )
+        if coder.opus is not None:
+            o = coder.opus
+            header.opus.CopyFrom(
+                pb.OpusHeader(
+                    id_header=o.id_header,
+                    pre_skip=o.pre_skip,
+                    channels=o.channels,
+                    frame_duration_ms=o.frame_duration_ms,
+                )
+            )
+        return header
 
 
 class DistillServicer(pb_grpc.DistillServiceServicer):
-    """Generate, GenerateStream and GetModelInfo over one :class:`Engine`."""
+    """The Distill RPCs over a :class:`ModelRepository` (one model or many)."""
 
-    def __init__(self, engine: Engine, limits: Limits, metrics: Metrics) -> None:
-        self._engine = engine
+    def __init__(self, models: ModelRepository, limits: Limits, metrics: Metrics) -> None:
+        self._models = models
         if not limits.max_concurrent:  # auto: room for the live sessions it can keep up
-            limits = replace(limits, max_concurrent=max(4, engine.live_capacity))
+            capacity = sum(e.engine.live_capacity for e in models.entries() if e.engine)
+            limits = replace(limits, max_concurrent=max(4, capacity))
         self._limits = limits
         self._metrics = metrics
-        self._live_sessions = 0  # live sessions running (event loop only)
         self._executor = ThreadPoolExecutor(limits.max_concurrent, thread_name_prefix="generate")
-        # Generations running per engine (by id), and swapped-out engines waiting for theirs
-        # to finish before they are closed. Touched on the event loop only.
-        self._uses: dict[int, int] = {}
-        self._retiring: dict[int, Engine] = {}
 
     # --- helpers -------------------------------------------------------------------------
-    @property
-    def _active(self) -> int:
-        """Generations running (the slots in use), on any engine."""
-        return sum(self._uses.values())
+    async def _refuse(
+        self,
+        context: grpc.aio.ServicerContext,
+        model: str,
+        rpc: str,
+        mode: str,
+        code: grpc.StatusCode,
+        reason: str,
+        details: str,
+    ) -> NoReturn:
+        """Count a refusal and end the call with ``code`` (raises)."""
+        self._metrics.rejected.labels(model, reason).inc()
+        self._metrics.requests.labels(model, rpc, mode, code.name).inc()
+        if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+            context.set_trailing_metadata((("retry-after-ms", str(RETRY_AFTER_MS)),))
+        await context.abort(code, details)
+
+    async def _lease(
+        self, name: str, context: grpc.aio.ServicerContext, rpc: str, mode: str, live: bool
+    ) -> Lease:
+        """Hold the named model for one generation, or end the call with why not."""
+        label = name or self._models.default_name
+        try:
+            return await self._models.acquire(name, live)
+        except UnknownModel as exc:
+            await self._refuse(
+                context, "unknown", rpc, mode, grpc.StatusCode.NOT_FOUND, "unknown_model",
+                str(exc.args[0]),
+            )  # fmt: skip
+        except ModelUnavailable as exc:
+            await self._refuse(
+                context, label, rpc, mode, grpc.StatusCode.UNAVAILABLE, "model_unavailable",
+                str(exc),
+            )  # fmt: skip
+        except RepositoryFull as exc:
+            await self._refuse(
+                context, label, rpc, mode, grpc.StatusCode.RESOURCE_EXHAUSTED, "models_full",
+                str(exc),
+            )  # fmt: skip
+        raise AssertionError("unreachable: abort raises")
 
     async def _admit(
         self,
@@ -185,28 +278,68 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         context: grpc.aio.ServicerContext,
         open_ended: bool = False,
     ) -> _Run:
-        engine = self._engine  # a reload swaps self._engine; this request keeps its own
+        mode = _mode_label(spec)
+        lease = await self._lease(spec.model, context, rpc, mode, live=open_ended)
+        try:
+            return await self._check(lease, spec, rpc, mode, context, open_ended)
+        except BaseException:
+            self._models.release(lease)
+            raise
+
+    async def _check(
+        self,
+        lease: Lease,
+        spec: pb.GenerationSpec,
+        rpc: str,
+        mode: str,
+        context: grpc.aio.ServicerContext,
+        open_ended: bool,
+    ) -> _Run:
+        """Validate ``spec`` against the leased model and the server's limits."""
+        engine, entry = lease.engine, lease.entry
+        name = entry.name
         try:
             params = validate(
-                raw_request(spec), engine.model, self._limits, secrets.randbits(63), open_ended
+                raw_request(spec),
+                engine.model,
+                self._limits,
+                secrets.randbits(63),
+                open_ended=open_ended,
+                unary=rpc == "Generate",
             )
         except InvalidRequest as exc:
-            self._metrics.rejected.labels("invalid_argument").inc()
-            self._metrics.requests.labels(rpc, _mode_label(spec), "INVALID_ARGUMENT").inc()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await self._refuse(
+                context, name, rpc, mode, grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument",
+                str(exc),
+            )  # fmt: skip
             raise  # unreachable: abort raises
-        if self._active >= self._limits.max_concurrent:
-            self._metrics.rejected.labels("resource_exhausted").inc()
-            self._metrics.requests.labels(rpc, params.mode.value, "RESOURCE_EXHAUSTED").inc()
-            context.set_trailing_metadata((("retry-after-ms", str(RETRY_AFTER_MS)),))
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"server is busy: {self._active} of {self._limits.max_concurrent} generations "
+        busy = self._models.in_flight - 1  # this lease is counted already
+        per_model = self._limits.max_concurrent_per_model
+        capacity = engine.live_capacity
+        if busy >= self._limits.max_concurrent:
+            await self._refuse(
+                context, name, rpc, params.mode.value, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "resource_exhausted",
+                f"server is busy: {busy} of {self._limits.max_concurrent} generations "
                 f"running; retry after {RETRY_AFTER_MS} ms",
-            )
-        self._uses[id(engine)] = self._uses.get(id(engine), 0) + 1
-        self._metrics.active.labels(rpc).inc()
-        return _Run(params, engine, rpc, time.perf_counter(), PipelineStats())
+            )  # fmt: skip
+        if per_model and entry.in_flight - 1 >= per_model:
+            await self._refuse(
+                context, name, rpc, params.mode.value, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "model_busy",
+                f"model {name!r} is busy: {entry.in_flight - 1} of {per_model} generations "
+                f"(--max-concurrent-per-model) running; retry after {RETRY_AFTER_MS} ms",
+            )  # fmt: skip
+        if open_ended and capacity and entry.live_sessions - 1 >= capacity:
+            await self._refuse(
+                context, name, rpc, params.mode.value, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "live_capacity",
+                f"model {name!r} at live capacity: {entry.live_sessions - 1} live sessions "
+                "is what it keeps in real time (measured vocoder step cost); retry after "
+                f"{RETRY_AFTER_MS} ms or use another replica",
+            )  # fmt: skip
+        self._metrics.active.labels(name, rpc).inc()
+        return _Run(params, lease, rpc, time.perf_counter(), PipelineStats())
 
     @contextmanager
     def _accounting(self, run: _Run) -> Iterator[None]:
@@ -215,6 +348,9 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         try:
             yield
         except asyncio.CancelledError:
+            if run.lease.revoked:  # an unload's grace ran out: tell the client why
+                status = "UNAVAILABLE"
+                raise _Abort(grpc.StatusCode.UNAVAILABLE, run.lease.revoked) from None
             status = "CANCELLED"
             raise
         except _Abort as exc:
@@ -224,19 +360,19 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             status = "INTERNAL"
             raise
         finally:
-            self._release(run.engine)
+            self._models.release(run.lease)
             mode = run.params.mode.value
-            self._metrics.active.labels(run.rpc).dec()
-            self._metrics.requests.labels(run.rpc, mode, status).inc()
+            self._metrics.active.labels(run.model, run.rpc).dec()
+            self._metrics.requests.labels(run.model, run.rpc, mode, status).inc()
             if status == "OK":
-                self._metrics.latency.labels(run.rpc, mode).observe(
+                self._metrics.latency.labels(run.model, run.rpc, mode).observe(
                     time.perf_counter() - run.started
                 )
 
     def _first_audio(self, run: _Run) -> None:
         if run.first_audio is None:
             run.first_audio = time.perf_counter() - run.started
-            self._metrics.first_audio.labels(run.rpc, run.params.mode.value).observe(
+            self._metrics.first_audio.labels(run.model, run.rpc, run.params.mode.value).observe(
                 run.first_audio
             )
 
@@ -261,11 +397,14 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
-        if request.container not in (pb.CONTAINER_UNSPECIFIED, pb.CONTAINER_RAW, pb.CONTAINER_WAV):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"container: unknown value {request.container}; use RAW or WAV",
-            )
+        try:
+            container = _container(request)
+        except InvalidRequest as exc:
+            await self._refuse(
+                context, request.spec.model or self._models.default_name, "Generate",
+                _mode_label(request.spec), grpc.StatusCode.INVALID_ARGUMENT,
+                "invalid_argument", str(exc),
+            )  # fmt: skip
         run = await self._admit(request.spec, "Generate", context)
         try:
             with self._accounting(run):
@@ -274,12 +413,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             await context.abort(exc.code, exc.details)
         audio = np.concatenate(blocks, axis=1)
         p = run.params
-        container = pb.CONTAINER_WAV if request.container == pb.CONTAINER_WAV else pb.CONTAINER_RAW
-        data = (
-            wav_bytes(audio, p.sample_rate, p.encoding)
-            if container == pb.CONTAINER_WAV
-            else encode(audio, p.encoding)
-        )
+        data = await asyncio.to_thread(whole, audio, p, container)
         return pb.GenerateResponse(
             audio=data,
             format=run.audio_format(container),
@@ -291,25 +425,19 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         self, request: pb.GenerateStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         run = await self._admit(request.spec, "GenerateStream", context)
-        p = run.params
         try:
             with self._accounting(run):
-                yield pb.GenerateStreamResponse(
-                    header=pb.StreamHeader(format=run.audio_format(pb.CONTAINER_RAW), seed=p.seed)
-                )
+                coder = chunk_coder(run.params)
+                yield pb.GenerateStreamResponse(header=run.stream_header(coder))
                 offset = 0
                 sequence = 0
                 async for block in self._blocks(run):
-                    yield pb.GenerateStreamResponse(
-                        audio=pb.AudioChunk(
-                            sequence=sequence,
-                            sample_offset=offset,
-                            num_samples=block.shape[1],
-                            data=encode(block, p.encoding),
-                        )
-                    )
-                    offset += block.shape[1]
+                    coded = await _code(coder, block)
+                    yield pb.GenerateStreamResponse(audio=_chunk(coded, sequence, offset))
+                    offset += coded.frames
                     sequence += 1
+                if (coded_end := await _finish(coder)) is not None:
+                    yield pb.GenerateStreamResponse(audio=_chunk(coded_end, sequence, offset))
                 yield pb.GenerateStreamResponse(end=pb.StreamEnd(stats=run.stats_message()))
         except _Abort as exc:
             await context.abort(exc.code, exc.details)
@@ -331,24 +459,12 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
                 start.lookahead_s if start.HasField("lookahead_s") else None, self._limits
             )
         except InvalidRequest as exc:
-            self._metrics.rejected.labels("invalid_argument").inc()
-            self._metrics.requests.labels("GenerateLive", "unknown", "INVALID_ARGUMENT").inc()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        capacity = self._engine.live_capacity
-        if capacity and self._live_sessions >= capacity:
-            self._metrics.rejected.labels("live_capacity").inc()
-            self._metrics.requests.labels(
-                "GenerateLive", _mode_label(start.spec), "RESOURCE_EXHAUSTED"
-            ).inc()
-            context.set_trailing_metadata((("retry-after-ms", str(RETRY_AFTER_MS)),))
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"server at live capacity: {self._live_sessions} live sessions is what it "
-                "keeps in real time (measured vocoder step cost); retry after "
-                f"{RETRY_AFTER_MS} ms or use another replica",
-            )
+            model = first.start.spec.model if first is not None else ""
+            await self._refuse(
+                context, model or self._models.default_name, "GenerateLive", "unknown",
+                grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument", str(exc),
+            )  # fmt: skip
         run = await self._admit(start.spec, "GenerateLive", context, open_ended=True)
-        self._live_sessions += 1
         positions = raw_request(start.spec).slider_positions
         runner = run.engine.runner()
         session = LiveSession(
@@ -370,6 +486,9 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
                         run, runner, session, Pacer(lookahead), controls, context
                     )
                 except asyncio.CancelledError:
+                    if run.lease.revoked:
+                        log.info("live session ended: %s", run.lease.revoked)
+                        raise  # _accounting turns it into UNAVAILABLE
                     log.info(
                         "live session ended: cancelled by the client after %.1f s", session.seconds
                     )
@@ -391,7 +510,6 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         except _Abort as exc:
             await _abort_unless_gone(context, exc)
         finally:
-            self._live_sessions -= 1
             reader.cancel()
 
     async def _live(
@@ -407,10 +525,11 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         why it ended (``StreamEnd.reason``)."""
         p, model = run.params, run.engine.model
         loop = asyncio.get_running_loop()
-        header = pb.StreamHeader(format=run.audio_format(pb.CONTAINER_RAW), seed=p.seed)
+        coder = chunk_coder(p)
+        header = run.stream_header(coder)
         header.format.total_samples = 0  # open-ended
         await self._send(context, pb.GenerateLiveResponse(header=header))
-        sequence = last_control = 0
+        sequence = last_control = offset = 0
         reason = ""
         while True:
             while not reason and not controls.empty():
@@ -423,7 +542,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
                         raise item
                     control = check_control(raw_control(item), model, p, last_control)
                 except InvalidRequest as exc:
-                    self._metrics.rejected.labels("invalid_argument").inc()
+                    self._metrics.rejected.labels(run.model, "invalid_argument").inc()
                     raise _Abort(
                         grpc.StatusCode.INVALID_ARGUMENT,
                         f"live control after sequence {last_control}: {exc}",
@@ -450,19 +569,12 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             run.provider, run.fallbacks = runner.provider, runner.fallbacks
             self._first_audio(run)
             n = block.audio.shape[1]
-            await self._send(
-                context,
-                pb.GenerateLiveResponse(
-                    audio=pb.AudioChunk(
-                        sequence=sequence,
-                        sample_offset=session.samples - n,
-                        num_samples=n,
-                        data=encode(block.audio, p.encoding),
-                        control_sequence=block.control_sequence,
-                    )
-                ),
-            )
+            # the last (fade-out) block carries the codec's end too: one block, as with PCM
+            coded = await (_code_last if reason else _code)(coder, block.audio)
+            chunk = _chunk(coded, sequence, offset, block.control_sequence)
+            await self._send(context, pb.GenerateLiveResponse(audio=chunk))
             pacer.sent(n / p.sample_rate, time.perf_counter())
+            offset += coded.frames
             sequence += 1
             if reason:
                 break
@@ -487,24 +599,18 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
-        model = self._engine.model
-        sliders = []
-        if model.sliders is not None:
-            s = model.sliders
-            sliders = [
-                pb.Slider(
-                    index=i, label=label, min_position=-s.max_position, max_position=s.max_position
-                )
-                for i, label in enumerate(s.labels)
-            ]
-        bundle = self._engine.bundle
+        lease = await self._lease(request.model, context, "GetModelInfo", "none", live=False)
+        self._models.release(lease)  # info needs the engine loaded, not held
+        engine, name = lease.engine, lease.entry.name
+        model = engine.model
+        bundle = engine.bundle
         return pb.GetModelInfoResponse(
             latent_dim=model.latent_dim,
-            sliders=sliders,
+            sliders=_sliders(model),
             sample_rates=list(model.sample_rates),
             default_sample_rate=model.vocoder_rate,
             encodings=list(ENCODING_ENUM.values()),
-            containers=[pb.CONTAINER_RAW, pb.CONTAINER_WAV],
+            containers=list(CONTAINER_ENUM.values()),
             limits=pb.Limits(
                 max_duration_s=self._limits.max_duration_s,
                 max_concurrent_generations=self._limits.max_concurrent,
@@ -517,39 +623,73 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
                 max_lookahead_s=self._limits.max_lookahead_s,
             ),
             files=[pb.BundleFile(path=f.path, role=f.role, sha256=f.sha256) for f in bundle.files],
-            execution_provider=self._engine.primary_provider,
+            execution_provider=engine.primary_provider,
             native_chunk_duration_s=model.chunk_duration_s,
             bundle_format_version=int(bundle.manifest["format_version"]),
-            vocoder_precision=self._engine.vocoder_precision,
-            provider_note=self._engine.provider_note,
-            vocoder_path=self._engine.vocoder_path,
-            live_capacity=self._engine.live_capacity,
+            vocoder_precision=engine.vocoder_precision,
+            provider_note=engine.provider_note,
+            vocoder_path=engine.vocoder_path,
+            live_capacity=engine.live_capacity,
+            model=name,
+            model_version=bundle.bundle_id,
         )
 
-    def swap_engine(self, engine: Engine) -> None:
-        """Serve new requests with ``engine``; requests in flight finish on the old one, which
-        is closed (device thread and retry timer stopped) when the last of them ends."""
-        old, self._engine = self._engine, engine
-        if old is engine:
-            return
-        if self._uses.get(id(old)):
-            self._retiring[id(old)] = old
-        else:
-            old.close()
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[self._status(e) for e in self._models.entries()],
+            default_model=self._models.default_name,
+        )
 
-    def _release(self, engine: Engine) -> None:
-        left = self._uses[id(engine)] - 1
-        if left:
-            self._uses[id(engine)] = left
-            return
-        del self._uses[id(engine)]
-        retired = self._retiring.pop(id(engine), None)
-        if retired is not None:
-            retired.close()
+    async def LoadModel(
+        self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LoadModelResponse:
+        await _require_name(request.name, context)
+        try:
+            entry = await self._models.load(request.name)
+        except UnknownModel as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+            raise  # unreachable: abort raises
+        except RepositoryFull as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise
+        return pb.LoadModelResponse(model=self._status(entry))
+
+    async def UnloadModel(
+        self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnloadModelResponse:
+        await _require_name(request.name, context)
+        grace = request.grace_s if request.HasField("grace_s") else None
+        if grace is not None and not (0.0 <= grace <= 3600.0):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"grace_s must be in [0, 3600], got {grace}"
+            )
+        try:
+            entry = await self._models.unload(request.name, grace)
+        except UnknownModel as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+            raise  # unreachable: abort raises
+        return pb.UnloadModelResponse(model=self._status(entry))
+
+    def _status(self, entry: ModelEntry) -> pb.ModelStatus:
+        spec = entry.spec
+        return pb.ModelStatus(
+            name=entry.name,
+            version=entry.version,
+            state=MODEL_STATES[entry.state],
+            reason=entry.reason,
+            vocoder=entry.vocoder,
+            sample_rates=list(spec.sample_rates) if spec else [],
+            default_sample_rate=spec.vocoder_rate if spec else 0,
+            sliders=_sliders(spec) if spec else [],
+            in_flight=entry.in_flight,
+            is_default=entry.name == self._models.default_name,
+        )
 
     @property
-    def engine(self) -> Engine:
-        return self._engine
+    def models(self) -> ModelRepository:
+        return self._models
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -602,5 +742,82 @@ async def _read_controls(
         await queue.put(exc)
 
 
+MODEL_STATES = {
+    ModelState.LOADING: pb.MODEL_STATE_LOADING,
+    ModelState.READY: pb.MODEL_STATE_READY,
+    ModelState.FAILED: pb.MODEL_STATE_FAILED,
+    ModelState.UNLOADING: pb.MODEL_STATE_UNLOADING,
+    ModelState.UNLOADED: pb.MODEL_STATE_UNLOADED,
+}
+
+
+def _sliders(model: ModelSpec) -> list[pb.Slider]:
+    if model.sliders is None:
+        return []
+    s = model.sliders
+    return [
+        pb.Slider(index=i, label=label, min_position=-s.max_position, max_position=s.max_position)
+        for i, label in enumerate(s.labels)
+    ]
+
+
+async def _require_name(name: str, context: grpc.aio.ServicerContext) -> None:
+    """Model control names its model: an empty name (the default model elsewhere) is
+    refused rather than read as "the default"."""
+    if not name:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, "name: give the model's name (see ListModels)"
+        )
+
+
 def _mode_label(spec: Any) -> str:
     return MODES[spec.mode].value if spec.mode in MODES else "unknown"
+
+
+def _container(request: pb.GenerateRequest) -> Container:
+    """The unary reply's container, checked against its encoding."""
+    if request.container not in CONTAINERS:
+        raise InvalidRequest(
+            "container", f"unknown value {request.container}; use RAW, WAV, FLAC or OGG"
+        )
+    encoding = ENCODINGS.get(request.spec.encoding)
+    if encoding is None:  # refused with its own message by validation
+        return Container.RAW
+    try:
+        return container_for(encoding, CONTAINERS[request.container])
+    except ValueError as exc:
+        raise InvalidRequest("container", str(exc)) from None
+
+
+async def _code(coder: PcmChunks | OpusChunks, block: np.ndarray) -> Coded:
+    """Code one block off the event loop: Opus costs ~50 ms of CPU per stereo audio
+    second, too much for the loop that paces live sessions."""
+    return await asyncio.to_thread(coder.encode, block)
+
+
+async def _code_last(coder: PcmChunks | OpusChunks, block: np.ndarray) -> Coded:
+    """Code a stream's last block with the codec's end (Opus: its delay, padded frame)."""
+
+    def last() -> Coded:
+        coded, end = coder.encode(block), coder.finish()
+        if end is None:
+            return coded
+        return replace(coded, frames=coded.frames + end.frames, packets=coded.packets + end.packets)
+
+    return await asyncio.to_thread(last)
+
+
+async def _finish(coder: PcmChunks | OpusChunks) -> Coded | None:
+    """The stream's last chunk (Opus: the last frame and the encoder's delay), if any."""
+    return await asyncio.to_thread(coder.finish)
+
+
+def _chunk(coded: Coded, sequence: int, offset: int, control: int = 0) -> pb.AudioChunk:
+    return pb.AudioChunk(
+        sequence=sequence,
+        sample_offset=offset,
+        num_samples=coded.frames,
+        data=coded.data,
+        packets=coded.packets,
+        control_sequence=control,
+    )

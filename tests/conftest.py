@@ -257,7 +257,9 @@ def engine(stand_in_bundle: Path) -> Engine:
 class ServerThread:
     """A :class:`DistillServer` on 127.0.0.1:<free port>, its loop in a daemon thread."""
 
-    def __init__(self, config: ServerConfig, engine: Engine) -> None:
+    def __init__(
+        self, config: ServerConfig, engine: Engine | None = None, models: object = None
+    ) -> None:
         self.metrics = Metrics()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -265,21 +267,29 @@ class ServerThread:
 
         async def start() -> tuple[DistillServer, int]:
             # grpc.aio binds a server to the loop it is made on: make it on ours.
-            server = DistillServer(config, engine, self.metrics)
+            server = DistillServer(config, engine, self.metrics, models)  # type: ignore[arg-type]
+            await server.models.load_all()
             return server, await server.start()
 
         self.server, self.port = self.call(start())
 
-    def call(self, coro):  # type: ignore[no-untyped-def]
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+    def call(self, coro, timeout: float = 60):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=timeout)
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
-        value = self.metrics.registry.get_sample_value(name, labels or {})
-        return 0.0 if value is None else value
+        """The sum of ``name``'s samples whose labels include ``labels`` (every series has
+        a ``model`` label too; a test that does not name one sums over the models)."""
+        want = labels or {}
+        return sum(
+            sample.value
+            for family in self.metrics.registry.collect()
+            for sample in family.samples
+            if sample.name == name and want.items() <= sample.labels.items()
+        )
 
     def stop(self) -> None:
         self.call(self.server.stop(grace=1.0))

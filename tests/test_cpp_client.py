@@ -69,6 +69,40 @@ def test_cpp_client_matches_python_client(
     np.testing.assert_array_equal(audio, ref_int)
 
 
+@pytest.mark.parametrize("rate", [48000, 24000])
+def test_cpp_client_decodes_an_opus_stream_with_libopus(
+    cpp_client: Path, server: ServerThread, tmp_path: Path, rate: int
+) -> None:
+    """distill_generate --encoding opus decodes the streamed packets with Debian's libopus
+    (opus_decode_float, pre-skip dropped) to the audio other decoders make of the same
+    request's Ogg Opus file: libsndfile (libopus at the same rate) and the Python client."""
+    wav = tmp_path / "opus.wav"
+    proc = subprocess.run(
+        [str(cpp_client), "--server", server.target, "--mode", "crossfade", "--duration", "1.3",
+         "--seed", "4", "--rate", str(rate), "--stereo", "--encoding", "opus",
+         "--bitrate", "96000", "-o", str(wav)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    audio, wav_rate = sf.read(str(wav), dtype="float32", always_2d=True)
+    assert wav_rate == rate and audio.shape == (round(1.3 * rate), 2)
+    with Client(server.target, timeout=60) as c:
+        unary = c.generate(
+            "crossfade", 1.3, seed=4, sample_rate=rate, spatial="stereo", encoding="opus",
+            bitrate_bps=96000,
+        )  # fmt: skip
+    import io
+
+    by_libsndfile, _ = sf.read(io.BytesIO(unary.file), dtype="float32", always_2d=True)
+    power = float(np.sum(audio**2))
+    assert power > 0
+    snr = 10 * np.log10(power / np.sum((audio - by_libsndfile) ** 2))
+    assert snr > 60.0  # both are libopus at the stream's rate: float rounding apart
+    if rate == 48000:  # the Python client's FFmpeg decodes at 48 kHz only
+        snr_py = 10 * np.log10(power / np.sum((audio - unary.audio.T) ** 2))
+        assert snr_py > 60.0
+
+
 def test_cpp_client_reports_refusal(cpp_client: Path, server: ServerThread, tmp_path: Path) -> None:
     proc = subprocess.run(
         [

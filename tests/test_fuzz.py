@@ -18,11 +18,19 @@ from hypothesis import strategies as st
 
 from distill_serve.client.v1 import distill_pb2 as pb
 from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
+from distill_serve.server.app import ServerConfig
 from distill_serve.server.engine import Engine
-from tests.conftest import ServerThread, start_server
+from distill_serve.server.request import Limits
+from tests.conftest import ServerThread
 
 EXAMPLES = int(os.environ.get("DISTILL_FUZZ_EXAMPLES", "150"))
-CLEAN = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+CLEAN = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.NOT_FOUND,  # a model the server does not have
+}
+ADMIN = "fuzz-admin"
 FUZZ_SETTINGS = settings(
     max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
 )
@@ -35,6 +43,9 @@ small_floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
 u32 = st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 3, 16, 17, 2**32 - 1]))
 rates = st.one_of(st.sampled_from([0, 16000, 44100, 48000, 96000, 11025, 8000]), u32)
 enums = st.integers(-(2**31), 2**31 - 1)
+model_names = st.one_of(
+    st.text(max_size=40), st.sampled_from(["", ".", "..", "../etc", "a/b", "x" * 5000])
+)
 
 
 @st.composite
@@ -56,6 +67,8 @@ def specs(draw: st.DrawFn) -> pb.GenerationSpec:
         spec.evolution_amount = draw(small_floats)
     if draw(st.booleans()):
         spec.chunk_duration_s = draw(floats)
+    if draw(st.booleans()):
+        spec.model = draw(model_names)
     which = draw(st.sampled_from(["none", "latent", "sliders", "huge"]))
     if which == "latent":
         spec.latent.values.extend(draw(st.lists(small_floats, max_size=80)))
@@ -72,7 +85,8 @@ def specs(draw: st.DrawFn) -> pb.GenerationSpec:
 @pytest.fixture(scope="module")
 def fuzz_server(engine: Engine) -> Iterator[ServerThread]:
     # Short clips keep the valid requests among the fuzz cases cheap.
-    s = start_server(engine, max_duration_s=0.6, max_concurrent=2, max_steps_between=4)
+    limits = Limits(max_duration_s=0.6, max_concurrent=2, max_steps_between=4)
+    s = ServerThread(ServerConfig(port=0, limits=limits, admin_tokens=(ADMIN,)), engine)
     yield s
     s.stop()
 
@@ -120,14 +134,15 @@ def test_random_bytes_get_clean_statuses(channel: grpc.Channel, report) -> None:
     methods = [
         channel.unary_unary("/distill_serve.v1.DistillService/Generate"),
         channel.unary_unary("/distill_serve.v1.DistillService/GetModelInfo"),
+        channel.unary_unary("/distill_serve.v1.DistillService/ListModels"),
     ]
     stream = channel.unary_stream("/distill_serve.v1.DistillService/GenerateStream")
 
     @FUZZ_SETTINGS
-    @given(data=st.binary(max_size=512), which=st.integers(0, 2))
+    @given(data=st.binary(max_size=512), which=st.integers(0, 3))
     def check(data: bytes, which: int) -> None:
         try:
-            if which == 2:
+            if which == 3:
                 list(stream(data, timeout=60))
             else:
                 methods[which](data, timeout=60)
@@ -197,3 +212,58 @@ def test_valid_specs_always_succeed_with_exact_length(channel: grpc.Channel, rep
 
     check()
     report(f"fuzz: {count} valid specs answered OK with their exact length")
+
+
+def test_fuzzed_model_control_gets_clean_statuses(  # type: ignore[no-untyped-def]
+    channel: grpc.Channel, fuzz_server: ServerThread, report
+) -> None:
+    """GetModelInfo, LoadModel and UnloadModel with arbitrary names and graces, with and
+    without the admin token: clean statuses only, and the server's one model keeps serving
+    (an out-of-range grace is refused before anything is unloaded)."""
+    stub = pb_grpc.DistillServiceStub(channel)
+    model = fuzz_server.server.models.default_name
+    admin = [("authorization", f"Bearer {ADMIN}")]
+    seen: Counter[str] = Counter()
+    allowed = CLEAN | {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
+
+    @FUZZ_SETTINGS
+    @given(
+        name=model_names,
+        rpc=st.sampled_from(["info", "load", "unload", "unload_bad_grace"]),
+        token=st.booleans(),
+        grace=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.just(-1.0)),
+    )
+    def check(name: str, rpc: str, token: bool, grace: float) -> None:
+        md = admin if token else []
+        try:
+            if rpc == "info":
+                stub.GetModelInfo(pb.GetModelInfoRequest(model=name), timeout=60, metadata=md)
+            elif rpc == "load":
+                stub.LoadModel(pb.LoadModelRequest(name=name), timeout=60, metadata=md)
+            elif rpc == "unload_bad_grace":
+                if 0.0 <= grace <= 3600.0:
+                    grace = -1.0
+                request = pb.UnloadModelRequest(name=model, grace_s=grace)
+                stub.UnloadModel(request, timeout=60, metadata=md)
+            else:
+                if name == model:
+                    return
+                stub.UnloadModel(pb.UnloadModelRequest(name=name), timeout=60, metadata=md)
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            code = exc.code()
+        seen[f"{rpc}:{code.name}"] += 1
+        assert code in allowed, (rpc, name, code)
+        if rpc == "unload_bad_grace":
+            expected = (
+                grpc.StatusCode.INVALID_ARGUMENT if token else grpc.StatusCode.UNAUTHENTICATED
+            )
+            assert code == expected
+        if rpc in ("load", "unload") and not token:
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+
+    check()
+    report(f"fuzz: {sum(seen.values())} model-control calls -> {dict(seen)}")
+    reply = stub.ListModels(pb.ListModelsRequest(), timeout=60)
+    assert [(m.name, m.state) for m in reply.models] == [(model, pb.MODEL_STATE_READY)]
+    _assert_healthy(channel)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import shutil
 import tempfile
@@ -35,31 +36,34 @@ def rss_mib() -> float:
 
 
 async def measure(root: Path) -> list[dict[str, Any]]:
+    """Loads every model (one after another: the resident memory each adds; the first also
+    pays onnxruntime's one-time set-up), then reloads each (a new engine built while the old
+    one serves), then unloads each idle model (and the memory that gives back)."""
     repo = ModelRepository(
         lambda r: Engine.from_dir(r, EngineConfig(use_cuda=False)), models_dir=root
     )
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in repo.names():
         before, start = rss_mib(), time.perf_counter()
         entry = await repo.load(name)
-        load_s = time.perf_counter() - start
-        grown = rss_mib() - before
-        start = time.perf_counter()
-        await repo.load(name)  # a reload: the new engine is built while the old one serves
-        reload_s = time.perf_counter() - start
         rows.append(
             {
                 "model": name,
                 "state": entry.state.value,
-                "load_s": round(load_s, 2),
-                "rss_added_mib": round(grown, 1),
-                "reload_s": round(reload_s, 2),
+                "load_s": round(time.perf_counter() - start, 2),
+                "rss_added_mib": round(rss_mib() - before, 1),
             }
         )
     for row in rows:
         start = time.perf_counter()
+        await repo.load(row["model"])
+        row["reload_s"] = round(time.perf_counter() - start, 2)
+    for row in rows:
+        before, start = rss_mib(), time.perf_counter()
         await repo.unload(row["model"], grace_s=0.0)
         row["idle_unload_ms"] = round((time.perf_counter() - start) * 1000, 1)
+        gc.collect()
+        row["rss_freed_mib"] = round(before - rss_mib(), 1)
     repo.close()
     return rows
 

@@ -39,6 +39,8 @@ SPATIAL = {
     "dual_seed": pb.SPATIAL_MODE_DUAL_SEED,
 }
 MAX_RECEIVE_BYTES = 256 << 20
+#: Ray Serve's model multiplexing header
+MODEL_METADATA = "multiplexed_model_id"
 
 
 class DistillError(Exception):
@@ -412,8 +414,12 @@ class _Base:
     _timeout: float | None
     _metadata: list[tuple[str, str]]
 
-    def _kw(self, timeout: float | None) -> dict[str, Any]:
-        return {"timeout": timeout or self._timeout, "metadata": self._metadata}
+    def _kw(self, timeout: float | None, model: str = "") -> dict[str, Any]:
+        """Call options. A named model also goes out as ``multiplexed_model_id`` metadata,
+        which Ray Serve's proxy routes by (to a replica that has the model loaded); a plain
+        server reads the name from the request and ignores it."""
+        metadata = self._metadata + ([(MODEL_METADATA, model)] if model else [])
+        return {"timeout": timeout or self._timeout, "metadata": metadata}
 
 
 class Client(_Base):
@@ -457,9 +463,8 @@ class Client(_Base):
     def info(self, timeout: float | None = None, model: str = "") -> ModelInfo:
         """A model's info (sliders, rates, limits, provider); ``model`` "": the default."""
         try:
-            return ModelInfo.from_pb(
-                self._stub.GetModelInfo(pb.GetModelInfoRequest(model=model), **self._kw(timeout))
-            )
+            request = pb.GetModelInfoRequest(model=model)
+            return ModelInfo.from_pb(self._stub.GetModelInfo(request, **self._kw(timeout, model)))
         except grpc.RpcError as exc:
             raise DistillError.wrap(exc) from None
 
@@ -507,7 +512,7 @@ class Client(_Base):
         request = _generate_request(mode, duration_s, wav, options)
         started = time.perf_counter()
         try:
-            reply = self._stub.Generate(request, **self._kw(timeout))
+            reply = self._stub.Generate(request, **self._kw(timeout, request.spec.model))
         except grpc.RpcError as exc:
             raise DistillError.wrap(exc) from None
         return _unary_result(reply, started)
@@ -544,13 +549,13 @@ class Client(_Base):
         from distill_serve.client.live import LiveSession, start_request
 
         first = start_request(mode, lookahead, seed, sliders, latent, spec)
-        return LiveSession(self._stub, first, self._kw(timeout))
+        return LiveSession(self._stub, first, self._kw(timeout, first.start.spec.model))
 
     def _receive(
         self, collector: _Collector, request: pb.GenerateStreamRequest, timeout: float | None
     ) -> Iterator[AudioBlock]:
         """Run a GenerateStream call, feeding every message to ``collector``."""
-        call = self._stub.GenerateStream(request, **self._kw(timeout))
+        call = self._stub.GenerateStream(request, **self._kw(timeout, request.spec.model))
         try:
             for msg in call:
                 block = collector.feed(msg)
@@ -595,7 +600,7 @@ class AsyncClient(_Base):
     async def info(self, timeout: float | None = None, model: str = "") -> ModelInfo:
         try:
             reply = await self._stub.GetModelInfo(
-                pb.GetModelInfoRequest(model=model), **self._kw(timeout)
+                pb.GetModelInfoRequest(model=model), **self._kw(timeout, model)
             )
         except grpc.RpcError as exc:
             raise DistillError.wrap(exc) from None
@@ -620,7 +625,7 @@ class AsyncClient(_Base):
         request = _generate_request(mode, duration_s, wav, options)
         started = time.perf_counter()
         try:
-            reply = await self._stub.Generate(request, **self._kw(timeout))
+            reply = await self._stub.Generate(request, **self._kw(timeout, request.spec.model))
         except grpc.RpcError as exc:
             raise DistillError.wrap(exc) from None
         return _unary_result(reply, started)
@@ -657,13 +662,13 @@ class AsyncClient(_Base):
         from distill_serve.client.live import AsyncLiveSession, start_request
 
         first = start_request(mode, lookahead, seed, sliders, latent, spec)
-        return AsyncLiveSession(self._stub, first, self._kw(timeout))
+        return AsyncLiveSession(self._stub, first, self._kw(timeout, first.start.spec.model))
 
     async def _receive(
         self, collector: _Collector, request: pb.GenerateStreamRequest, timeout: float | None
     ) -> AsyncIterator[AudioBlock]:
         """Run a GenerateStream call, feeding every message to ``collector``."""
-        call = self._stub.GenerateStream(request, **self._kw(timeout))
+        call = self._stub.GenerateStream(request, **self._kw(timeout, request.spec.model))
         try:
             async for msg in call:
                 block = collector.feed(msg)

@@ -152,11 +152,15 @@ def _serve_ray(args: argparse.Namespace, config: ServerConfig) -> int:
         target_ongoing_requests=args.target_ongoing_requests,
         cpus_per_replica=args.cpus_per_replica,
         gpus_per_replica=args.gpus_per_replica,
+        max_models_per_replica=args.max_models_per_replica,
+        metrics_export_port=args.ray_metrics_port,
     )
-    bundle = config.bundle or ensure_demo_bundle()
+    repository = config.models_dir is not None
+    source = config.models_dir or config.bundle or ensure_demo_bundle()
     ray_serve.run(
-        bundle, config.engine, config.limits, config.auth_tokens, ray_config, args.host, args.port
-    )
+        source, config.engine, config.limits, config.auth_tokens, ray_config, args.host,
+        args.port, repository=repository, default_model=config.default_model,
+    )  # fmt: skip
     return 0
 
 
@@ -353,6 +357,18 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--cpus-per-replica", type=float, default=1.0)
     ray.add_argument(
         "--gpus-per-replica", type=float, default=0.0, help="fractional shares one GPU (0.25)"
+    )
+    ray.add_argument(
+        "--max-models-per-replica",
+        type=int,
+        default=3,
+        help="with --models: models one replica keeps loaded (Serve's multiplexing; 0: all)",
+    )
+    ray.add_argument(
+        "--ray-metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus port of the local Ray head's metrics, ours among them (ray_distill_*)",
     )
     p.add_argument(
         "--fault-injection",

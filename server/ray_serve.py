@@ -7,16 +7,27 @@ adapts Serve's calling convention to it (the request context must be a parameter
 ``grpc_context``, and Serve's context has no ``abort``: :class:`_ServeContext` turns an abort
 into a status set on the context, after which the method returns).
 
+Many models (``serve --ray --models DIR``) go through Serve's model multiplexing: every
+replica has the whole repository and loads a model when a call for it comes
+(``@serve.multiplexed`` around :meth:`DistillDeployment.load_model`, at most
+``max_models_per_replica`` at once, the least recently used unloaded first, its calls in
+flight let finish). The model a call names (``GenerationSpec.model``) and the
+``multiplexed_model_id`` metadata the Python client sends with it must agree; the proxy
+routes by the metadata to a replica that has the model loaded. Each replica copies its
+Prometheus metrics into Ray's metrics export (``server/ray_metrics.py``).
+
 What Serve's proxy does not offer: client-streaming and bidirectional RPCs (so no
 ``GenerateLive``; ray-project/ray#42488), server reflection, and interceptors (the bearer
 token is checked here instead). Health (``grpc.health.v1.Health/Check``) is answered by the
-deployment.
+deployment. ``LoadModel``/``UnloadModel`` are refused (``UNIMPLEMENTED``): replicas load
+models on demand, and one call would reach one replica only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import time
@@ -32,7 +43,8 @@ from distill_serve.client.v1 import distill_pb2 as pb
 from distill_serve.server.engine import Engine, EngineConfig
 from distill_serve.server.interceptors import token_valid
 from distill_serve.server.metrics import Metrics
-from distill_serve.server.repository import ModelRepository
+from distill_serve.server.ray_metrics import RayMetricsBridge
+from distill_serve.server.repository import ModelRepository, ModelState
 from distill_serve.server.request import Limits
 from distill_serve.server.service import RETRY_AFTER_MS, DistillServicer
 
@@ -48,6 +60,8 @@ SERVICER_FUNCTIONS = [
     "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
 ]
 UNAUTHENTICATED = "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'"
+#: How long a model Serve evicts from a replica lets its calls in flight run on.
+EVICTION_GRACE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,11 @@ class RayConfig:
     target_ongoing_requests: float = 2.0
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0
+    #: models one replica keeps loaded (Serve's ``max_num_models_per_replica``; 0: no limit)
+    max_models_per_replica: int = 3
+    #: the local head's Prometheus endpoint for Ray's metrics, ours among them (None: Ray's
+    #: default, a free port)
+    metrics_export_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -81,6 +100,8 @@ class RayConfig:
             raise ValueError("need 0 <= --min-replicas <= --max-replicas")
         if self.cpus_per_replica < 0 or self.gpus_per_replica < 0:
             raise ValueError("--cpus-per-replica and --gpus-per-replica must be >= 0")
+        if self.max_models_per_replica < 0:
+            raise ValueError("--max-models-per-replica must be >= 0 (0: no limit)")
 
     def deployment_options(self, max_concurrent: int) -> dict[str, Any]:
         """Serve deployment options: replicas or autoscaling, resources, and enough
@@ -184,17 +205,92 @@ class _ServeContext:
         return self._ctx.invocation_metadata()
 
 
+class _ServedModel:
+    """A model Serve's multiplexer holds on one replica. Serve evicts the least recently used
+    one by calling ``__del__`` (in a worker thread): the replica's repository then unloads
+    it, letting its calls in flight run for up to :data:`EVICTION_GRACE_S`."""
+
+    def __init__(self, models: ModelRepository, name: str, loop: asyncio.AbstractEventLoop):
+        self._models, self.name, self._loop = models, name, loop
+        self._gone = False
+
+    def __del__(self) -> None:
+        if self._gone or self._loop.is_closed():
+            return
+        self._gone = True
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        unloading = self._models.unload(self.name)
+        if on_loop:  # collected on the replica's loop: nothing may block it
+            self._loop.create_task(unloading)
+        else:
+            asyncio.run_coroutine_threadsafe(unloading, self._loop).result()
+
+
 class DistillDeployment:
-    """One Serve replica: an engine for the bundle and the plain server's servicer."""
+    """One Serve replica: the plain server's servicer over one bundle, or over a repository
+    whose models Serve multiplexes (:meth:`load_model` is wrapped by ``serve.multiplexed``
+    in :func:`build_app`)."""
 
     def __init__(
-        self, bundle: str, engine: EngineConfig, limits: Limits, tokens: Sequence[str]
+        self,
+        source: str,
+        engine: EngineConfig,
+        limits: Limits,
+        tokens: Sequence[str],
+        repository: bool = False,
+        default_model: str | None = None,
     ) -> None:
-        self._engine = Engine.from_dir(Path(bundle), engine)
-        models = ModelRepository(lambda root: Engine.from_dir(root, engine), bundles={})
-        models.add_engine(Path(bundle).name, self._engine)
-        self._servicer = DistillServicer(models, limits, Metrics())
+        def factory(root: Path) -> Engine:
+            return Engine.from_dir(root, engine)
+
+        if repository:
+            self._models = ModelRepository(
+                factory, models_dir=Path(source), default=default_model, grace_s=EVICTION_GRACE_S
+            )
+        else:
+            self._models = ModelRepository(factory, bundles={})
+            self._models.add_engine(Path(source).name, factory(Path(source)))
+        metrics = Metrics()
+        self._servicer = DistillServicer(self._models, limits, metrics)
         self._tokens = [t.encode() for t in tokens]
+        self._bridge = RayMetricsBridge(metrics.registry, _replica_name())
+        self._bridge.start()
+
+    async def load_model(self, model_id: str) -> _ServedModel:
+        """Serve's multiplexed loader: the model ready on this replica (loaded if need be)."""
+        entry = self._models.entry(model_id)
+        if entry.engine is None or entry.state is not ModelState.READY:
+            await self._models.load(model_id)
+        return _ServedModel(self._models, model_id, asyncio.get_running_loop())
+
+    async def get_model(self, model_id: str) -> _ServedModel:
+        """:meth:`load_model` through Serve's multiplexer (replaced in :func:`build_app`)."""
+        return await self.load_model(model_id)
+
+    async def _route(self, named: str, grpc_context: Any) -> str | None:
+        """The model a call is for: the request's, else the ``multiplexed_model_id``
+        metadata's, else the default; registered with Serve's multiplexer so that the proxy
+        routes further calls for it here. None (status set) if the two names disagree."""
+        from ray import serve
+
+        header = serve.get_multiplexed_model_id()
+        if named and header and named != header:
+            grpc_context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+            grpc_context.set_details(
+                f"model: the request names {named!r} but its multiplexed_model_id metadata "
+                f"{header!r}; send one name (the Python client sends both the same)"
+            )
+            return None
+        name = named or header or self._models.default_name
+        if name in self._models.names():
+            try:
+                await self.get_model(name)
+            except Exception as exc:  # the servicer answers with the model's state
+                log.warning("model %s could not be loaded on this replica: %s", name, exc)
+        return name
 
     def _denied(self, grpc_context: Any) -> bool:
         if not self._tokens:
@@ -209,6 +305,10 @@ class DistillDeployment:
     async def Generate(self, request: pb.GenerateRequest, grpc_context: Any) -> pb.GenerateResponse:
         if self._denied(grpc_context):
             return pb.GenerateResponse()
+        name = await self._route(request.spec.model, grpc_context)
+        if name is None:
+            return pb.GenerateResponse()
+        request.spec.model = name
         try:
             return await self._servicer.Generate(request, _ServeContext(grpc_context))
         except _Aborted:
@@ -219,6 +319,10 @@ class DistillDeployment:
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         if self._denied(grpc_context):
             raise _Aborted(UNAUTHENTICATED)  # a stream's status reaches the client only so
+        name = await self._route(request.spec.model, grpc_context)
+        if name is None:
+            raise _Aborted("model names disagree")
+        request.spec.model = name
         async for msg in self._servicer.GenerateStream(request, _ServeContext(grpc_context)):
             yield msg
 
@@ -227,63 +331,128 @@ class DistillDeployment:
     ) -> pb.GetModelInfoResponse:
         if self._denied(grpc_context):
             return pb.GetModelInfoResponse()
-        return await self._servicer.GetModelInfo(request, _ServeContext(grpc_context))
+        name = await self._route(request.model, grpc_context)
+        if name is None:
+            return pb.GetModelInfoResponse()
+        request.model = name
+        try:
+            return await self._servicer.GetModelInfo(request, _ServeContext(grpc_context))
+        except _Aborted:
+            return pb.GetModelInfoResponse()
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, grpc_context: Any
+    ) -> pb.ListModelsResponse:
+        """The repository as the replica that answers sees it (states are per replica)."""
+        if self._denied(grpc_context):
+            return pb.ListModelsResponse()
+        return await self._servicer.ListModels(request, _ServeContext(grpc_context))
+
+    async def LoadModel(self, request: pb.LoadModelRequest, grpc_context: Any) -> Any:
+        return self._no_model_control(grpc_context, pb.LoadModelResponse())
+
+    async def UnloadModel(self, request: pb.UnloadModelRequest, grpc_context: Any) -> Any:
+        return self._no_model_control(grpc_context, pb.UnloadModelResponse())
+
+    @staticmethod
+    def _no_model_control(grpc_context: Any, empty: Any) -> Any:
+        grpc_context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        grpc_context.set_details(
+            "on Ray Serve each replica loads models on demand (multiplexing) and a call "
+            "reaches one replica: change the repository directory and redeploy instead"
+        )
+        return empty
 
     async def Check(self, request: Any, grpc_context: Any) -> Any:
         """grpc.health.v1 (open, like the plain server's)."""
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
 
+def _replica_name() -> str:
+    """The replica's Serve tag, for the ``replica`` label of its metrics."""
+    try:
+        from ray import serve
+
+        return str(serve.get_replica_context().replica_tag)
+    except Exception:  # outside a replica (tests): the process
+        return f"pid-{os.getpid()}"
+
+
 def build_app(
-    bundle: Path, engine: EngineConfig, limits: Limits, tokens: Sequence[str], ray: RayConfig
+    source: Path,
+    engine: EngineConfig,
+    limits: Limits,
+    tokens: Sequence[str],
+    ray: RayConfig,
+    repository: bool = False,
+    default_model: str | None = None,
 ) -> Any:
-    """The Serve application for ``bundle``."""
+    """The Serve application for a bundle, or (``repository``) a model repository."""
     from ray import serve
 
-    deployment = serve.deployment(name="DistillDeployment")(DistillDeployment)
+    limit = ray.max_models_per_replica or -1  # Serve's "no limit"
+    multiplexed = serve.multiplexed(max_num_models_per_replica=limit)(DistillDeployment.load_model)
+    replica_class = type("DistillDeployment", (DistillDeployment,), {"get_model": multiplexed})
+    deployment = serve.deployment(name="DistillDeployment")(replica_class)
     return deployment.options(**ray.deployment_options(limits.max_concurrent)).bind(
-        str(bundle), engine, limits, tuple(tokens)
+        str(source), engine, limits, tuple(tokens), repository, default_model
     )
 
 
 def app_from_config(args: dict[str, Any]) -> Any:
     """The application for a Serve config file or KubeRay's ``RayService``:
     ``import_path: distill_serve.server.ray_serve:app_from_config`` with ``args``
-    ``{bundle, replicas, min_replicas, max_replicas, cpus_per_replica, gpus_per_replica,
-    max_concurrent, use_cuda, gpu_mem_limit, tokens}`` (all but ``bundle`` optional)."""
+    ``{bundle | models, default_model, max_models_per_replica, replicas, min_replicas,
+    max_replicas, cpus_per_replica, gpus_per_replica, max_concurrent, use_cuda,
+    gpu_mem_limit, tokens}`` (one of ``bundle`` and ``models``; the rest optional)."""
     known = {
-        "bundle", "replicas", "min_replicas", "max_replicas", "cpus_per_replica",
-        "gpus_per_replica", "max_concurrent", "use_cuda", "gpu_mem_limit", "tokens",
+        "bundle", "models", "default_model", "max_models_per_replica", "replicas",
+        "min_replicas", "max_replicas", "cpus_per_replica", "gpus_per_replica",
+        "max_concurrent", "use_cuda", "gpu_mem_limit", "tokens",
     }  # fmt: skip
     unknown = sorted(set(args) - known)
-    if unknown or "bundle" not in args:
-        raise ValueError(f"args need 'bundle' and take {sorted(known)}; unknown: {unknown}")
+    if unknown or ("bundle" in args) == ("models" in args):
+        raise ValueError(
+            f"args need one of 'bundle' and 'models' and take {sorted(known)}; unknown: {unknown}"
+        )
     ray_config = RayConfig(
         replicas=int(args.get("replicas", 1)),
         min_replicas=args.get("min_replicas"),
         max_replicas=args.get("max_replicas"),
         cpus_per_replica=float(args.get("cpus_per_replica", 1.0)),
         gpus_per_replica=float(args.get("gpus_per_replica", 0.0)),
+        max_models_per_replica=int(args.get("max_models_per_replica", 3)),
     )
     engine = EngineConfig(
         use_cuda=bool(args.get("use_cuda", True)), gpu_mem_limit=args.get("gpu_mem_limit")
     )
     limits = Limits(max_concurrent=int(args.get("max_concurrent", 4)))
+    repository = "models" in args
     return build_app(
-        Path(args["bundle"]), engine, limits, tuple(args.get("tokens", ())), ray_config
+        Path(args["models"] if repository else args["bundle"]),
+        engine,
+        limits,
+        tuple(args.get("tokens", ())),
+        ray_config,
+        repository=repository,
+        default_model=args.get("default_model"),
     )
 
 
 def start(
-    bundle: Path,
+    source: Path,
     engine: EngineConfig,
     limits: Limits,
     tokens: Sequence[str],
     ray_config: RayConfig,
     host: str,
     port: int,
+    *,
+    repository: bool = False,
+    default_model: str | None = None,
 ) -> None:
-    """Join or start Ray, start Serve's gRPC proxy on ``host:port`` and deploy the bundle."""
+    """Join or start Ray, start Serve's gRPC proxy on ``host:port`` and deploy the bundle
+    (or, ``repository``, the model repository) ``source``."""
     import ray
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
@@ -294,6 +463,7 @@ def start(
             include_dashboard=False,
             logging_level=logging.WARNING,
             configure_logging=False,
+            _metrics_export_port=ray_config.metrics_export_port,
         )
     deadline = time.monotonic() + PROXY_START_S
     while True:
@@ -312,7 +482,7 @@ def start(
                 exc,
                 PROXY_START_S,
             )
-    app = build_app(bundle, engine, limits, tokens, ray_config)
+    app = build_app(source, engine, limits, tokens, ray_config, repository, default_model)
     serve.run(app, name=APP_NAME, route_prefix="/")
     _wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port, deadline)
 
@@ -333,19 +503,26 @@ def _wait_for_port(host: str, port: int, deadline: float) -> None:
 
 
 def run(
-    bundle: Path,
+    source: Path,
     engine: EngineConfig,
     limits: Limits,
     tokens: Sequence[str],
     ray_config: RayConfig,
     host: str,
     port: int,
+    *,
+    repository: bool = False,
+    default_model: str | None = None,
 ) -> None:
     """``distill-serve serve --ray``: deploy, then wait for SIGTERM or SIGINT."""
     from ray import serve
 
-    start(bundle, engine, limits, tokens, ray_config, host, port)
-    print(f"distill-serve on Ray Serve: gRPC on {host}:{port} (bundle {bundle})", flush=True)
+    start(
+        source, engine, limits, tokens, ray_config, host, port,
+        repository=repository, default_model=default_model,
+    )  # fmt: skip
+    what = "models" if repository else "bundle"
+    print(f"distill-serve on Ray Serve: gRPC on {host}:{port} ({what} {source})", flush=True)
 
     async def wait() -> None:
         stop = asyncio.Event()

@@ -1,17 +1,20 @@
 """Ray Serve scenarios, run inside a loopback-only network namespace by tests/test_ray.py.
 
-``python -m tests.ray_scenarios BUNDLE OUT.json``: starts a local Ray head, deploys the
-bundle on two replicas behind Serve's gRPC proxy, a plain server of the same bundle beside
-it, and records what each scenario saw in ``OUT.json`` (the test asserts on it). Ray binds
-every interface, which is why this never runs on the host's network.
+``python -m tests.ray_scenarios MODELS_DIR OUT.json``: starts a local Ray head, deploys the
+model repository (``a``: the stand-in, the default; ``b``: another model) on two replicas
+behind Serve's gRPC proxy with one model loaded per replica, plain servers of each model
+beside it, and records what each scenario saw in ``OUT.json`` (the test asserts on it). Ray
+binds every interface, which is why this never runs on the host's network.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from distill_serve.server.ray_serve import RayConfig, start
 from distill_serve.server.request import Limits
 
 PORT = 50199
+METRICS_PORT = 50198
 TOKEN = "ray-test-token"
 MODES = {
     "crossfade": {},
@@ -80,6 +84,86 @@ def health_reflection_auth(target: str) -> dict[str, Any]:
         "reflection_services": services,
         "no_token": unauthenticated,
         "no_token_stream": stream_unauthenticated,
+    }
+
+
+def models(ray_target: str, plain_b: str) -> dict[str, Any]:
+    """Model ``b`` through Ray equals a plain server of ``b``, while calls alternate between
+    the two models on replicas that hold one model each (Serve's multiplexer evicts and
+    reloads); the model control of a plain server is refused, names are checked."""
+    import grpc as _grpc
+
+    from distill_serve.client.v1 import distill_pb2 as pb
+    from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
+
+    out: dict[str, Any] = {}
+    kw = {"timeout": 300, "token": TOKEN}
+    with Client(ray_target, **kw) as ray_c, Client(plain_b, **kw) as plain_c:  # type: ignore[arg-type]
+        spec = {"seed": 4, "sample_rate": 48000, "encoding": "float32"}
+        want_b = plain_c.generate("crossfade", 1.5, **spec).audio
+        same, differs = [], []
+        for model in ("b", "a", "b", "a", "b"):
+            got = ray_c.generate("crossfade", 1.5, model=model, **spec).audio
+            streamed = ray_c.generate_streamed("crossfade", 1.5, model=model, **spec).audio
+            if model == "b":
+                same.append(bool(np.array_equal(got, want_b) and np.array_equal(streamed, got)))
+            else:
+                differs.append(not np.array_equal(got, want_b))
+        out["b_identical"] = same
+        out["a_differs"] = differs
+        out["info_b"] = ray_c.info(model="b").model
+        out["unknown"] = _status(lambda: ray_c.generate("crossfade", 1.0, model="zz"))
+        out["listed"] = sorted(m.name for m in ray_c.list_models())
+    with _grpc.insecure_channel(ray_target) as ch:
+        stub = pb_grpc.DistillServiceStub(ch)
+        md = [("authorization", f"Bearer {TOKEN}")]
+        try:
+            stub.Generate(
+                pb.GenerateRequest(spec=pb.GenerationSpec(
+                    mode=pb.CHUNK_MODE_CROSSFADE, duration_s=1.0, model="a")),
+                metadata=[*md, ("multiplexed_model_id", "b")], timeout=120,
+            )  # fmt: skip
+            out["disagree"] = "OK"
+        except _grpc.RpcError as exc:
+            out["disagree"] = exc.code().name
+        try:
+            stub.LoadModel(pb.LoadModelRequest(name="b"), metadata=md, timeout=60)
+            out["load"] = "OK"
+        except _grpc.RpcError as exc:
+            out["load"] = exc.code().name
+    return out
+
+
+def ray_metrics(expected_ok: int, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Our metrics in Ray's Prometheus export: ``ray_distill_requests_total`` from every
+    replica, with the model label, until the OK requests it counts reach ``expected_ok``
+    (what the scenarios before asked for: Ray exports every few seconds)."""
+    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    give_up = time.time() + timeout_s
+    series: list[dict[str, str]] = []
+    while time.time() < give_up:
+        try:
+            body = urllib.request.urlopen(url, timeout=10).read().decode()
+        except OSError:
+            body = ""
+        series = [
+            dict(re.findall(r'(\w+)="([^"]*)"', line.split("{", 1)[1].rsplit("}", 1)[0]))
+            | {"value": line.rsplit(" ", 1)[1]}
+            for line in body.splitlines()
+            if line.startswith("ray_distill_requests_total{")
+        ]
+        replicas = {s["replica"] for s in series}
+        models = {s["model"] for s in series}
+        ok = sum(float(s["value"]) for s in series if s.get("status") == "OK")
+        if len(replicas) >= 2 and {"a", "b"} <= models and ok >= expected_ok:
+            break
+        time.sleep(2.0)
+    ok = [s for s in series if s.get("status") == "OK"]
+    return {
+        "replicas": sorted({s["replica"] for s in series}),
+        "models": sorted({s["model"] for s in series}),
+        "ok_requests": sum(float(s["value"]) for s in ok),
+        "rpcs": sorted({s["rpc"] for s in series}),
     }
 
 
@@ -210,24 +294,32 @@ def replica_kill(target: str) -> dict[str, Any]:
     }
 
 
-def main(bundle: str, out_path: str) -> int:
+def main(models_dir: str, out_path: str) -> int:
     engine = EngineConfig(use_cuda=False)
     limits = Limits(max_concurrent=1)
     result: dict[str, Any] = {}
     started = time.perf_counter()
-    start(Path(bundle), engine, limits, (TOKEN,), RayConfig(replicas=2), "127.0.0.1", PORT)
+    ray_config = RayConfig(replicas=2, max_models_per_replica=1, metrics_export_port=METRICS_PORT)
+    start(
+        Path(models_dir), engine, limits, (TOKEN,), ray_config, "127.0.0.1", PORT,
+        repository=True, default_model="a",
+    )  # fmt: skip
     result["ray_start_s"] = round(time.perf_counter() - started, 1)
     from tests.conftest import ServerThread
 
-    plain = ServerThread(
-        ServerConfig(port=0, limits=Limits(max_concurrent=4), auth_tokens=(TOKEN,)),
-        Engine.from_dir(bundle, engine),
-    )
+    def plain_server(name: str) -> ServerThread:
+        config = ServerConfig(port=0, limits=Limits(max_concurrent=4), auth_tokens=(TOKEN,))
+        return ServerThread(config, Engine.from_dir(Path(models_dir) / name, engine))
+
+    plain, plain_b = plain_server("a"), plain_server("b")
     ray_target = f"127.0.0.1:{PORT}"
     for name, fn in (
         ("equivalence", lambda: equivalence(ray_target, plain.target)),
         ("health_reflection_auth", lambda: health_reflection_auth(ray_target)),
         ("limits", lambda: limits_cancel_deadline(ray_target)),
+        ("models", lambda: models(ray_target, plain_b.target)),
+        # OK so far: 6 in the equivalence (3 modes, unary and stream) and 10 in the models
+        ("ray_metrics", lambda: ray_metrics(expected_ok=16)),
         ("replica_kill", lambda: replica_kill(ray_target)),
     ):
         try:
@@ -236,6 +328,7 @@ def main(bundle: str, out_path: str) -> int:
             result[name] = {"error": f"{type(exc).__name__}: {exc}"}
         Path(out_path).write_text(json.dumps(result, indent=2))
     plain.stop()
+    plain_b.stop()
     return 0
 
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from distill_serve.client.v1 import distill_pb2 as pb
 from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
+from distill_serve.codecs import read_file
 from distill_serve.server.app import ServerConfig
 from distill_serve.server.engine import Engine
 from distill_serve.server.request import Limits
@@ -54,9 +55,13 @@ def specs(draw: st.DrawFn) -> pb.GenerationSpec:
         mode=draw(st.one_of(st.sampled_from([0, 1, 2, 3]), enums)),
         duration_s=draw(floats),
         sample_rate=draw(rates),
-        encoding=draw(st.one_of(st.sampled_from([0, 1, 2, 3]), enums)),
+        encoding=draw(st.one_of(st.sampled_from([0, 1, 2, 3, 4, 5]), enums)),
         spatial=draw(st.one_of(st.sampled_from([0, 1, 2, 3]), enums)),
     )
+    if draw(st.booleans()):
+        spec.bitrate_bps = draw(st.one_of(st.sampled_from([5999, 6000, 510000, 510001]), u32))
+    if draw(st.booleans()):
+        spec.bits_per_sample = draw(st.one_of(st.sampled_from([8, 16, 24, 32]), u32))
     if draw(st.booleans()):
         spec.seed = draw(st.integers(0, 2**64 - 1))
     if draw(st.booleans()):
@@ -107,7 +112,7 @@ def test_fuzzed_specs_get_clean_statuses(channel: grpc.Channel, report) -> None:
     seen: Counter[str] = Counter()
 
     @FUZZ_SETTINGS
-    @given(spec=specs(), stream=st.booleans(), container=st.sampled_from([0, 1, 2, 7]))
+    @given(spec=specs(), stream=st.booleans(), container=st.sampled_from([0, 1, 2, 3, 4, 7]))
     def check(spec: pb.GenerationSpec, stream: bool, container: int) -> None:
         try:
             if stream:
@@ -164,10 +169,16 @@ def valid_specs(draw: st.DrawFn) -> pb.GenerationSpec:
         mode=mode,
         duration_s=draw(st.floats(1e-4, 0.6)),
         sample_rate=draw(st.sampled_from([0, 16000, 22050, 24000, 32000, 44100, 48000, 96000])),
-        encoding=draw(st.sampled_from([0, 1, 2, 3])),
+        encoding=draw(st.sampled_from([0, 1, 2, 3, 4, 5])),
         spatial=draw(st.sampled_from([0, 1, 2, 3])),
         seed=draw(st.integers(0, 2**63 - 2)),
     )
+    if spec.encoding == pb.AUDIO_ENCODING_OPUS:
+        spec.sample_rate = draw(st.sampled_from([0, 16000, 24000, 48000]))
+        if draw(st.booleans()):
+            spec.bitrate_bps = draw(st.integers(6000, 510000))
+    if spec.encoding == pb.AUDIO_ENCODING_FLAC and draw(st.booleans()):
+        spec.bits_per_sample = draw(st.sampled_from([16, 24]))
     if draw(st.booleans()):
         spec.stereo_width = draw(st.floats(0.0, 2.0, width=32))
     if draw(st.booleans()):
@@ -204,10 +215,16 @@ def test_valid_specs_always_succeed_with_exact_length(channel: grpc.Channel, rep
     def check(spec: pb.GenerationSpec) -> None:
         nonlocal count
         reply = stub.Generate(pb.GenerateRequest(spec=spec), timeout=60)
-        rate = spec.sample_rate or 44100
+        opus = spec.encoding == pb.AUDIO_ENCODING_OPUS
+        rate = spec.sample_rate or (48000 if opus else 44100)
         assert reply.format.total_samples == max(1, round(spec.duration_s * rate))
-        width = {0: 2, 1: 2, 2: 3, 3: 4}[spec.encoding]
-        assert len(reply.audio) == reply.format.total_samples * reply.format.channels * width
+        if spec.encoding in (pb.AUDIO_ENCODING_FLAC, pb.AUDIO_ENCODING_OPUS):
+            audio, file_rate = read_file(reply.audio)  # a whole file, decoded to its length
+            assert file_rate == rate
+            assert audio.shape == (reply.format.channels, reply.format.total_samples)
+        else:
+            width = {0: 2, 1: 2, 2: 3, 3: 4}[spec.encoding]
+            assert len(reply.audio) == reply.format.total_samples * reply.format.channels * width
         count += 1
 
     check()

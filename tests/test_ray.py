@@ -1,6 +1,7 @@
-"""distill-serve on Ray Serve (two replicas behind Serve's gRPC proxy) against a plain server
-of the same bundle: equivalence, health, reflection, auth, limits, cancellation, deadlines
-and a replica killed under load.
+"""distill-serve on Ray Serve (two replicas behind Serve's gRPC proxy, a repository of two
+models multiplexed one per replica) against plain servers of the same bundles: equivalence,
+models, our metrics in Ray's export, health, reflection, auth, limits, cancellation,
+deadlines and a replica killed under load.
 
 Everything runs in one subprocess inside a new network namespace that has only loopback
 (``unshare -n``, ``lo`` up): Ray binds every interface and rewrites 127.0.0.1 to the host's
@@ -42,12 +43,17 @@ def ray_run(
     problem = _namespace_problem()
     if problem is not None:
         pytest.skip(problem)
-    out = tmp_path_factory.mktemp("ray") / "result.json"
+    from tests.test_faults import other_model
+
+    work = tmp_path_factory.mktemp("ray")
+    out = work / "result.json"
+    models = work / "models"
+    models.mkdir()
+    (models / "a").symlink_to(stand_in_bundle, target_is_directory=True)
+    other_model(stand_in_bundle, models / "b", seed=99)
     env = dict(os.environ, PYTHONPATH=str(ROOT), **RAY_ENV)
     env.pop("RAY_ADDRESS", None)
-    command = (
-        f"ip link set lo up && exec {sys.executable} -m tests.ray_scenarios {stand_in_bundle} {out}"
-    )
+    command = f"ip link set lo up && exec {sys.executable} -m tests.ray_scenarios {models} {out}"
     proc = subprocess.run(
         ["unshare", "-n", "sh", "-c", command],
         cwd=ROOT,
@@ -69,6 +75,27 @@ def test_every_mode_is_byte_identical_through_ray(ray_run: dict[str, Any]) -> No
         assert eq[mode]["unary_identical"] and eq[mode]["stream_identical"], eq[mode]
         assert eq[mode]["shape"] == [2, round(2.2 * 48000)]
     assert eq["info"]["latent_dim"] == 64 and 48000 in eq["info"]["rates"]
+
+
+def test_a_repository_through_serves_multiplexing(ray_run: dict[str, Any]) -> None:
+    """Calls alternate between two models on replicas that keep one each: every reply of
+    ``b`` equals a plain server's (unary and streamed), ``a`` is another model."""
+    m = ray_run["models"]
+    assert "error" not in m, m
+    assert m["b_identical"] == [True, True, True] and m["a_differs"] == [True, True]
+    assert m["info_b"] == "b" and m["listed"] == ["a", "b"]
+    assert m["unknown"][0] == "NOT_FOUND"
+    assert m["disagree"] == "INVALID_ARGUMENT"
+    assert m["load"] == "UNIMPLEMENTED"
+
+
+def test_our_metrics_reach_rays_export_from_every_replica(ray_run: dict[str, Any]) -> None:
+    metrics = ray_run["ray_metrics"]
+    assert "error" not in metrics, metrics
+    assert len(metrics["replicas"]) == 2, metrics
+    assert set(metrics["models"]) >= {"a", "b"}
+    assert {"Generate", "GenerateStream"} <= set(metrics["rpcs"])
+    assert metrics["ok_requests"] >= 16  # every OK call the scenarios before it made
 
 
 def test_health_reflection_and_auth_through_the_proxy(ray_run: dict[str, Any]) -> None:
@@ -108,6 +135,10 @@ def test_app_from_config_builds_the_application(stand_in_bundle: Path) -> None:
     pytest.importorskip("ray.serve")
     app = ray_serve.app_from_config({"bundle": str(stand_in_bundle), "replicas": 2})
     assert type(app).__name__ == "Application"
+    repo = ray_serve.app_from_config({"models": str(stand_in_bundle.parent), "replicas": 2})
+    assert type(repo).__name__ == "Application"
+    with pytest.raises(ValueError, match="one of 'bundle' and 'models'"):
+        ray_serve.app_from_config({"bundle": str(stand_in_bundle), "models": "x"})
     with pytest.raises(ValueError, match="unknown"):
         ray_serve.app_from_config({"bundle": str(stand_in_bundle), "replica": 2})
     with pytest.raises(ValueError, match="--min-replicas"):

@@ -282,6 +282,26 @@ def test_a_bad_token_is_a_status_not_a_crash(library: distill_c.Library, engine:
         server.stop()
 
 
+def test_the_model_is_chosen_by_name(library: distill_c.Library, server: ServerThread) -> None:
+    """distill_config.model picks a server's model: the right name plays, an unknown one
+    fails the session with NOT_FOUND (no retries) and model info names the models."""
+    name = server.server.models.default_name
+    info = library.model_info(library.config(server=server.target, model=name))
+    assert info.latent_dim == 64
+    with pytest.raises(RuntimeError, match=f"no model named 'nope'.*{name}"):
+        library.model_info(library.config(server=server.target, model="nope"))
+    config = library.config(server=server.target, model="nope", sample_rate=RATE)
+    with distill_c.Session(library, config) as session:
+        _wait_for(session, "failed", 30)
+        status = session.status()
+        assert status.state_name == "failed" and status.connects == 1
+        assert status.last_error.decode().startswith("NOT_FOUND")
+    config = library.config(server=server.target, model=name, sample_rate=RATE)
+    with distill_c.Session(library, config) as session:
+        _wait_for(session, "playing", 30)
+        assert np.abs(_play(session, 0.3)).max() > 0
+
+
 def test_controls_from_many_threads(library: distill_c.Library, server: ServerThread) -> None:
     """Four threads set controls as fast as they can while the audio thread renders: every
     call returns OK or QUEUE_FULL, the session keeps playing and hears the controls."""

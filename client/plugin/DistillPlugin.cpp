@@ -1,8 +1,9 @@
 // Distill: a CLAP / VST3 / LV2 instrument (DISTRHO Plugin Framework) that plays a live
 // distill-serve session through libdistill. Stereo out, no audio in, no GUI: hosts show the
-// parameters (play, seed, evolution, stereo width, the model's sliders). The server address and
-// token are plug-in state (CLAP, VST3), saved with the project; they default to
-// $DISTILL_SERVER / $DISTILL_TOKEN, then 127.0.0.1:50051 (the LV2 build reads only those).
+// parameters (play, seed, evolution, stereo width, the model's sliders). The server address,
+// token and model name are plug-in state (CLAP, VST3), saved with the project; they default to
+// $DISTILL_SERVER / $DISTILL_TOKEN / $DISTILL_MODEL, then 127.0.0.1:50051 and the server's
+// default model (the LV2 build reads only those). Slider names come from the model at load.
 // The latency reported to the host is the session's (lookahead + jitter margin).
 //
 // Threads: run() renders from libdistill's ring (real-time safe). Parameter changes go to the
@@ -36,7 +37,7 @@ enum ParameterIndex : uint32_t {
   kParamUnderruns,
   kParamCount
 };
-enum StateIndex : uint32_t { kStateServer = 0, kStateToken, kStateCount };
+enum StateIndex : uint32_t { kStateServer = 0, kStateToken, kStateModel, kStateCount };
 #if DISTRHO_PLUGIN_WANT_STATE
 constexpr uint32_t kStates = kStateCount;
 #else
@@ -64,7 +65,8 @@ class DistillPlugin : public Plugin {
   DistillPlugin()
       : Plugin(kParamCount, 0, kStates),
         server_(EnvOr("DISTILL_SERVER", "127.0.0.1:50051")),
-        token_(EnvOr("DISTILL_TOKEN", "")) {
+        token_(EnvOr("DISTILL_TOKEN", "")),
+        model_(EnvOr("DISTILL_MODEL", "")) {
     values_[kParamPlay] = 1;
     values_[kParamSeed] = kDefaultSeed;
     values_[kParamEvolution] = 0;
@@ -137,22 +139,32 @@ class DistillPlugin : public Plugin {
       state.key = "server";
       state.label = "Server (host:port)";
       state.defaultValue = server_.c_str();
-    } else {
+    } else if (index == kStateToken) {
       state.key = "token";
       state.label = "Token";
       state.defaultValue = token_.c_str();
+    } else {
+      state.key = "model";
+      state.label = "Model (empty: the server's default)";
+      state.defaultValue = model_.c_str();
     }
   }
 
-  String getState(const char* key) const override {
-    return String(std::strcmp(key, "server") == 0 ? server_.c_str() : token_.c_str());
-  }
+  String getState(const char* key) const override { return String(Field(key).c_str()); }
 
   void setState(const char* key, const char* value) override {
-    std::string& field = std::strcmp(key, "server") == 0 ? server_ : token_;
+    std::string& field = Field(key);
     if (field == value) return;
     field = value;
-    if (active_) Replace(Open());  // a new server or token: a new session
+    if (active_) Replace(Open());  // a new server, token or model: a new session
+  }
+
+  std::string& Field(const char* key) {
+    if (std::strcmp(key, "server") == 0) return server_;
+    return std::strcmp(key, "model") == 0 ? model_ : token_;
+  }
+  const std::string& Field(const char* key) const {
+    return const_cast<DistillPlugin*>(this)->Field(key);
   }
 #endif
 
@@ -219,6 +231,7 @@ class DistillPlugin : public Plugin {
     distill_config_init(&config);
     config.server = server_.c_str();
     config.token = token_.c_str();
+    config.model = model_.c_str();
     config.mode = DISTILL_MODE_SLIDER;
     config.has_seed = 1;
     config.seed = static_cast<uint64_t>(std::lround(values_[kParamSeed]));
@@ -260,6 +273,7 @@ class DistillPlugin : public Plugin {
     distill_config_init(&config);
     config.server = server_.c_str();
     config.token = token_.c_str();
+    config.model = model_.c_str();
     char error[256];
     distill_model_info* info = distill_model_info_get(&config, 1.0, error, sizeof error);
     if (!info) return;  // generic names, no start positions sent; the session still plays
@@ -274,6 +288,7 @@ class DistillPlugin : public Plugin {
 
   std::string server_;
   std::string token_;
+  std::string model_;
   float values_[kParamCount] = {};
   SliderInfo sliders_[kMaxSliders];
   uint32_t num_sliders_ = 0;  // the model's sliders (up to kMaxSliders), once known

@@ -111,6 +111,9 @@ typedef struct distill_config {
   uint32_t channels;
   /* The largest frames argument distill_render will get, 1..DISTILL_MAX_BLOCK. */
   uint32_t max_frames;
+  /* The server's model by name (a server of many: `serve --models`); NULL or "": its
+     default model. An unknown name fails the session with NOT_FOUND naming the models. */
+  const char *model;
 } distill_config;
 
 typedef struct distill_status {

@@ -43,6 +43,7 @@ class Config(ctypes.Structure):
         ("sample_rate", ctypes.c_uint32),
         ("channels", ctypes.c_uint32),
         ("max_frames", ctypes.c_uint32),
+        ("model", ctypes.c_char_p),
     ]
 
 

@@ -197,7 +197,9 @@ distill_model_info* distill_model_info_get(const distill_config* config, double 
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::milliseconds(static_cast<int64_t>((timeout_s > 0 ? timeout_s : 10) * 1000)));
   auto info = std::make_unique<distill_model_info>();
-  grpc::Status status = stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info->response);
+  v1::GetModelInfoRequest request;
+  if (config->model) request.set_model(config->model);
+  grpc::Status status = stub->GetModelInfo(&context, request, &info->response);
   if (!status.ok()) {
     WriteError(error, error_size, endpoint.server + ": " + status.error_message());
     return nullptr;

@@ -23,6 +23,7 @@ v1::GenerationSpec SpecFromConfig(const distill_config& config) {
   spec.set_sample_rate(config.sample_rate);
   spec.set_encoding(v1::AUDIO_ENCODING_FLOAT32);
   spec.set_spatial(config.channels == 2 ? v1::SPATIAL_MODE_STEREO_MID_SIDE : v1::SPATIAL_MODE_MONO);
+  if (config.model) spec.set_model(config.model);
   return spec;
 }
 

@@ -269,7 +269,6 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
                 context, label, rpc, mode, grpc.StatusCode.RESOURCE_EXHAUSTED, "models_full",
                 str(exc),
             )  # fmt: skip
-        raise AssertionError("unreachable: abort raises")
 
     async def _admit(
         self,
@@ -312,7 +311,6 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
                 context, name, rpc, mode, grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument",
                 str(exc),
             )  # fmt: skip
-            raise  # unreachable: abort raises
         busy = self._models.in_flight - 1  # this lease is counted already
         per_model = self._limits.max_concurrent_per_model
         capacity = engine.live_capacity

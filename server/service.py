@@ -247,6 +247,12 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             context.set_trailing_metadata((("retry-after-ms", str(RETRY_AFTER_MS)),))
         await context.abort(code, details)
 
+    def _label(self, name: str) -> str:
+        """A request's model as a metrics label: a name the client chose is only used if it
+        is one of the repository's (else every made-up name would be a new series)."""
+        name = name or self._models.default_name
+        return name if name in self._models.names() else "unknown"
+
     async def _lease(
         self, name: str, context: grpc.aio.ServicerContext, rpc: str, mode: str, live: bool
     ) -> Lease:
@@ -399,7 +405,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             container = _container(request)
         except InvalidRequest as exc:
             await self._refuse(
-                context, request.spec.model or self._models.default_name, "Generate",
+                context, self._label(request.spec.model), "Generate",
                 _mode_label(request.spec), grpc.StatusCode.INVALID_ARGUMENT,
                 "invalid_argument", str(exc),
             )  # fmt: skip
@@ -459,7 +465,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         except InvalidRequest as exc:
             model = first.start.spec.model if first is not None else ""
             await self._refuse(
-                context, model or self._models.default_name, "GenerateLive", "unknown",
+                context, self._label(model), "GenerateLive", "unknown",
                 grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument", str(exc),
             )  # fmt: skip
         run = await self._admit(start.spec, "GenerateLive", context, open_ended=True)

@@ -284,3 +284,25 @@ def test_fuzzed_model_control_gets_clean_statuses(  # type: ignore[no-untyped-de
     reply = stub.ListModels(pb.ListModelsRequest(), timeout=60)
     assert [(m.name, m.state) for m in reply.models] == [(model, pb.MODEL_STATE_READY)]
     _assert_healthy(channel)
+
+
+def test_fuzzed_names_make_no_metric_series(
+    channel: grpc.Channel, fuzz_server: ServerThread
+) -> None:
+    """Made-up model names are counted as "unknown": whatever the fuzz cases above sent, the
+    metrics' ``model`` label holds only the server's model (a label per name a client makes
+    up would grow the registry without bound)."""
+    stub = pb_grpc.DistillServiceStub(channel)
+    for name in ("made-up-1", "made-up-2"):  # this test also runs alone
+        with pytest.raises(grpc.RpcError):
+            stub.Generate(
+                pb.GenerateRequest(spec=pb.GenerationSpec(model=name), container=99), timeout=60
+            )
+    labels = {
+        sample.labels["model"]
+        for family in fuzz_server.metrics.registry.collect()
+        for sample in family.samples
+        if "model" in sample.labels
+    }
+    assert labels <= {fuzz_server.server.models.default_name, "unknown"}, labels
+    assert "unknown" in labels

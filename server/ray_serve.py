@@ -250,6 +250,16 @@ class DistillDeployment:
             self._models = ModelRepository(
                 factory, models_dir=Path(source), default=default_model, grace_s=EVICTION_GRACE_S
             )
+            # The default model is loaded before the replica counts as running, as with one
+            # bundle: a new replica (a scale-up, a replacement) then answers at once instead
+            # of loading on its first calls (under a full CPU load that outlasted a 60 s
+            # deadline). The others load on demand.
+            default = self._models.default_name
+            try:
+                first = factory(self._models.entry(default).root)
+                self._models.add_engine(default, first, owned=True)
+            except Exception as exc:  # its calls then fail with the reason, others serve
+                log.warning("default model %s did not load at start: %s", default, exc)
         else:
             self._models = ModelRepository(factory, bundles={})
             self._models.add_engine(Path(source).name, factory(Path(source)))

@@ -282,14 +282,15 @@ class ModelRepository:
         return f"model {name!r} is not loaded (an operator unloaded it); LoadModel loads it"
 
     # --- model control -------------------------------------------------------------------
-    def add_engine(self, name: str, engine: Engine) -> None:
-        """Serve an engine built elsewhere as ``name`` (tests, and embedding servers);
-        the repository does not close it at shutdown, only when it replaces it."""
+    def add_engine(self, name: str, engine: Engine, owned: bool = False) -> None:
+        """Serve an engine built elsewhere as ``name`` (tests, embedding servers, a Ray
+        replica's constructor). Unless ``owned``, the repository does not close it at
+        shutdown, only when it replaces it."""
         entry = self._entries.get(name)
         if entry is None:
             entry = self._add(name, engine.bundle.root, peek=False)
         entry.disk_id = disk_id(entry.root)
-        self._ready(entry, engine, time.monotonic(), owned=False)
+        self._ready(entry, engine, time.monotonic(), owned=owned)
 
     async def load_all(self) -> None:
         """Load every model not loaded yet (the default first), up to ``max_loaded``."""

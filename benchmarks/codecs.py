@@ -20,7 +20,7 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from benchmarks import machine
-from distill_serve.audio import Encoding
+from distill_serve.audio import Encoding, decode
 from distill_serve.codecs import read_file
 from distill_serve.server.app import ensure_demo_bundle
 from distill_serve.server.audio_out import CODEC_CONTAINER, Container, whole
@@ -64,8 +64,6 @@ def _params(engine: Engine, mode: ChunkMode, encoding: Encoding, **codec: int) -
 
 def _decode(data: bytes, p: GenerationParams) -> np.ndarray:
     if p.encoding.is_pcm:
-        from distill_serve.audio import decode
-
         return decode(data, p.encoding, p.channels)
     return read_file(data)[0]
 

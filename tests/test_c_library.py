@@ -302,6 +302,36 @@ def test_the_model_is_chosen_by_name(library: distill_c.Library, server: ServerT
         assert np.abs(_play(session, 0.3)).max() > 0
 
 
+def test_wait_renders_offline_without_underruns(
+    library: distill_c.Library, server: ServerThread
+) -> None:
+    """distill_wait (offline rendering): a host that renders as fast as it can, waiting before
+    each call, gets the Python client's live session from its first frame, no silence and no
+    underrun; after stop, the wait returns once the fade-out has come."""
+    config = library.config(
+        server=server.target, sample_rate=RATE, channels=2, seed=5, max_frames=4096,
+        mode=3, sliders=[0, 3],
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    with distill_c.Session(library, config) as session:
+        chunks, total = [], RATE * 2
+        while sum(c.shape[1] for c in chunks) < total:
+            frames = int(rng.integers(1, 4097))
+            session.wait(frames, 30.0)
+            audio, played = session.render(frames)
+            assert played == frames
+            chunks.append(audio)
+        status = session.status()
+        assert status.underruns == 0 and status.frames_before_audio == 0
+        session.stop()
+        t0 = time.monotonic()
+        session.wait(4096, 30.0)  # returns when the session ends, not after 30 s
+        assert time.monotonic() - t0 < 20
+    audio = np.concatenate(chunks, axis=1)[:, :total]
+    ref = _python_live(server.target, total, 2, seed=5, sliders={0: 0, 1: 3}, sample_rate=RATE)
+    np.testing.assert_array_equal(audio.T, ref)
+
+
 def test_controls_from_many_threads(library: distill_c.Library, server: ServerThread) -> None:
     """Four threads set controls as fast as they can while the audio thread renders: every
     call returns OK or QUEUE_FULL, the session keeps playing and hears the controls."""

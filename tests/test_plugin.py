@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from distill_serve.server.app import ServerConfig
 from distill_serve.server.engine import Engine
@@ -265,5 +266,41 @@ def test_lv2_bundle_passes_lv2info(plugin: Path) -> None:
     assert "Name:              Distill" in out
     assert "reportsLatency" in out
     assert out.count("lv2core#OutputPort") >= 3  # two audio outputs and the latency port
-    for symbol in ("play", "seed", "evolution", "stereo_width", "slider0", "slider7"):
+    for symbol in ("play", "seed", "evolution", "stereo_width", "slider0", "slider7", "offline"):
         assert f"Symbol:      {symbol}\n" in out
+
+
+def test_lv2apply_renders_the_python_clients_audio(
+    plugin: Path, server: ServerThread, tmp_path: Path
+) -> None:
+    """lilv's ``lv2apply`` hosts the LV2 build: a file host with neither the options nor the
+    urid:map feature, one frame per run, faster than real time. With the Offline render control
+    on, the plug-in waits for the server: the output is the reported latency as silence, then
+    the Python client's live session for the same controls, sample for sample."""
+    if shutil.which("lv2apply") is None:
+        pytest.skip("lilv-utils not installed; .ci/run installs it")
+    rate, seconds = 48000, 3
+    lv2_path = tmp_path / "lv2"  # only the LV2 bundle (lilv reads every folder on LV2_PATH)
+    lv2_path.mkdir()
+    (lv2_path / "distill.lv2").symlink_to(plugin / "bin/distill.lv2")
+    silence = tmp_path / "in.wav"
+    sf.write(silence, np.zeros((rate * seconds, 1), np.float32), rate, subtype="FLOAT")
+    out = tmp_path / "out.wav"
+    proc = subprocess.run(
+        ["lv2apply", "-i", str(silence), "-o", str(out), "-c", "offline", "1", "-c", "seed", "11",
+         "-c", "slider2", "-4", "urn:distill-serve:distill"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "LV2_PATH": str(lv2_path), "DISTILL_SERVER": server.target,
+             "DISTILL_TOKEN": ""},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    audio, got_rate = sf.read(out, dtype="float32")
+    assert got_rate == rate and audio.shape == (rate * seconds, 2)
+    latency = round(0.35 * rate)  # lookahead 0.3 s + jitter 0.05 s, as the latency port says
+    assert np.abs(audio[:latency]).max() == 0.0
+    assert not np.isnan(audio).any() and np.abs(audio).max() <= 1.0
+    sliders = {**dict.fromkeys(range(8), 0), 2: -4}
+    ref, _ = _python_live_blocks(
+        server.target, len(audio) - latency, 2, seed=11, sliders=sliders, sample_rate=rate
+    )
+    np.testing.assert_array_equal(audio[latency:], ref)

@@ -31,9 +31,13 @@ enum ParameterIndex : uint32_t {
   kParamEvolution,
   kParamWidth,
   kParamSlider0,
+  // Offline render (a DAW's bounce, a file host such as lv2apply): run() waits for the
+  // server's audio instead of playing silence, and the audio starts exactly the reported
+  // latency into the render. Never on in a real-time host: it blocks.
+  kParamOffline = kParamSlider0 + kMaxSliders,
   // Outputs (meters): the session's state (distill_state: 0 connecting, 1 buffering,
   // 2 playing, 3 stopped, 4 failed) and its underrun count.
-  kParamStatus = kParamSlider0 + kMaxSliders,
+  kParamStatus,
   kParamUnderruns,
   kParamCount
 };
@@ -46,6 +50,8 @@ constexpr uint32_t kStates = 0;
 constexpr float kDefaultSeed = 7;
 constexpr double kLookaheadS = 0.3;
 constexpr double kJitterS = 0.05;
+// Offline: the longest wait for the server in one run() before it plays silence.
+constexpr double kOfflineWaitS = 10.0;
 
 std::string EnvOr(const char* name, const char* fallback) {
   const char* value = std::getenv(name);
@@ -112,6 +118,11 @@ class DistillPlugin : public Plugin {
       p.name = "Stereo width";
       p.symbol = "stereo_width";
       p.ranges = ParameterRanges(1, 0, 2);
+    } else if (index == kParamOffline) {
+      p.hints = kParameterIsBoolean | kParameterIsInteger;  // not automatable
+      p.name = "Offline render";
+      p.symbol = "offline";
+      p.ranges = ParameterRanges(0, 0, 1);
     } else if (index == kParamStatus) {
       p.hints = kParameterIsOutput | kParameterIsInteger;
       p.name = "Status";
@@ -173,6 +184,8 @@ class DistillPlugin : public Plugin {
   void setParameterValue(uint32_t index, float value) override {
     if (index >= kParamStatus) return;  // outputs
     values_[index] = value;
+    if (index == kParamOffline) return;  // read by run()
+    if (!ran_) set_before_first_run_ = true;
     readers_.fetch_add(1);
     distill_session* s = session_.load();
     if (s) Apply(s, index, value);
@@ -181,9 +194,13 @@ class DistillPlugin : public Plugin {
 
   void activate() override {
     active_ = true;
+    ran_ = false;
+    set_before_first_run_ = false;
+    offline_silence_left_ = 0;
     Replace(Open());
     distill_session* s = session_.load();
     setLatency(s ? distill_latency_frames(s) : 0);
+    offline_silence_left_ = s ? distill_latency_frames(s) : 0;
   }
 
   void deactivate() override {
@@ -192,12 +209,26 @@ class DistillPlugin : public Plugin {
   }
 
   void run(const float**, float** outputs, uint32_t frames) override {
+    const bool offline = values_[kParamOffline] >= 0.5f;
+    if (offline && !ran_ && set_before_first_run_) {
+      // A file host sets its controls only in the first run (DPF's LV2 wrapper reads the
+      // control ports there): offline, blocking is allowed, so the session starts on them.
+      Replace(Open());
+    }
+    ran_ = true;
     readers_.fetch_add(1);
     distill_session* s = session_.load();
     uint32_t done = 0;
+    if (s && offline && offline_silence_left_ > 0) {  // the latency, as silence
+      done = std::min(frames, offline_silence_left_);
+      offline_silence_left_ -= done;
+      std::memset(outputs[0], 0, sizeof(float) * done);
+      std::memset(outputs[1], 0, sizeof(float) * done);
+    }
     while (s && done < frames) {  // the host's buffer may be larger than one render call
       const uint32_t n = std::min<uint32_t>(frames - done, DISTILL_MAX_BLOCK);
       float* planes[2] = {outputs[0] + done, outputs[1] + done};
+      if (offline) distill_wait(s, n, kOfflineWaitS);
       distill_render(s, planes, n);
       done += n;
     }
@@ -293,6 +324,9 @@ class DistillPlugin : public Plugin {
   SliderInfo sliders_[kMaxSliders];
   uint32_t num_sliders_ = 0;  // the model's sliders (up to kMaxSliders), once known
   bool active_ = false;
+  uint32_t offline_silence_left_ = 0;  // run() only, after activate()
+  bool ran_ = false;                    // run() was called since activate()
+  bool set_before_first_run_ = false;   // a control changed between activate() and run()
   std::atomic<distill_session*> session_{nullptr};
   std::atomic<int> readers_{0};
 

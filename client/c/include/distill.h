@@ -159,6 +159,12 @@ DISTILL_API uint32_t distill_render_interleaved(distill_session *session, float 
                                                 uint32_t frames);
 
 /* Controls (any thread, non-blocking): they take effect in the server's next block. */
+/* Offline rendering only (a DAW's bounce, a file host), never in a real-time callback: waits
+   until the next distill_render of `frames` frames will play the server's audio rather than
+   silence, or the session stops, fails or closes, or timeout_s passes. Call it from the thread
+   that calls distill_render, just before it. Returns the frames buffered. The server still
+   sends a live session at real-time pace, so an offline render takes about the audio's time. */
+DISTILL_API uint32_t distill_wait(distill_session *session, uint32_t frames, double timeout_s);
 DISTILL_API int distill_set_slider(distill_session *session, uint32_t index, int32_t position);
 DISTILL_API int distill_set_latent(distill_session *session, const float *latent,
                                    uint32_t latent_dim);

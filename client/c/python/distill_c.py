@@ -92,6 +92,7 @@ class Library:
             "distill_open": (p, [ctypes.POINTER(Config), ctypes.c_char_p, ctypes.c_size_t]),
             "distill_render": (u32, [p, ctypes.POINTER(ctypes.POINTER(f32)), u32]),
             "distill_render_interleaved": (u32, [p, ctypes.POINTER(f32), u32]),
+            "distill_wait": (u32, [p, u32, ctypes.c_double]),
             "distill_set_slider": (ctypes.c_int, [p, u32, i32]),
             "distill_set_latent": (ctypes.c_int, [p, ctypes.POINTER(f32), u32]),
             "distill_set_evolution": (ctypes.c_int, [p, f32]),
@@ -194,6 +195,11 @@ class Session:
         row = ctypes.POINTER(ctypes.c_float)
         played = self.lib.distill_render_interleaved(self.handle, out.ctypes.data_as(row), frames)
         return out, played
+
+    def wait(self, frames: int, timeout_s: float) -> int:
+        """Offline rendering: block until ``render(frames)`` plays the server's audio (or the
+        session ends, or ``timeout_s``); the frames buffered."""
+        return int(self.lib.distill_wait(self.handle, frames, timeout_s))
 
     def set_slider(self, index: int, position: int) -> int:
         return int(self.lib.distill_set_slider(self.handle, index, position))

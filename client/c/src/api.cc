@@ -106,6 +106,11 @@ uint32_t distill_render_interleaved(distill_session* s, float* out, uint32_t fra
   return s->session->Render(planes, frames, s->session->channels());
 }
 
+uint32_t distill_wait(distill_session* s, uint32_t frames, double timeout_s) {
+  if (!s) return 0;
+  return s->session->Wait(frames, timeout_s);
+}
+
 int distill_set_slider(distill_session* s, uint32_t index, int32_t position) {
   if (index >= DISTILL_MAX_SLIDERS) return DISTILL_ERROR_ARGUMENT;
   distill::Control control;

@@ -92,7 +92,16 @@ class Playout {
     return n;
   }
 
+  // Frames the ring must hold for the next Render of `frames` to play the server's audio to
+  // its end (no silence, no fade-out): once playing, the block and the fade-out's lookahead;
+  // before, also the start_frames playback waits for.
+  size_t FramesNeeded(uint32_t frames) const {
+    const size_t block = static_cast<size_t>(frames) + kFadeFrames;
+    return playing_ ? block : std::max<size_t>(block, start_frames_);
+  }
+
   // --- any thread (status) ---
+  bool ended() const { return ended_.load(std::memory_order_acquire); }
   bool playing() const { return playing_now_.load(std::memory_order_relaxed); }
   bool drained() const {
     return ended_.load(std::memory_order_acquire) && audio_.Readable() == 0 && !playing();

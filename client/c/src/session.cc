@@ -200,6 +200,17 @@ bool Session::SleepUnlessClosing(double seconds) {
                          [this] { return closing_.load(); });
 }
 
+uint32_t Session::Wait(uint32_t frames, double timeout_s) {
+  if (frames == 0 || frames > max_frames_) return playout_.buffered();
+  const size_t need = playout_.FramesNeeded(frames);
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (playout_.buffered() < need && !playout_.ended() && !failed_.load() && !closing_.load() &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::microseconds(500));
+  }
+  return playout_.buffered();
+}
+
 distill_state Session::State() const {
   if (failed_.load() && playout_.drained()) return DISTILL_STATE_FAILED;
   if (!play_.load() && playout_.drained()) return DISTILL_STATE_STOPPED;

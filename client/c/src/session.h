@@ -82,6 +82,9 @@ class Session {
     if (frames == 0 || frames > max_frames_) return 0;
     return playout_.Render(out, frames, stride);
   }
+  // Offline rendering: blocks until the next Render of `frames` can play the server's audio
+  // (or the session ends, fails or closes, or timeout_s passes). The render thread only.
+  uint32_t Wait(uint32_t frames, double timeout_s);
   uint32_t channels() const { return channels_; }
   int Queue(const Control& control);
   uint32_t latency_frames() const { return latency_frames_; }

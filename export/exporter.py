@@ -28,7 +28,12 @@ from distill_serve.bundle import (
 from distill_serve.export.antialias import polyphase_activations
 from distill_serve.export.bridge import MelBridge, default_ridge
 from distill_serve.export.checkpoint import DistillCheckpoint, load_checkpoint
-from distill_serve.export.graphs import export_onnx, export_torchscript, onnx_io
+from distill_serve.export.graphs import (
+    export_onnx,
+    export_onnx_traced,
+    export_torchscript,
+    onnx_io,
+)
 from distill_serve.export.half import half_convolutions
 from distill_serve.export.parity import ParityResult, check_parity, snr_db
 from distill_serve.export.quantize import quantize_vocoder
@@ -338,6 +343,7 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
             stage,
             timings,
             graph_module=voc_graph,
+            traced_axes={"mel": {2: "frames"}, "audio": {2: "samples"}},
         )
         stream_manifest = None
         stream_failures: list[ParityResult] = []
@@ -558,8 +564,12 @@ def _export_graph(
     timings: dict[str, float],
     script: bool = False,
     graph_module: torch.nn.Module | None = None,
+    traced_axes: dict[str, dict[int, str]] | None = None,
 ) -> Callable[..., np.ndarray]:
     """Export ``graph_module`` (default ``module``) and check it against ``module``.
+
+    ``traced_axes``: export with the TorchScript-based exporter and these dynamic axes
+    (see :func:`~distill_serve.export.graphs.export_onnx_traced`) instead of ``dynamic``.
 
     Returns:
         The torch reference it checked against, with its outputs on ``cases`` kept.
@@ -568,7 +578,15 @@ def _export_graph(
     module = module if graph_module is None else graph_module
     stage.step(f"export {role}.onnx")
     t0 = time.perf_counter()
-    path = export_onnx(module, example, input_names, output_names, dynamic, out / f"{role}.onnx")
+    if traced_axes is None:
+        path = export_onnx(
+            module, example, input_names, output_names, dynamic, out / f"{role}.onnx"
+        )
+    else:
+        path = export_onnx_traced(
+            module, example, input_names, output_names, traced_axes, out / f"{role}.onnx",
+            fold=True,
+        )  # fmt: skip
     timings[path.name] = round(time.perf_counter() - t0, 2)
     stage.step(f"parity {role}.onnx")
     parity[path.name] = check_parity(path.name, role, cases, reference, _ort_runner(path))

@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import onnx
+import onnxruntime as ort
 import torch
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 ONNX_OPSET = 20
 
@@ -108,12 +111,15 @@ def export_onnx_traced(
     dynamic_axes: dict[str, dict[int, str]],
     path: Path,
     opset: int = 17,
+    fold: bool = False,
 ) -> Path:
     """Export with the TorchScript-based exporter (``dynamo=False``), then check.
 
     For graphs of many small ops: the streaming vocoder (hundreds of state slices and
     concatenations) took 204 s with the dynamo exporter and 11.5 s this way, with the same
-    output (137.8 dB against torch either way).
+    output (137.8 dB against torch either way). The whole-clip vocoder too (``fold=True``):
+    the stand-in's took 60-67 s with the dynamo exporter and its optimiser, 6.5 s this way
+    and then :func:`fold_for_onnxruntime`, with the same parity (123.3 dB) and run time.
     """
     with _quiet_exporter():
         torch.onnx.export(
@@ -126,5 +132,35 @@ def export_onnx_traced(
             output_names=list(output_names),
             dynamic_axes=dynamic_axes,
         )
+    if fold:
+        fold_for_onnxruntime(path)
     onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def fold_for_onnxruntime(path: Path) -> Path:
+    """Rewrite ``path`` with onnxruntime's basic graph optimisations (constant folding,
+    redundant-node removal: standard ops only, independent of the hardware and provider) and
+    symbolic shapes for every value; inputs and outputs keep their declared shapes.
+
+    The TorchScript-based exporter writes thousands of ``Constant`` and ``Identity`` nodes and
+    no intermediate shapes: onnxruntime would fold them again at every session start, and its
+    buffer-reuse planner takes seconds over values without shapes (the stand-in vocoder: 2.6 s
+    a session as exported, 0.1 s folded, as the dynamo exporter's graph).
+    """
+    original = onnx.load(str(path))
+    with tempfile.TemporaryDirectory(prefix="distill-fold-") as tmp:
+        folded_path = Path(tmp) / path.name
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(folded_path)
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        folded = onnx.load(str(folded_path))
+    for declared, value in zip(original.graph.input, folded.graph.input, strict=True):
+        value.type.CopyFrom(declared.type)
+    for declared, value in zip(original.graph.output, folded.graph.output, strict=True):
+        value.type.CopyFrom(declared.type)
+    inferred = SymbolicShapeInference.infer_shapes(folded, auto_merge=True)
+    onnx.save(inferred, str(path))
     return path

@@ -58,15 +58,21 @@ def native_toolchain_missing() -> str | None:
     return None
 
 
-def build_client(build: Path) -> None:
-    """``cmake -S client -B build && cmake --build build``: the C++ examples and libdistill."""
-    _run(["cmake", "-S", str(ROOT / "client"), "-B", str(build)])
-    _run(["cmake", "--build", str(build), "-j2"])
+def _niced(cmd: list[str], nice: int) -> list[str]:
+    return ["nice", "-n", str(nice), *cmd] if nice and shutil.which("nice") else cmd
+
+
+def build_client(build: Path, nice: int = 0) -> None:
+    """``cmake -S client -B build && cmake --build build``: the C++ examples and libdistill
+    (``nice``: at that lower CPU priority, so that a build in the background leaves the
+    cores to the stand-in export the first test modules wait for)."""
+    _run(_niced(["cmake", "-S", str(ROOT / "client"), "-B", str(build)], nice))
+    _run(_niced(["cmake", "--build", str(build), "-j2"], nice))
     (build / "built").touch()
 
 
-def build_plugin(out: Path, client: Path) -> None:
+def build_plugin(out: Path, client: Path, nice: int = 0) -> None:
     """``make -C client/plugin OUT=out CLIENT_BUILD=client all test-host``."""
-    _run(["make", "-C", str(ROOT / "client/plugin"), "-j2", f"OUT={out}",
-          f"CLIENT_BUILD={client}", "all", "test-host"])  # fmt: skip
+    _run(_niced(["make", "-C", str(ROOT / "client/plugin"), "-j2", f"OUT={out}",
+                 f"CLIENT_BUILD={client}", "all", "test-host"], nice))  # fmt: skip
     (out / "built").touch()

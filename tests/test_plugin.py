@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,12 @@ def test_builds_every_format(plugin: Path) -> None:
     ("rate", "seconds"), [(48000, 20.0), (96000, 8.0), (44100, 6.0), (88200, 6.0)]
 )
 def test_clap_host_plays_the_python_clients_audio(
-    plugin: Path, server: ServerThread, tmp_path: Path, rate: int, seconds: float
+    plugin: Path,
+    server: ServerThread,
+    tmp_path: Path,
+    rate: int,
+    seconds: float,
+    report: Callable[[str], None],
 ) -> None:
     """Random buffers of 1..4096 frames in real time; slider 2 moves at 40 % of the run, play
     goes off at 80 %. The host then plays on until 0.5 s after the Status meter reads stopped
@@ -99,6 +105,11 @@ def test_clap_host_plays_the_python_clients_audio(
     same_until = min([changed, *[u - 2 * 4096 for u in underruns]])
     assert same_until - start > rate // 4, (underruns, start, changed)
     np.testing.assert_array_equal(audio[start:same_until], ref[: same_until - start])
+    report(
+        f"plug-in (CLAP host) at {rate} Hz: latency {latency} frames, {len(underruns)} underruns"
+        f" in {len(audio) / rate:.1f} s of random buffers of 1..4096 frames; equal to the Python"
+        f" client's session over {same_until - start} frames"
+    )
     if underruns:
         return  # where the change is heard and how stop sounds need the audio unfaded
     # When the change is heard: the ring holds at most the lookahead, one block and what the
@@ -107,6 +118,7 @@ def test_clap_host_plays_the_python_clients_audio(
     differs = np.flatnonzero(np.abs(audio[start:stopped] - ref[: stopped - start]).max(axis=1) > 0)
     heard = start + int(differs[0]) - changed
     assert 0 < heard <= latency + 2 * block + start + rate // 50, (heard, latency, block, start)
+    report(f"plug-in (CLAP host) at {rate} Hz: a parameter change heard after {heard} frames")
     # Play off: the server's fade-out, then silence to the end.
     tail = audio[stopped:]
     assert np.abs(tail[-rate // 2 :]).max() == 0.0
@@ -271,7 +283,10 @@ def test_lv2_bundle_passes_lv2info(plugin: Path) -> None:
 
 
 def test_lv2apply_renders_the_python_clients_audio(
-    plugin: Path, server: ServerThread, tmp_path: Path
+    plugin: Path,
+    server: ServerThread,
+    tmp_path: Path,
+    report: Callable[[str], None],
 ) -> None:
     """lilv's ``lv2apply`` hosts the LV2 build: a file host with neither the options nor the
     urid:map feature, one frame per run, faster than real time. With the Offline render control
@@ -304,3 +319,7 @@ def test_lv2apply_renders_the_python_clients_audio(
         server.target, len(audio) - latency, 2, seed=11, sliders=sliders, sample_rate=rate
     )
     np.testing.assert_array_equal(audio[latency:], ref)
+    report(
+        f"plug-in (lv2apply, offline) at {rate} Hz: {latency} frames of silence, then the Python"
+        f" client's session over {len(ref)} frames, sample for sample"
+    )

@@ -196,7 +196,6 @@ class DistillPlugin : public Plugin {
     active_ = true;
     ran_ = false;
     set_before_first_run_ = false;
-    offline_silence_left_ = 0;
     Replace(Open());
     distill_session* s = session_.load();
     setLatency(s ? distill_latency_frames(s) : 0);
@@ -325,8 +324,9 @@ class DistillPlugin : public Plugin {
   uint32_t num_sliders_ = 0;  // the model's sliders (up to kMaxSliders), once known
   bool active_ = false;
   uint32_t offline_silence_left_ = 0;  // run() only, after activate()
-  bool ran_ = false;                    // run() was called since activate()
-  bool set_before_first_run_ = false;   // a control changed between activate() and run()
+  // Written by run() and by setParameterValue(), which a host may call on another thread.
+  std::atomic<bool> ran_{false};                   // run() was called since activate()
+  std::atomic<bool> set_before_first_run_{false};  // a control changed before the first run()
   std::atomic<distill_session*> session_{nullptr};
   std::atomic<int> readers_{0};
 

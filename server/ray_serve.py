@@ -90,6 +90,12 @@ class RayConfig:
     #: the local head's Prometheus endpoint for Ray's metrics, ours among them (None: Ray's
     #: default, a free port)
     metrics_export_port: int | None = None
+    #: the niceness of the local head's worker processes (replicas, Serve's proxy and
+    #: controller). Ray's own default is 15, meant to keep its raylet ahead of user tasks;
+    #: here the replicas are the workload, and at 15 any other busy process on the machine
+    #: takes ~97 % of a shared core from them (a Serve start took minutes, the Ray tests
+    #: 25+ min, under a CPU load). A cluster joined with ``address`` keeps its own setting.
+    worker_niceness: int = 0
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -100,6 +106,8 @@ class RayConfig:
             raise ValueError("need 0 <= --min-replicas <= --max-replicas")
         if self.cpus_per_replica < 0 or self.gpus_per_replica < 0:
             raise ValueError("--cpus-per-replica and --gpus-per-replica must be >= 0")
+        if not 0 <= self.worker_niceness <= 19:
+            raise ValueError(f"worker_niceness must be in 0..19, got {self.worker_niceness}")
         if self.max_models_per_replica < 0:
             raise ValueError("--max-models-per-replica must be >= 0 (0: no limit)")
 
@@ -474,6 +482,11 @@ def start(
             logging_level=logging.WARNING,
             configure_logging=False,
             _metrics_export_port=ray_config.metrics_export_port,
+            _system_config=(
+                None
+                if ray_config.address is not None
+                else {"worker_niceness": ray_config.worker_niceness}
+            ),
         )
     deadline = time.monotonic() + PROXY_START_S
     while True:

@@ -10,6 +10,7 @@ binds every interface, which is why this never runs on the host's network.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import threading
@@ -294,17 +295,40 @@ def replica_kill(target: str) -> dict[str, Any]:
     }
 
 
+def ray_niceness() -> dict[str, int]:
+    """The niceness of each of Ray's worker processes (replicas, Serve's proxy and
+    controller), read from ``/proc`` (this runs in its own PID namespace: they are Ray's)."""
+    out: dict[str, int] = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode()
+            if title.startswith("ray::"):
+                out[f"{proc.name} {title[:80]}"] = os.getpriority(os.PRIO_PROCESS, int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or it ended
+    return out
+
+
+def _progress(what: str) -> None:
+    """One line on stderr per phase, with the time: what the test shows when a phase hangs."""
+    print(f"[ray_scenarios {time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
+
+
 def main(models_dir: str, out_path: str) -> int:
     engine = EngineConfig(use_cuda=False)
     limits = Limits(max_concurrent=1)
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"phase_s": {}}
     started = time.perf_counter()
+    _progress("starting Ray and deploying")
     ray_config = RayConfig(replicas=2, max_models_per_replica=1, metrics_export_port=METRICS_PORT)
     start(
         Path(models_dir), engine, limits, (TOKEN,), ray_config, "127.0.0.1", PORT,
         repository=True, default_model="a",
     )  # fmt: skip
     result["ray_start_s"] = round(time.perf_counter() - started, 1)
+    result["phase_s"]["ray_start"] = result["ray_start_s"]
+    _progress(f"deployed in {result['ray_start_s']} s")
+    result["niceness"] = ray_niceness()
     from tests.conftest import ServerThread
 
     def plain_server(name: str) -> ServerThread:
@@ -322,10 +346,14 @@ def main(models_dir: str, out_path: str) -> int:
         ("ray_metrics", lambda: ray_metrics(expected_ok=16)),
         ("replica_kill", lambda: replica_kill(ray_target)),
     ):
+        began = time.perf_counter()
+        _progress(f"{name}: started")
         try:
             result[name] = fn()
         except Exception as exc:  # recorded for the test to report
             result[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        result["phase_s"][name] = round(time.perf_counter() - began, 1)
+        _progress(f"{name}: {result['phase_s'][name]} s")
         Path(out_path).write_text(json.dumps(result, indent=2))
     plain.stop()
     plain_b.stop()

@@ -135,6 +135,50 @@ def ensure_demo_bundle(path: Path | None = None) -> Path:
     return path
 
 
+def repository_hooks(metrics: Metrics) -> RepositoryHooks:
+    """A repository's events in ``metrics``: loads and their time, evictions, states, and
+    every engine it makes ready attached (:func:`attach_engine`). A plain server and each
+    Ray replica wire their repository so."""
+    m = metrics
+
+    def on_load(name: str, seconds: float, outcome: str) -> None:
+        m.model_loads.labels(name, outcome).inc()
+        if outcome == "ok":
+            m.model_load_seconds.labels(name).observe(seconds)
+
+    def on_state(name: str, state: ModelState) -> None:
+        for s in ModelState:
+            m.model_state.labels(name, s.value).set(1 if s is state else 0)
+
+    return RepositoryHooks(
+        on_engine=lambda name, engine: attach_engine(m, name, engine),
+        on_load=on_load,
+        on_evict=lambda name: m.model_evictions.labels(name).inc(),
+        on_state=on_state,
+    )
+
+
+def attach_engine(metrics: Metrics, name: str, engine: Engine) -> None:
+    """Count the engine's CUDA fallbacks and failed CUDA starts in ``metrics`` (a failure
+    before the server existed counts once, here), and its step scheduler's runs, under its
+    model's name."""
+    m = metrics
+    engine.on_fallback = lambda graph: m.fallbacks.labels(name, graph).inc()
+    engine.on_primary_failure = lambda reason: m.primary_failures.labels(name).inc()
+    if engine.provider_note and not engine.has_primary:
+        m.primary_failures.labels(name).inc()
+    if (scheduler := engine.scheduler) is not None:
+
+        def on_run(batch: int, seconds: float, missed: int) -> None:
+            m.step_batch.labels(name).observe(batch)
+            if missed:
+                m.step_misses.labels(name).inc(missed)
+
+        scheduler.on_run = on_run
+        scheduler.on_queue = m.step_queue.labels(name).set
+        scheduler.on_step = m.step_latency.labels(name).observe
+
+
 class DistillServer:
     """A grpc.aio server with the Distill service, health and reflection, serving the models
     of a :class:`ModelRepository` (or the one ``engine`` given).
@@ -192,42 +236,10 @@ class DistillServer:
         return Engine.from_dir(root, self.config.engine)
 
     def _hooks(self) -> RepositoryHooks:
-        m = self.metrics
-
-        def on_load(name: str, seconds: float, outcome: str) -> None:
-            m.model_loads.labels(name, outcome).inc()
-            if outcome == "ok":
-                m.model_load_seconds.labels(name).observe(seconds)
-
-        def on_state(name: str, state: ModelState) -> None:
-            for s in ModelState:
-                m.model_state.labels(name, s.value).set(1 if s is state else 0)
-
-        return RepositoryHooks(
-            on_engine=self._attach,
-            on_load=on_load,
-            on_evict=lambda name: m.model_evictions.labels(name).inc(),
-            on_state=on_state,
-        )
+        return repository_hooks(self.metrics)
 
     def _attach(self, name: str, engine: Engine) -> None:
-        """Count the engine's CUDA fallbacks and failed CUDA starts in this server's metrics
-        (a failure before the server existed counts once, here), under its model's name."""
-        m = self.metrics
-        engine.on_fallback = lambda graph: m.fallbacks.labels(name, graph).inc()
-        engine.on_primary_failure = lambda reason: m.primary_failures.labels(name).inc()
-        if engine.provider_note and not engine.has_primary:
-            m.primary_failures.labels(name).inc()
-        if (scheduler := engine.scheduler) is not None:
-
-            def on_run(batch: int, seconds: float, missed: int) -> None:
-                m.step_batch.labels(name).observe(batch)
-                if missed:
-                    m.step_misses.labels(name).inc(missed)
-
-            scheduler.on_run = on_run
-            scheduler.on_queue = m.step_queue.labels(name).set
-            scheduler.on_step = m.step_latency.labels(name).observe
+        attach_engine(self.metrics, name, engine)
 
     @property
     def engine(self) -> Engine:

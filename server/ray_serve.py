@@ -40,6 +40,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from distill_serve.client.v1 import distill_pb2 as pb
+from distill_serve.server.app import repository_hooks
 from distill_serve.server.engine import Engine, EngineConfig
 from distill_serve.server.interceptors import token_valid
 from distill_serve.server.metrics import Metrics
@@ -242,7 +243,7 @@ class DistillDeployment:
     whose models Serve multiplexes (:meth:`load_model` is wrapped by ``serve.multiplexed``
     in :func:`build_app`)."""
 
-    def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
         source: str,
         engine: EngineConfig,
@@ -254,24 +255,31 @@ class DistillDeployment:
         def factory(root: Path) -> Engine:
             return Engine.from_dir(root, engine)
 
+        self.metrics = metrics = Metrics()
+        hooks = repository_hooks(metrics)
         if repository:
             self._models = ModelRepository(
-                factory, models_dir=Path(source), default=default_model, grace_s=EVICTION_GRACE_S
+                factory,
+                models_dir=Path(source),
+                default=default_model,
+                grace_s=EVICTION_GRACE_S,
+                hooks=hooks,
             )
-            # The default model is loaded before the replica counts as running, as with one
-            # bundle: a new replica (a scale-up, a replacement) then answers at once instead
-            # of loading on its first calls (under a full CPU load that outlasted a 60 s
-            # deadline). The others load on demand.
-            default = self._models.default_name
-            try:
-                first = factory(self._models.entry(default).root)
-                self._models.add_engine(default, first, owned=True)
-            except Exception as exc:  # its calls then fail with the reason, others serve
-                log.warning("default model %s did not load at start: %s", default, exc)
         else:
-            self._models = ModelRepository(factory, bundles={})
-            self._models.add_engine(Path(source).name, factory(Path(source)))
-        metrics = Metrics()
+            bundles = {Path(source).name: Path(source)}
+            self._models = ModelRepository(factory, bundles=bundles, hooks=hooks)
+        for entry in self._models.entries():
+            metrics.model_state.labels(entry.name, entry.state.value).set(1)
+        # The default model (or the one bundle) is loaded before the replica counts as
+        # running: a new replica (a scale-up, a replacement) then answers at once instead of
+        # loading on its first calls (under a full CPU load that outlasted a 60 s deadline).
+        # Through the repository's own load, as on a plain server: a failure leaves the model
+        # FAILED with its reason (its calls answer with it) and counts in the load metrics.
+        default = await self._models.load(self._models.default_name)
+        if default.state is ModelState.FAILED:
+            if not repository:  # nothing to serve: Serve reports the replica's failure
+                raise RuntimeError(f"bundle {source} did not load: {default.reason}")
+            log.warning("default model %s did not load at start: %s", default.name, default.reason)
         self._servicer = DistillServicer(self._models, limits, metrics)
         self._tokens = [t.encode() for t in tokens]
         self._bridge = RayMetricsBridge(metrics.registry, _replica_name())

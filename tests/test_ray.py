@@ -11,6 +11,7 @@ scenario process or the test that kills it. See tests/ray_scenarios.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -166,6 +167,47 @@ def test_a_killed_replica_gives_retryable_errors_and_comes_back(ray_run: dict[st
     assert outcomes == [("OK", None), ("UNAVAILABLE", 500)], kill["streams"]
     assert kill["new_requests"] == ["OK", "OK", "OK"]
     assert kill["replicas_running"] == 2
+
+
+def test_a_replica_loads_through_the_repository(stand_in_bundle: Path, tmp_path: Path) -> None:
+    """What Serve awaits to start a replica, without a cluster: the default model loads
+    through the repository as on a plain server, so one that does not load is FAILED with
+    its reason and counted while the replica serves the others; a replica of one bundle that
+    does not load fails (Serve reports it), and one that loads owns its engine."""
+    ray_serve = pytest.importorskip("distill_serve.server.ray_serve")
+    from distill_serve.server.engine import EngineConfig
+    from distill_serve.server.repository import ModelState
+    from distill_serve.server.request import Limits
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "a").symlink_to(stand_in_bundle, target_is_directory=True)
+    (models / "broken").mkdir()
+    (models / "broken" / "manifest.json").write_text("{}")
+
+    def replica(source: Path, **kw: Any) -> Any:
+        made = ray_serve.DistillDeployment.__new__(ray_serve.DistillDeployment)
+        asyncio.run(made.__init__(str(source), EngineConfig(use_cuda=False), Limits(), (), **kw))
+        return made
+
+    several = replica(models, repository=True, default_model="broken")
+    broken = several._models.entry("broken")
+    assert broken.state is ModelState.FAILED and broken.reason
+    loads = several.metrics.registry.get_sample_value
+    assert loads("distill_model_loads_total", {"model": "broken", "outcome": "failed"}) == 1
+    assert several._models.entry("a").state is ModelState.UNLOADED  # loaded on demand
+    with pytest.raises(RuntimeError, match="did not load"):
+        replica(models / "broken")
+    one = replica(stand_in_bundle)
+    entry = one._models.entry("")
+    assert entry.state is ModelState.READY and entry.owned
+    assert (
+        one.metrics.registry.get_sample_value(
+            "distill_model_loads_total", {"model": entry.name, "outcome": "ok"}
+        )
+        == 1
+    )
+    one._models.close()
 
 
 def test_app_from_config_builds_the_application(stand_in_bundle: Path) -> None:

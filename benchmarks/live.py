@@ -88,7 +88,11 @@ def _play(target: str, seed: int, lookahead: float, seconds: float, out: dict[st
     out.update(underruns=underruns, seconds=played)
 
 
-def capacity(target: str, sessions: list[int], lookahead: float, seconds: float) -> list[dict]:  # type: ignore[type-arg]
+def capacity(  # type: ignore[type-arg]
+    target: str, sessions: list[int], lookahead: float, seconds: float, stagger_s: float = 0.0
+) -> list[dict]:
+    """Per count ``n``: ``n`` sessions played at once (each started ``stagger_s`` after the
+    one before), late blocks counted; stops at the first count that underruns."""
     rows = []
     for n in sessions:
         results: list[dict[str, Any]] = [{} for _ in range(n)]
@@ -98,6 +102,7 @@ def capacity(target: str, sessions: list[int], lookahead: float, seconds: float)
         ]
         for t in threads:
             t.start()
+            time.sleep(stagger_s)
         for t in threads:
             t.join()
         late = [r["underruns"] for r in results]
@@ -107,6 +112,7 @@ def capacity(target: str, sessions: list[int], lookahead: float, seconds: float)
                 "sessions": n,
                 "lookahead_s": lookahead,
                 "seconds_each": seconds,
+                "stagger_s": stagger_s,
                 "sessions_with_underruns": sum(1 for u in late if u),
                 "late_blocks": sum(late),
                 "rejected": rejected,

@@ -7,7 +7,8 @@ of 8 frames, batch 1 and batch 8, on this process's cores: the vocoder-bound lim
 sessions is 1 / that), then one ``distill-serve serve --vocoder-path P`` per path P:
 
 - live sessions kept in real time at lookahead 0.3 s (``benchmarks.live``'s model players,
-  no late block over ``--live-s`` seconds each), climbing until one underruns;
+  no late block over ``--live-s`` seconds each), climbing until one underruns, every session
+  started at once; then on from there with the sessions started 0.5 s apart;
 - CPU seconds of the server process per live audio second at the highest count it held,
   and the serving overhead: the share of that CPU time that is not the streaming graph's
   own cost (the same step size, measured above);
@@ -39,6 +40,8 @@ from distill_serve.client import Client
 LOOKAHEAD = 0.3
 LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32)
 CLIENTS = (1, 4, 8, 16)
+#: seconds between session starts in the staggered climb
+STAGGER_S = 0.5
 
 
 def _run_threads(targets: list[Callable[[], None]]) -> float:
@@ -134,7 +137,10 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def live_capacity(target: str, pid: int, seconds: float) -> dict[str, Any]:
-    """Climb :data:`LADDER` until a session underruns; CPU per audio second at the best."""
+    """Climb :data:`LADDER` until a session underruns, every session started at once; CPU
+    per audio second at the best. Then climb on from there with the sessions started
+    :data:`STAGGER_S` apart: what the cores keep once running, without the burst of every
+    session filling its lookahead at the same moment (``held_staggered``)."""
     best: dict[str, Any] = {"sessions": 0}
     rows = []
     for n in LADDER:
@@ -146,7 +152,14 @@ def live_capacity(target: str, pid: int, seconds: float) -> dict[str, Any]:
         if not row["real_time"]:
             break
         best = row
-    return {"ladder": rows, "held": best["sessions"], "at_best": best}
+    staggered = best["sessions"]
+    for n in (m for m in LADDER if m > best["sessions"] and best["sessions"]):
+        row = live.capacity(target, [n], LOOKAHEAD, seconds, stagger_s=STAGGER_S)[0]
+        rows.append(row)
+        if not row["real_time"]:
+            break
+        staggered = n
+    return {"ladder": rows, "held": best["sessions"], "held_staggered": staggered, "at_best": best}
 
 
 def clients(target: str, n: int, window_s: float, clip_s: float) -> dict[str, Any]:
@@ -240,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu = best.get("server_cpu_s_per_audio_s")
             print(
                 f"{bundle.name} {path}: live sessions held {r['live']['held']} "
+                f"({r['live']['held_staggered']} started {STAGGER_S} s apart) "
                 f"(estimate {r['live_capacity_estimate']}; vocoder-bound "
                 f"{g['batch1_vocoder_bound_sessions']:.1f} at batch 1, "
                 f"{g['batch8_vocoder_bound_sessions']:.1f} at batch 8), server CPU s per live "

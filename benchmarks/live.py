@@ -100,9 +100,10 @@ def capacity(  # type: ignore[type-arg]
             threading.Thread(target=_play, args=(target, k, lookahead, seconds, results[k]))
             for k in range(n)
         ]
-        for t in threads:
+        for k, t in enumerate(threads):
+            if k:
+                time.sleep(stagger_s)
             t.start()
-            time.sleep(stagger_s)
         for t in threads:
             t.join()
         late = [r["underruns"] for r in results]

@@ -152,14 +152,15 @@ def live_capacity(target: str, pid: int, seconds: float) -> dict[str, Any]:
         if not row["real_time"]:
             break
         best = row
-    staggered = best["sessions"]
-    for n in (m for m in LADDER if m > best["sessions"] and best["sessions"]):
-        row = live.capacity(target, [n], LOOKAHEAD, seconds, stagger_s=STAGGER_S)[0]
-        rows.append(row)
-        if not row["real_time"]:
-            break
-        staggered = n
-    return {"ladder": rows, "held": best["sessions"], "held_staggered": staggered, "at_best": best}
+    held = staggered = best["sessions"]
+    if held:  # none held at once: none staggered either (one session has nothing to stagger)
+        for n in (m for m in LADDER if m > held):
+            row = live.capacity(target, [n], LOOKAHEAD, seconds, stagger_s=STAGGER_S)[0]
+            rows.append(row)
+            if not row["real_time"]:
+                break
+            staggered = n
+    return {"ladder": rows, "held": held, "held_staggered": staggered, "at_best": best}
 
 
 def clients(target: str, n: int, window_s: float, clip_s: float) -> dict[str, Any]:

@@ -200,14 +200,17 @@ class DistillServer:
             if engine is None:
                 raise ValueError("give an engine or a model repository")
             models = ModelRepository(
-                self._engine_for, bundles={}, grace_s=config.grace_s, hooks=self._hooks()
+                self._engine_for,
+                bundles={},
+                grace_s=config.grace_s,
+                hooks=repository_hooks(self.metrics),
             )
             models.add_engine(engine_name(config, engine), engine)
         else:
-            models.hooks = self._hooks()
+            models.hooks = repository_hooks(self.metrics)
             for entry in models.entries():
                 if entry.engine is not None:
-                    self._attach(entry.name, entry.engine)
+                    attach_engine(self.metrics, entry.name, entry.engine)
                 self.metrics.model_state.labels(entry.name, entry.state.value).set(1)
         self.models = models
         # grpc-stubs predates health.aio; it is grpcio-health-checking's asyncio servicer.
@@ -234,12 +237,6 @@ class DistillServer:
 
     def _engine_for(self, root: Path) -> Engine:
         return Engine.from_dir(root, self.config.engine)
-
-    def _hooks(self) -> RepositoryHooks:
-        return repository_hooks(self.metrics)
-
-    def _attach(self, name: str, engine: Engine) -> None:
-        attach_engine(self.metrics, name, engine)
 
     @property
     def engine(self) -> Engine:

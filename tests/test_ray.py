@@ -66,8 +66,9 @@ def ray_run(
         except subprocess.TimeoutExpired:
             proc.kill()  # unshare's --kill-child then ends every process of the namespace
             proc.wait()
-    progress = "\n".join(line for line in log.read_text().splitlines() if "[ray_scenarios" in line)
-    tail = log.read_text()[-3000:]
+    text = log.read_text()
+    progress = "\n".join(line for line in text.splitlines() if "[ray_scenarios" in line)
+    tail = text[-3000:]
     assert out.exists(), f"the scenarios wrote nothing (exit {proc.returncode}):\n{tail}"
     result: dict[str, Any] = json.loads(out.read_text())
     result["_log"] = f"exit {proc.returncode}; phases:\n{progress}\n--- log tail ---\n{tail}"

@@ -86,6 +86,25 @@ def fma_peak_gflops(cores: int | None = None, iterations: int = 200_000_000) -> 
     return sum(float(out.split()[0]) for out in outs)
 
 
+def cpu_ticks() -> list[int]:
+    """The machine's CPU time so far, in clock ticks by kind (``/proc/stat``'s ``cpu`` line:
+    user, nice, system, idle, iowait, irq, softirq, steal, ...); empty where there is none."""
+    try:
+        line = Path("/proc/stat").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return []
+    return [int(v) for v in line.split()[1:]]
+
+
+def steal_share(before: list[int], after: list[int]) -> float | None:
+    """The share of the CPU time between two :func:`cpu_ticks` that the hypervisor gave to
+    other guests (steal): a run with much of it measured a slower machine than it names."""
+    if len(before) < 8 or len(after) < 8:
+        return None
+    delta = [a - b for a, b in zip(after[:8], before[:8], strict=True)]
+    return delta[7] / sum(delta) if sum(delta) else None
+
+
 def describe(peak: bool = True) -> dict[str, Any]:
     import onnxruntime as ort
 

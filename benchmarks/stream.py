@@ -10,8 +10,11 @@ sessions is 1 / that), then one ``distill-serve serve --vocoder-path P`` per pat
   no late block over ``--live-s`` seconds each), climbing until one underruns, every session
   started at once; then on from there with the sessions started 0.5 s apart;
 - CPU seconds of the server process per live audio second at the highest count it held,
-  and the serving overhead: the share of that CPU time that is not the streaming graph's
-  own cost (the same step size, measured above);
+  and the serving overhead: the share of that CPU time that is not the streaming graph,
+  measured in the same window (the server's ``distill_vocoder_step_cpu_seconds`` counter:
+  its step runners' thread CPU time in the graph), and, for comparison, against the graph's
+  standalone cost measured above (which also counts the graph running slower in the
+  server than alone: contention, and this machine's drift between the two measurements);
 - throughput in audio seconds per second at 1 / 4 / 8 / 16 clients (2 s streamed clips)
   and first audio p50 / p99 at 8 clients;
 - the batch sizes the scheduler formed and the share of steps that missed their deadline
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 import threading
@@ -60,7 +64,6 @@ def graph_cost(bundle: Path, frames: int = 8, batches: tuple[int, ...] = (1, 8))
     (no buffer-reuse planning) stepped from one thread per core at once. Per batch size:
     CPU seconds per audio second (one thread's own cost) and the sessions the cores could
     keep in real time if the graph were all the work (the vocoder-bound limit)."""
-    import os
 
     import onnxruntime as ort
 
@@ -131,23 +134,30 @@ def _scrape(port: int) -> dict[str, float]:
 
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    import os
-
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def live_capacity(target: str, pid: int, seconds: float) -> dict[str, Any]:
+def _graph_cpu(port: int) -> float:
+    """The step runners' CPU seconds in the streaming graph so far (0 on the block path)."""
+    return _scrape(port).get("distill_vocoder_step_cpu_seconds_total", 0.0)
+
+
+def live_capacity(target: str, pid: int, port: int, seconds: float) -> dict[str, Any]:
     """Climb :data:`LADDER` until a session underruns, every session started at once; CPU
-    per audio second at the best. Then climb on from there with the sessions started
-    :data:`STAGGER_S` apart: what the cores keep once running, without the burst of every
-    session filling its lookahead at the same moment (``held_staggered``)."""
+    per audio second at the best, all of it and the streaming graph's part. Then climb on
+    from there with the sessions started :data:`STAGGER_S` apart: what the cores keep once
+    running, without the burst of every session filling its lookahead at the same moment
+    (``held_staggered``)."""
     best: dict[str, Any] = {"sessions": 0}
     rows = []
     for n in LADDER:
-        cpu0 = _cpu_seconds(pid)
+        cpu0, graph0 = _cpu_seconds(pid), _graph_cpu(port)
         row = live.capacity(target, [n], LOOKAHEAD, seconds)[0]
-        cpu = _cpu_seconds(pid) - cpu0
+        cpu, graph = _cpu_seconds(pid) - cpu0, _graph_cpu(port) - graph0
         row["server_cpu_s_per_audio_s"] = cpu / (n * seconds)
+        if graph:  # the stream path: what is not the graph is the serving overhead
+            row["graph_cpu_s_per_audio_s"] = graph / (n * seconds)
+            row["serving_overhead_share"] = 1 - graph / cpu
         rows.append(row)
         if not row["real_time"]:
             break
@@ -160,7 +170,11 @@ def live_capacity(target: str, pid: int, seconds: float) -> dict[str, Any]:
             if not row["real_time"]:
                 break
             staggered = n
-    return {"ladder": rows, "held": held, "held_staggered": staggered, "at_best": best}
+    out = {"ladder": rows, "held": held, "held_staggered": staggered, "at_best": best}
+    if graph_s := best.get("graph_cpu_s_per_audio_s"):
+        # the vocoder-bound limit from the graph's cost as served, in the same window
+        out["served_vocoder_bound_sessions"] = (os.cpu_count() or 1) / graph_s
+    return out
 
 
 def clients(target: str, n: int, window_s: float, clip_s: float) -> dict[str, Any]:
@@ -186,6 +200,7 @@ def clients(target: str, n: int, window_s: float, clip_s: float) -> dict[str, An
 
 
 def one_path(bundle: Path, path: str, live_s: float, window_s: float) -> dict[str, Any]:
+    ticks = machine.cpu_ticks()
     # The server's own estimate first; then one that admits every session (--live-capacity
     # 0), so the ladder finds where sessions really underrun and the estimate can be judged.
     with (
@@ -200,7 +215,7 @@ def one_path(bundle: Path, path: str, live_s: float, window_s: float) -> dict[st
             info = c.info()
             c.generate("crossfade", 1.0, seed=0)  # warm-up
         out: dict[str, Any] = {"path": info.vocoder_path, "live_capacity_estimate": estimate}
-        out["live"] = live_capacity(target, pid, live_s)
+        out["live"] = live_capacity(target, pid, port, live_s)
         out["throughput"] = [clients(target, n, window_s, 2.0) for n in CLIENTS]
         m = _scrape(port)
     steps = m.get("distill_vocoder_step_batch_size_count", 0.0)
@@ -211,6 +226,9 @@ def one_path(bundle: Path, path: str, live_s: float, window_s: float) -> dict[st
         cum = m.get(f"distill_vocoder_step_batch_size_bucket{{le={float(edge)}}}", 0.0)
         hist[str(edge)] = cum - previous
         previous = cum
+    # CPU time the hypervisor took for other guests meanwhile (figures measured with much of
+    # it are of a slower machine)
+    out["steal_share"] = machine.steal_share(ticks, machine.cpu_ticks())
     out["scheduler"] = {
         "runs": steps,
         "steps": total,
@@ -252,17 +270,22 @@ def main(argv: list[str] | None = None) -> int:
             g = entry["graph"]
             best = r["live"]["at_best"]
             cpu = best.get("server_cpu_s_per_audio_s")
+            overhead = best.get("serving_overhead_share")
             print(
                 f"{bundle.name} {path}: live sessions held {r['live']['held']} "
                 f"({r['live']['held_staggered']} started {STAGGER_S} s apart) "
                 f"(estimate {r['live_capacity_estimate']}; vocoder-bound "
                 f"{g['batch1_vocoder_bound_sessions']:.1f} at batch 1, "
-                f"{g['batch8_vocoder_bound_sessions']:.1f} at batch 8), server CPU s per live "
-                f"audio s {cpu if cpu is None else round(cpu, 3)}, scheduler {r['scheduler']}",
+                f"{g['batch8_vocoder_bound_sessions']:.1f} at batch 8, "
+                f"{r['live'].get('served_vocoder_bound_sessions', 0):.1f} as served), server "
+                "CPU s per live "
+                f"audio s {cpu if cpu is None else round(cpu, 3)}, serving overhead (not the "
+                f"graph) {overhead if overhead is None else round(overhead, 3)}, "
+                f"scheduler {r['scheduler']}, steal {r['steal_share']}",
                 flush=True,
             )
             print(table(r["throughput"], f"{bundle.name} {path}: throughput"), flush=True)
-            if cpu:  # the graph's own cost at batch 1 and 8 brackets what the runs formed
+            if cpu:  # against the graph alone at batch 1 and 8 (brackets what the runs formed)
                 for b in (1, 8):
                     r[f"serving_overhead_share_vs_batch{b}"] = (
                         1 - g[f"batch{b}_cpu_s_per_audio_s"] / cpu

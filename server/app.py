@@ -169,8 +169,9 @@ def attach_engine(metrics: Metrics, name: str, engine: Engine) -> None:
         m.primary_failures.labels(name).inc()
     if (scheduler := engine.scheduler) is not None:
 
-        def on_run(batch: int, seconds: float, missed: int) -> None:
+        def on_run(batch: int, seconds: float, cpu_seconds: float, missed: int) -> None:
             m.step_batch.labels(name).observe(batch)
+            m.step_cpu.labels(name).inc(cpu_seconds)
             if missed:
                 m.step_misses.labels(name).inc(missed)
 

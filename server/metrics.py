@@ -80,6 +80,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.step_cpu = Counter(
+            "distill_vocoder_step_cpu_seconds",
+            "CPU time the step runners spent in the streaming vocoder graph",
+            ["model"],
+            registry=r,
+        )
         self.step_latency = Histogram(
             "distill_vocoder_step_latency_seconds",
             "Time from a vocoder step's submission to its result",

@@ -19,7 +19,11 @@ Why it is shaped so:
   serves the most urgent step first and fills its batch with queued steps of the same shape,
   most urgent first. It never waits to fill a batch: steps that arrive while a batch runs
   form the next one, so the wait for a batch is never longer than the run before it (and no
-  step's slack is spent on waiting for company).
+  step's slack is spent on waiting for company). Waiting, within the most urgent step's
+  slack, for the other active streams' steps (as Triton's dynamic batcher waits up to its
+  queue delay) was measured on two cores and kept out: the mean batch stayed ~1.5 and no
+  more live sessions held, since on CPU a batched row saves 12-22 % of a step on the
+  stand-in and nothing on HiFi-GAN (docs/performance.md, 2026-12-06).
 - **A small fixed set of batch sizes** (:data:`BATCH_SIZES`, as the CUDA path's buckets): a
   batch takes the largest size that the queued steps of its shape fill, so every run has one
   of a few shapes (kernel plans, memory patterns) and none is padded with wasted rows.
@@ -84,6 +88,7 @@ class SchedulerStats:
     missed: int = 0
     batch_sizes: Counter[int] = field(default_factory=Counter)
     run_seconds: float = 0.0
+    run_cpu_seconds: float = 0.0
     frames: int = 0
 
     @property
@@ -96,8 +101,10 @@ class StepScheduler:
     """Batches :class:`Step` s of many streams into runs of ``run_batch``, most urgent first.
 
     Hooks (for metrics; set them before steps arrive): ``on_run(batch_size, seconds,
-    missed)`` after every run, ``on_queue(depth)`` whenever the queue changes,
-    ``on_step(seconds)`` with each step's time from submission to result.
+    cpu_seconds, missed)`` after every run (``cpu_seconds``: the running thread's CPU time,
+    on a single-threaded session the graph's own cost as served), ``on_queue(depth)``
+    whenever the queue changes, ``on_step(seconds)`` with each step's time from submission
+    to result.
     """
 
     def __init__(
@@ -106,7 +113,7 @@ class StepScheduler:
         runners = [runners] if callable(runners) else list(runners)
         if not runners:
             raise ValueError("the step scheduler needs at least one batch runner")
-        self.on_run: Callable[[int, float, int], None] | None = None
+        self.on_run: Callable[[int, float, float, int], None] | None = None
         self.on_queue: Callable[[int], None] | None = None
         self.on_step: Callable[[float], None] | None = None
         self._cond = threading.Condition()
@@ -142,7 +149,13 @@ class StepScheduler:
         with self._cond:
             s = self._stats
             return SchedulerStats(
-                s.steps, s.runs, s.missed, Counter(s.batch_sizes), s.run_seconds, s.frames
+                s.steps,
+                s.runs,
+                s.missed,
+                Counter(s.batch_sizes),
+                s.run_seconds,
+                s.run_cpu_seconds,
+                s.frames,
             )
 
     def close(self) -> None:
@@ -182,6 +195,7 @@ class StepScheduler:
     def _loop(self, run_batch: BatchRunner) -> None:
         while (batch := self._take()) is not None:
             started = time.monotonic()
+            cpu0 = time.thread_time()
             missed = sum(started > s.deadline for s in batch)
             try:
                 audio, states = run_batch(
@@ -195,6 +209,7 @@ class StepScheduler:
                     s.future.set_exception(exc)
                 continue
             seconds = time.monotonic() - started
+            cpu = time.thread_time() - cpu0
             with self._cond:
                 st = self._stats
                 st.steps += len(batch)
@@ -202,9 +217,10 @@ class StepScheduler:
                 st.missed += missed
                 st.batch_sizes[len(batch)] += 1
                 st.run_seconds += seconds
+                st.run_cpu_seconds += cpu
                 st.frames += sum(s.frames for s in batch)
             if self.on_run is not None:
-                self.on_run(len(batch), seconds, missed)
+                self.on_run(len(batch), seconds, cpu, missed)
             done = time.monotonic()
             for i, s in enumerate(batch):
                 s.future.set_result((audio[i].reshape(-1), states[i]))

@@ -187,6 +187,7 @@ def test_server_reports_the_path_and_admits_live_sessions_to_its_capacity(
                 engine.live_capacity = measured
         assert s.metric("distill_rejected_total", {"reason": "live_capacity"}) == 1
         assert s.metric("distill_vocoder_step_batch_size_count") > 0
+        assert s.metric("distill_vocoder_step_cpu_seconds_total") > 0
     finally:
         s.stop()
         engine.close()
@@ -265,6 +266,35 @@ def test_a_failed_batch_fails_only_its_steps() -> None:
         assert audio.shape == (2,)
     finally:
         scheduler.close()
+
+
+def test_scheduler_counts_its_runs_cpu_time_apart_from_their_wall_time() -> None:
+    """The serving overhead is the server's CPU less the graph's: the scheduler counts its
+    runners' thread CPU time, which a run that waits (here: sleeps) does not add to."""
+
+    def spin(mel, position, state):  # type: ignore[no-untyped-def]
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < 0.03:
+            pass
+        return np.zeros((mel.shape[0], 1, 2)), state
+
+    def sleep(mel, position, state):  # type: ignore[no-untyped-def]
+        time.sleep(0.05)
+        return np.zeros((mel.shape[0], 1, 2)), state
+
+    runs: list[tuple[float, float]] = []  # (wall, cpu) from on_run
+    totals = []
+    for run in (spin, sleep):
+        scheduler = StepScheduler(run)
+        scheduler.on_run = lambda b, wall, cpu, missed: runs.append((wall, cpu))
+        try:
+            scheduler.run([_step(8, 1.0, 0.0)])
+            totals.append(scheduler.stats().run_cpu_seconds)
+        finally:
+            scheduler.close()
+    (_, spin_cpu), (sleep_wall, sleep_cpu) = runs
+    assert spin_cpu >= 0.03 and totals[0] == spin_cpu
+    assert sleep_wall >= 0.05 and sleep_cpu < 0.02 and totals[1] == sleep_cpu
 
 
 def test_a_stream_row_is_the_same_alone_or_batched(stand_in_bundle: Path) -> None:

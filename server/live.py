@@ -215,6 +215,17 @@ class LiveSession:
     def vocoder_path(self) -> str:
         return self._renderer.vocoder_path
 
+    @property
+    def startup_blocks(self) -> int:
+        """The first blocks that cost more than the rest: on the stream path the first one
+        (it feeds the stream's latency frames as well) and every block of the head
+        (BigVGAN's replicate-padded start, which the whole-clip graph vocodes too); none on
+        the block path, whose blocks all cost the same."""
+        spec = self.model.stream
+        if self.vocoder_path != "stream" or spec is None:
+            return 0
+        return max(1, math.ceil(spec.head_frames / self.block_frames))
+
     def next_block(self, deadline: float | None = None) -> LiveBlock:
         """Render the next block, needed by ``deadline`` (``time.monotonic`` seconds; None:
         now)."""

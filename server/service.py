@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -65,6 +66,7 @@ from distill_serve.server.request import (
     check_slider_positions,
     validate,
 )
+from distill_serve.server.start_gate import StartGate
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +230,8 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         self._limits = limits
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(limits.max_concurrent, thread_name_prefix="generate")
+        # live sessions in their costly start-up at once: one per core (the step runners)
+        self._start_gate = StartGate(os.cpu_count() or 1)
 
     # --- helpers -------------------------------------------------------------------------
     async def _refuse(
@@ -526,67 +530,73 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> str:
         """Blocks paced to real time, controls applied between blocks, until the end; returns
-        why it ended (``StreamEnd.reason``)."""
-        p, model = run.params, run.engine.model
-        loop = asyncio.get_running_loop()
-        coder = chunk_coder(p)
+        why it ended (``StreamEnd.reason``). Its costly first blocks wait for a start slot
+        (server/start_gate.py)."""
+        coder = chunk_coder(run.params)
         header = run.stream_header(coder)
         header.format.total_samples = 0  # open-ended
         await self._send(context, pb.GenerateLiveResponse(header=header))
+        p, model = run.params, run.engine.model
+        loop = asyncio.get_running_loop()
         sequence = last_control = offset = 0
         reason = ""
-        while True:
-            while not reason and not controls.empty():
-                item = controls.get_nowait()
-                if item is None:
-                    reason = "client_closed"
-                    break
+        ticket = await self._start_gate.enter(session.startup_blocks)
+        try:
+            while True:
+                while not reason and not controls.empty():
+                    item = controls.get_nowait()
+                    if item is None:
+                        reason = "client_closed"
+                        break
+                    try:
+                        if isinstance(item, InvalidRequest):
+                            raise item
+                        control = check_control(raw_control(item), model, p, last_control)
+                    except InvalidRequest as exc:
+                        self._metrics.rejected.labels(run.model, "invalid_argument").inc()
+                        raise _Abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"live control after sequence {last_control}: {exc}",
+                        ) from None
+                    last_control = control.sequence
+                    session.apply(control)
+                    if control.stop:
+                        reason = "stop"
+                if not reason and session.seconds >= self._limits.max_live_s:
+                    reason = "max_live_duration"
+                if not reason and (delay := pacer.delay(time.perf_counter())) > 0:
+                    await asyncio.sleep(delay)
+                    continue  # controls that came in meanwhile go into the next block
+                step = session.finish if reason else session.next_block
+                # its steps are needed when the audio sent so far runs out for the listener
+                deadline = time.monotonic() + pacer.underrun_in(time.perf_counter())
                 try:
-                    if isinstance(item, InvalidRequest):
-                        raise item
-                    control = check_control(raw_control(item), model, p, last_control)
-                except InvalidRequest as exc:
-                    self._metrics.rejected.labels(run.model, "invalid_argument").inc()
+                    block: LiveBlock = await loop.run_in_executor(self._executor, step, deadline)
+                except Exception as exc:
+                    log.exception("live generation failed")
                     raise _Abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"live control after sequence {last_control}: {exc}",
-                    ) from None
-                last_control = control.sequence
-                session.apply(control)
-                if control.stop:
-                    reason = "stop"
-            if not reason and session.seconds >= self._limits.max_live_s:
-                reason = "max_live_duration"
-            if not reason and (delay := pacer.delay(time.perf_counter())) > 0:
-                await asyncio.sleep(delay)
-                continue  # controls that came in meanwhile go into the next block
-            step = session.finish if reason else session.next_block
-            # its steps are needed when the audio sent so far runs out for the listener
-            deadline = time.monotonic() + pacer.underrun_in(time.perf_counter())
-            try:
-                block: LiveBlock = await loop.run_in_executor(self._executor, step, deadline)
-            except Exception as exc:
-                log.exception("live generation failed")
-                raise _Abort(
-                    grpc.StatusCode.INTERNAL, f"generation failed: {type(exc).__name__}: {exc}"
-                ) from exc
-            run.provider, run.fallbacks = runner.provider, runner.fallbacks
-            self._first_audio(run)
-            n = block.audio.shape[1]
-            # the last (fade-out) block carries the codec's end too: one block, as with PCM
-            coded = await (_code_last if reason else _code)(coder, block.audio)
-            chunk = _chunk(coded, sequence, offset, block.control_sequence)
-            await self._send(context, pb.GenerateLiveResponse(audio=chunk))
-            pacer.sent(n / p.sample_rate, time.perf_counter())
-            offset += coded.frames
-            sequence += 1
-            if reason:
-                break
-        await self._send(
-            context,
-            pb.GenerateLiveResponse(end=pb.StreamEnd(stats=run.stats_message(), reason=reason)),
-        )
-        return reason
+                        grpc.StatusCode.INTERNAL, f"generation failed: {type(exc).__name__}: {exc}"
+                    ) from exc
+                run.provider, run.fallbacks = runner.provider, runner.fallbacks
+                self._first_audio(run)
+                n = block.audio.shape[1]
+                # the last (fade-out) block carries the codec's end too: one block, as with PCM
+                coded = await (_code_last if reason else _code)(coder, block.audio)
+                chunk = _chunk(coded, sequence, offset, block.control_sequence)
+                await self._send(context, pb.GenerateLiveResponse(audio=chunk))
+                pacer.sent(n / p.sample_rate, time.perf_counter())
+                ticket.block_sent()
+                offset += coded.frames
+                sequence += 1
+                if reason:
+                    break
+            await self._send(
+                context,
+                pb.GenerateLiveResponse(end=pb.StreamEnd(stats=run.stats_message(), reason=reason)),
+            )
+            return reason
+        finally:
+            ticket.close()
 
     async def _send(self, context: grpc.aio.ServicerContext, msg: pb.GenerateLiveResponse) -> None:
         """Write one live message; a client that reads nothing for the idle timeout is

@@ -146,6 +146,37 @@ def test_live_controls_land_on_the_same_frames_on_both_paths(
     assert snr_db(runs[0], runs[1]) >= FLOAT32_FLOOR_DB
 
 
+def test_a_live_sessions_start_up_blocks_are_the_ones_that_cost_more(
+    engine: Engine, hifigan_engines: tuple[Engine, Engine]
+) -> None:
+    """The blocks a live session holds a start slot for (server/start_gate.py) are those
+    that feed more frames than their own or run the whole-clip graph as well."""
+    stream, block = hifigan_engines
+    assert LiveSession(block.runner(), block.model, params(block), 0.3).startup_blocks == 0
+    for eng in (engine, stream):  # BigVGAN (a head) and HiFi-GAN (none)
+        runner = eng.runner()
+        fed, whole = [0], [0]
+        stream_steps, vocode = runner.stream_steps, runner.vocode
+
+        def counted_steps(steps, fed=fed, run=stream_steps):  # type: ignore[no-untyped-def]
+            fed[0] += sum(s.frames for s in steps)
+            return run(steps)
+
+        def counted_vocode(mel, whole=whole, run=vocode):  # type: ignore[no-untyped-def]
+            whole[0] += 1
+            return run(mel)
+
+        runner.stream_steps, runner.vocode = counted_steps, counted_vocode  # type: ignore[method-assign]
+        session = LiveSession(runner, eng.model, params(eng), 0.3)
+        costly = []
+        for _ in range(session.startup_blocks + 3):
+            fed[0] = whole[0] = 0
+            session.next_block()
+            costly.append(whole[0] > 0 or fed[0] > session.block_frames)
+        assert costly == [True] * session.startup_blocks + [False] * 3
+    assert (LiveSession(engine.runner(), engine.model, params(engine), 0.3).startup_blocks) > 1
+
+
 def test_bundle_without_the_graph_serves_blocks(stand_in_bundle: Path) -> None:
     bundle = load_bundle(stand_in_bundle)
     files = tuple(f for f in bundle.files if f.role != "vocoder_stream")

@@ -3,16 +3,16 @@
 A live session on the streaming vocoder path costs most in its first blocks: the first feed
 runs the stream's latency frames on top of the block, and on BigVGAN every block of the
 replicate-padded head also runs the whole-clip graph on a window with context (the stand-in:
-its first three blocks cost ~12x a later one, ~0.28 CPU s in all). Sessions that start
-together (a game level loading its ambiences) all pay that at once while each is also filling
-its lookahead, and measured on two cores, five stand-in sessions started at once had 100-240
-late blocks in 10 s where five started 0.5 s apart had none (docs/performance.md).
+its first three blocks cost 0.37 CPU s together, twelve later blocks' worth). Sessions that
+start together (a game level loading its ambiences) all pay that at once while each is also
+filling its lookahead: on two cores, four stand-in sessions started at once had 21-34 late
+blocks in 10 s, and none when started 0.5 s apart (docs/performance.md).
 
-:class:`StartGate` lets ``slots`` sessions (one per step runner) through their start-up at
-a time; the others wait for a slot before their first block. A wait only moves a session's
+:class:`StartGate` lets ``slots`` sessions (one per core, as the step runners run one step per
+core at a time) through their start-up blocks at once; the others wait for a slot before their
+first block (with the gate: 0-3 late blocks in the same test). A wait only moves a session's
 first audio later, which its listener does not hear as a gap (playback starts at the first
-block); once started, no session waits again. The same idea as a connection pool's bounded
-warm-up, or admission control's token bucket, applied to the expensive part only.
+block); once started, no session waits again.
 """
 
 from __future__ import annotations

@@ -209,7 +209,10 @@ def test_session_survives_a_server_that_goes_away(
     with distill_c.Session(library, config) as session:
         _wait_for(session, "playing", 60)
         before = _play(session, 1.0)
-        assert session.status().state_name == "playing" and np.abs(before).max() > 0
+        assert np.abs(before).max() > 0
+        # a machine busy with other work may underrun a block (buffering); it plays on
+        _wait_for(session, "playing", 30)
+        assert session.status().state_name == "playing"
         restartable.pop().stop()
         gone = _wait_for(session, "connecting", 30)
         gone = np.concatenate([gone, _play(session, 1.0)], axis=1)[0]
@@ -223,6 +226,7 @@ def test_session_survives_a_server_that_goes_away(
         restartable.append(ServerThread(ServerConfig(port=port), engine))
         _wait_for(session, "playing", 60)
         again = _play(session, 1.0)
+        _wait_for(session, "playing", 30)
         status = session.status()
         assert status.state_name == "playing" and status.connects >= 2
         assert np.abs(again).max() > 0

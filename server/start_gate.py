@@ -26,7 +26,6 @@ class StartGate:
     def __init__(self, slots: int) -> None:
         if slots < 1:
             raise ValueError(f"a start gate needs at least one slot, got {slots}")
-        self.slots = slots
         self._free = asyncio.Semaphore(slots)
         self.waiting = 0  # sessions waiting for a slot now
 

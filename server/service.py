@@ -532,12 +532,12 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         """Blocks paced to real time, controls applied between blocks, until the end; returns
         why it ended (``StreamEnd.reason``). Its costly first blocks wait for a start slot
         (server/start_gate.py)."""
-        coder = chunk_coder(run.params)
+        p, model = run.params, run.engine.model
+        loop = asyncio.get_running_loop()
+        coder = chunk_coder(p)
         header = run.stream_header(coder)
         header.format.total_samples = 0  # open-ended
         await self._send(context, pb.GenerateLiveResponse(header=header))
-        p, model = run.params, run.engine.model
-        loop = asyncio.get_running_loop()
         sequence = last_control = offset = 0
         reason = ""
         ticket = await self._start_gate.enter(session.startup_blocks)

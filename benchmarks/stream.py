@@ -271,16 +271,16 @@ def main(argv: list[str] | None = None) -> int:
             best = r["live"]["at_best"]
             cpu = best.get("server_cpu_s_per_audio_s")
             overhead = best.get("serving_overhead_share")
+            served = r["live"].get("served_vocoder_bound_sessions")  # the stream path only
             print(
                 f"{bundle.name} {path}: live sessions held {r['live']['held']} "
                 f"({r['live']['held_staggered']} started {STAGGER_S} s apart) "
                 f"(estimate {r['live_capacity_estimate']}; vocoder-bound "
                 f"{g['batch1_vocoder_bound_sessions']:.1f} at batch 1, "
                 f"{g['batch8_vocoder_bound_sessions']:.1f} at batch 8, "
-                f"{r['live'].get('served_vocoder_bound_sessions', 0):.1f} as served), server "
-                "CPU s per live "
-                f"audio s {cpu if cpu is None else round(cpu, 3)}, serving overhead (not the "
-                f"graph) {overhead if overhead is None else round(overhead, 3)}, "
+                f"{served if served is None else round(served, 1)} as served), server CPU s "
+                f"per live audio s {cpu if cpu is None else round(cpu, 3)}, serving overhead "
+                f"(not the graph) {overhead if overhead is None else round(overhead, 3)}, "
                 f"scheduler {r['scheduler']}, steal {r['steal_share']}",
                 flush=True,
             )

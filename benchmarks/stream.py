@@ -39,6 +39,7 @@ import numpy as np
 
 from benchmarks import e2e, live, machine
 from benchmarks.__main__ import stand_in_bundle, table, write_result
+from distill_serve.bundle import STREAM_OPEN_END
 from distill_serve.client import Client
 
 LOOKAHEAD = 0.3
@@ -90,6 +91,8 @@ def graph_cost(bundle: Path, frames: int = 8, batches: tuple[int, ...] = (1, 8))
             "position": np.full((batch, 1), 100, np.int64),
             "state": np.zeros((batch, int(stream["state_size"])), np.float32),
         }
+        if "end" in {i.name for i in session.get_inputs()}:  # bundles since 2026-12-06
+            feed["end"] = np.full((batch, 1), STREAM_OPEN_END, np.int64)
         session.run(None, feed)
         runs = max(5, int(40 / batch))
         cpu: list[float] = []

@@ -28,6 +28,11 @@ ROLES = (
 )
 #: The vocoder graph's role for each precision a server can be asked to run.
 VOCODER_ROLES: dict[str, str] = {"fp32": "vocoder", "int8": "vocoder_int8", "fp16": "vocoder_fp16"}
+#: The streaming vocoder graph's ``end`` input (a clip's length in frames) for an open-ended
+#: (live) stream: no clip reaches it (2**40 frames of 512 samples are ~800 years at 44.1 kHz,
+#: and the graph's sample indices stay far inside int64). Graphs exported before the input
+#: existed have no ``end`` (``manifest["vocoder"]["stream"]`` then has no ``tail_frames``).
+STREAM_OPEN_END = 2**40
 #: What to do when a bundle lacks an optional graph (others: re-export with that format).
 MISSING_GRAPH_HINTS: dict[str, str] = {
     "vocoder_int8": "re-export it with `distill-serve export --int8`, "

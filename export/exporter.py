@@ -358,7 +358,7 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 stream_path = export_stream(streaming, vmel.num_mels, out / "vocoder_stream.onnx")
                 timings[stream_path.name] = round(time.perf_counter() - t0, 2)
-                parity[stream_path.name], vs_torch, edge = _stream_parity(
+                parity[stream_path.name], vs_torch, edges = _stream_parity(
                     stream_path, out / "vocoder.onnx", streaming.layout, voc_in, voc_reference, rng
                 )
                 add(stream_path, "vocoder_stream", "onnx")
@@ -367,7 +367,8 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
                     "file": stream_path.name,
                     "step_frames": list(STEP_FRAMES),
                     "parity_vs_torch": vs_torch.to_dict(),
-                    "head_edge": edge,
+                    "head_edge": edges["head"],
+                    "tail_edge": edges["tail"],
                 }
                 if not vs_torch.passed:
                     stream_failures.append(vs_torch)
@@ -488,36 +489,45 @@ def _stream_parity(
     bridged: np.ndarray,
     reference: Callable[..., np.ndarray],
     rng: np.random.Generator,
-) -> tuple[ParityResult, ParityResult, dict[str, Any] | None]:
-    """The step graph fed step by step (8, 16 and 5 frames) against the whole-clip vocoder:
-    every sample the stream delivers, less its head frames (none for zero-padded vocoders).
+) -> tuple[ParityResult, ParityResult, dict[str, dict[str, Any] | None]]:
+    """The step graph fed step by step (8, 16 and 5 frames), told each clip's end and flushed
+    past it, against the whole-clip vocoder: every sample of the clip, less its head and tail
+    frames (none for zero-padded vocoders).
 
     Returns its parity against the whole-clip ONNX graph (the one it replaces in serving;
     role ``vocoder_stream``, >= 100 dB), against the torch vocoder (role ``vocoder``: float32
     torch and onnxruntime agree to ~105 dB on HiFi-GAN universal, so this cannot reach 100),
-    and, where there are head frames, their own error."""
+    and, where there are head or tail frames, their own error (``{"head": ..., "tail":
+    ...}``, None where there are none)."""
     session = _ort_session(path, mem_reuse=False)
     offline = _ort_runner(whole_graph)
     n_mels, hop, delay = bridged.shape[1], layout.hop, layout.delay_samples
-    head = layout.head_frames * hop
+    head, tail = layout.head_frames * hop, layout.tail_frames * hop
 
-    def step(mel: np.ndarray, position: np.ndarray, state: np.ndarray) -> tuple[Any, Any]:
-        audio, new = session.run(None, {"mel": mel, "position": position, "state": state})
+    def step(mel: np.ndarray, position: np.ndarray, end: np.ndarray, state: np.ndarray) -> Any:
+        feed = {"mel": mel, "position": position, "end": end, "state": state}
+        audio, new = session.run(None, feed)
         return audio, new
 
     def streamed(mel: np.ndarray, frames_per_step: np.ndarray) -> np.ndarray:
         state = np.zeros((mel.shape[0], layout.state_size), np.float32)
-        return run_stream(step, mel, state, int(frames_per_step), hop)[:, :, delay:]
+        flush = layout.latency_frames
+        out = run_stream(step, mel, state, int(frames_per_step), hop, flush)
+        return out[:, :, delay : delay + mel.shape[2] * hop]
 
     def whole(mel: np.ndarray, frames_per_step: np.ndarray) -> np.ndarray:
-        return reference(mel)[:, :, : mel.shape[2] * hop - delay]
+        return reference(mel)
 
     def whole_onnx(mel: np.ndarray, frames_per_step: np.ndarray) -> np.ndarray:
         rows = [offline(np.ascontiguousarray(mel[i : i + 1])) for i in range(mel.shape[0])]
-        return np.concatenate(rows)[:, :, : mel.shape[2] * hop - delay]
+        return np.concatenate(rows)
 
     def body(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-        return lambda *inputs: fn(*inputs)[:, :, head:]
+        def inner(*inputs: np.ndarray) -> np.ndarray:
+            out = fn(*inputs)
+            return out[:, :, head : out.shape[2] - tail]
+
+        return inner
 
     # No silence case here: its output is ~1e-5, so float rounding (3e-9 seen on HiFi-GAN
     # universal) reads as 99 dB; the whole-clip vocoder's parity covers silence.
@@ -528,16 +538,22 @@ def _stream_parity(
     stream_out = body(_memoised(streamed))  # run once, compared twice
     result = check_parity(path.name, "vocoder_stream", cases, body(whole_onnx), stream_out)
     vs_torch = check_parity(f"{path.name} vs torch", "vocoder", cases, body(whole), stream_out)
-    edge = None
-    if head:
+    edges: dict[str, dict[str, Any] | None] = {"head": None, "tail": None}
+    if head or tail:
         ref, got = whole(random, np.array(8)), streamed(random, np.array(8))
-        edge = {
-            "frames": layout.head_frames,
-            "snr_db": round(snr_db(ref[:, :, :head], got[:, :, :head]), 2),
-            "max_abs": float(np.max(np.abs(ref[:, :, :head] - got[:, :, :head]))),
-            "served_from": "the whole-clip vocoder graph",
-        }
-    return result, vs_torch, edge
+        n = ref.shape[2]
+        for name, frames, part in (
+            ("head", layout.head_frames, slice(0, head)),
+            ("tail", layout.tail_frames, slice(n - tail, n)),
+        ):
+            if frames:
+                edges[name] = {
+                    "frames": frames,
+                    "snr_db": round(snr_db(ref[:, :, part], got[:, :, part]), 2),
+                    "max_abs": float(np.max(np.abs(ref[:, :, part] - got[:, :, part]))),
+                    "served_from": "the whole-clip vocoder graph",
+                }
+    return result, vs_torch, edges
 
 
 def _resampler_test_signal(rate: int, rng: np.random.Generator) -> np.ndarray:

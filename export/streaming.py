@@ -19,16 +19,21 @@ streams by stacking rows, and snapshot or restore a stream by copying its row. N
 hidden in the graph.
 
 Edges. The whole-clip convolutions pad with zeros. Every stateful layer multiplies its input by
-a mask that is 0 where the sample lies before the clip's start (from the ``position`` input:
-frames fed before this step), so a stream sees exactly that zero padding and HiFi-GAN's output
-matches from the first sample. BigVGAN's anti-aliased activations pad by *replicating* edge
-samples, which a causal layer cannot know in advance: its first :attr:`head_frames` frames of
-audio differ, and the server takes them from the whole-clip graph (the export measures both
-parts). The end of a fixed-length clip (its last :attr:`delay` samples, which depend on the
-whole-clip graph's right padding) also comes from the whole-clip graph.
+a mask that is 0 where the sample lies outside the clip: before its start (from the
+``position`` input: frames fed before this step) and from its end on (the ``end`` input: the
+clip's length in frames; an open-ended stream passes
+:data:`~distill_serve.bundle.STREAM_OPEN_END`). So a stream sees exactly the whole-clip
+graph's zero padding at both edges, and HiFi-GAN's output matches from the first sample to the
+last: a fixed-length clip's last ``delay_samples`` come out of the stream when it is fed
+``latency_frames`` more frames (any values: they are masked) past its end. (``cached_conv``
+flushes a stream by feeding zeros, which only approximates the padding of the layers past
+the first; here every layer sees its own.) BigVGAN's anti-aliased activations pad by
+*replicating* edge samples, which a causal layer cannot know in advance: its first
+``head_frames`` and last ``tail_frames`` frames of audio differ, and the server takes them from
+the whole-clip graph (the export measures all three parts).
 
-Inputs ``mel (B, n_mels, S)``, ``position (B, 1)`` int64, ``state (B, N)``; outputs ``audio
-(B, 1, S * hop)`` and ``state_out (B, N)``; B and S are dynamic.
+Inputs ``mel (B, n_mels, S)``, ``position (B, 1)`` int64, ``end (B, 1)`` int64, ``state (B,
+N)``; outputs ``audio (B, 1, S * hop)`` and ``state_out (B, N)``; B and S are dynamic.
 """
 
 from __future__ import annotations
@@ -65,6 +70,9 @@ class StreamLayout:
             (``ceil(delay_samples / hop)``).
         head_frames: frames at the clip's start whose audio the stream does not match (0 for
             zero-padded vocoders; BigVGAN: its replicate padding's reach).
+        tail_frames: frames at a fixed-length clip's end whose audio the stream, told the
+            clip's ``end`` and fed ``latency_frames`` past it, does not match (0 for
+            zero-padded vocoders; BigVGAN: as its head).
         hop: audio samples per mel frame.
         layers: stateful layers (convolutions, transposed convolutions, delay lines).
     """
@@ -73,6 +81,7 @@ class StreamLayout:
     delay_samples: int
     latency_frames: int
     head_frames: int
+    tail_frames: int
     hop: int
     layers: int
 
@@ -104,11 +113,15 @@ class _Point:
 
 
 class _Ctx:
-    """Per-step values the layers share: the incoming state, the pieces of the new one, and
-    the stream position (mel frames fed before this step, ``(B, 1)`` int64)."""
+    """Per-step values the layers share: the incoming state, the pieces of the new one, the
+    stream position (mel frames fed before this step, ``(B, 1)`` int64) and the clip's end
+    (its length in frames, ``(B, 1)`` int64)."""
 
-    def __init__(self, state: torch.Tensor, position: torch.Tensor, sizes: list[int]) -> None:
+    def __init__(
+        self, state: torch.Tensor, position: torch.Tensor, end: torch.Tensor, sizes: list[int]
+    ) -> None:
         self.position = position
+        self.end = end.unsqueeze(1)  # (B, 1, 1)
         parts = torch.split(state, sizes, dim=1)  # one Split node, not a Slice per layer
         self.parts = dict(zip(itertools.accumulate([0, *sizes[:-1]]), parts, strict=True))
         self.pieces: list[tuple[int, torch.Tensor]] = []
@@ -126,15 +139,19 @@ class _Ctx:
 
 
 def _mask(ctx: _Ctx, x: torch.Tensor, factor: int, delay: int) -> torch.Tensor:
-    """``x`` with the samples that lie before the clip's start set to 0 (the zero padding the
-    whole-clip graph sees there). One sample index per rate and one mask per (rate, delay):
-    every input at one rate has the step's length at that rate."""
+    """``x`` with the samples that lie outside the clip set to 0 (the zero padding the
+    whole-clip graph sees there): a signal that lags the whole clip by ``delay`` samples holds
+    the clip's samples ``[0, end * factor)`` at stream indices ``[delay, delay + end *
+    factor)``. One sample index per rate and one mask per (rate, delay): every input at one
+    rate has the step's length at that rate."""
     if factor not in ctx.index:  # (B, 1, L): each sample's index in the clip at this rate
         steps = torch.arange(x.shape[-1], device=x.device).unsqueeze(0)
         ctx.index[factor] = (ctx.position * factor + steps).unsqueeze(1)
     key = (factor, delay)
     if key not in ctx.masks:
-        ctx.masks[key] = (ctx.index[factor] >= delay).to(x.dtype)
+        index = ctx.index[factor]
+        inside = (index >= delay) & (index < ctx.end * factor + delay)
+        ctx.masks[key] = inside.to(x.dtype)
     return x * ctx.masks[key]
 
 
@@ -411,7 +428,9 @@ class StreamingVocoder(nn.Module):
     no parameters with it (weights are copied).
     """
 
-    def __init__(self, model: nn.Module, family: str, hop: int, head_frames: int = 0) -> None:
+    def __init__(
+        self, model: nn.Module, family: str, hop: int, head_frames: int = 0, tail_frames: int = 0
+    ) -> None:
         super().__init__()
         builder = _Builder()
         point = _Point(delay=0, factor=1)
@@ -431,6 +450,7 @@ class StreamingVocoder(nn.Module):
             delay_samples=point.delay,
             latency_frames=math.ceil(point.delay / hop),
             head_frames=head_frames,
+            tail_frames=tail_frames,
             hop=hop,
             layers=builder.layers,
         )
@@ -439,9 +459,9 @@ class StreamingVocoder(nn.Module):
         return torch.zeros(batch, self.layout.state_size)
 
     def forward(
-        self, mel: torch.Tensor, position: torch.Tensor, state: torch.Tensor
+        self, mel: torch.Tensor, position: torch.Tensor, end: torch.Tensor, state: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx = _Ctx(state, position, self.sizes)
+        ctx = _Ctx(state, position, end, self.sizes)
         audio = self.body(mel, ctx)
         pieces = sorted(ctx.pieces, key=lambda p: p[0])
         return audio, torch.cat([p[1] for p in pieces], dim=1)
@@ -450,21 +470,28 @@ class StreamingVocoder(nn.Module):
 #: Step sizes the parity check feeds (the live blocks' 8 and 16 frames, and an odd one).
 PARITY_STEPS = (8, 16, 5)
 
-StepFn = Callable[[Any, Any, Any], tuple[Any, Any]]
+#: ``(mel, position, end, state) -> (audio, state_out)``, numpy in and out.
+StepFn = Callable[[Any, Any, Any, Any], tuple[Any, Any]]
 
 
-def run_stream(step: StepFn, mel: Any, state: Any, frames_per_step: int, hop: int) -> Any:
-    """Feed ``mel (B, n_mels, T)`` (numpy) through ``step`` in steps of ``frames_per_step``
-    from a zero ``state (B, N)``; returns the stream's audio ``(B, 1, T * hop)`` (numpy), whose
-    first :attr:`StreamLayout.delay_samples` samples come before the clip's start."""
+def run_stream(
+    step: StepFn, mel: Any, state: Any, frames_per_step: int, hop: int, flush: int = 0
+) -> Any:
+    """Feed the clip ``mel (B, n_mels, T)`` (numpy) through ``step`` in steps of
+    ``frames_per_step`` from a zero ``state (B, N)``, then ``flush`` frames of zeros past its
+    end (a stream's whole clip needs :attr:`StreamLayout.latency_frames` of them); returns
+    the stream's audio ``(B, 1, (T + flush) * hop)`` (numpy), whose first
+    :attr:`StreamLayout.delay_samples` samples come before the clip's start."""
     import numpy as np
 
-    batch, _, total = mel.shape
+    batch, n_mels, total = mel.shape
+    mel = np.concatenate([mel, np.zeros((batch, n_mels, flush), mel.dtype)], axis=2)
     position = np.zeros((batch, 1), np.int64)
+    end = np.full((batch, 1), total, np.int64)
     out = []
-    for i in range(0, total, frames_per_step):
+    for i in range(0, total + flush, frames_per_step):
         chunk = np.ascontiguousarray(mel[:, :, i : i + frames_per_step])
-        audio, state = step(chunk, position, state)
+        audio, state = step(chunk, position, end, state)
         out.append(np.asarray(audio))
         position = position + chunk.shape[2]
     return np.concatenate(out, axis=2)
@@ -478,17 +505,19 @@ def export_stream(vocoder: StreamingVocoder, n_mels: int, path: Any) -> Any:
     example = [
         torch.randn(2, n_mels, 8),
         torch.zeros(2, 1, dtype=torch.int64),
+        torch.full((2, 1), 100, dtype=torch.int64),
         vocoder.initial_state(2),
     ]
     batch = {0: "batch"}
     return export_onnx_traced(
         vocoder,
         example,
-        ["mel", "position", "state"],
+        ["mel", "position", "end", "state"],
         ["audio", "state_out"],
         {
             "mel": {0: "batch", 2: "steps"},
             "position": batch,
+            "end": batch,
             "state": batch,
             "audio": {0: "batch", 2: "samples"},
             "state_out": batch,
@@ -500,12 +529,14 @@ def export_stream(vocoder: StreamingVocoder, n_mels: int, path: Any) -> Any:
 def build_streaming(model: nn.Module, family: str, hop: int) -> StreamingVocoder | None:
     """The streaming form of a vocoder, or None (logged) when it has a layer this module
     does not stream. BigVGAN (its activations rewritten) differs at the clip's start for as
-    many frames as its state reaches back, at most the stream's latency: its head frames."""
+    many frames as its state reaches back, at most the stream's latency: its head frames; and
+    as many at its end (its tail frames)."""
     try:
         stream = StreamingVocoder(model, family, hop)
     except UnsupportedVocoder as exc:
         log.warning("no streaming vocoder graph: %s (the bundle serves with blocks)", exc)
         return None
     if family == "bigvgan":
-        stream = StreamingVocoder(model, family, hop, head_frames=stream.layout.latency_frames)
+        edge = stream.layout.latency_frames
+        stream = StreamingVocoder(model, family, hop, head_frames=edge, tail_frames=edge)
     return stream.eval()

@@ -104,7 +104,7 @@ class ServerConfig:
 def demo_bundle_dir() -> Path:
     """Where the demo bundle is cached (``$DISTILL_SERVE_CACHE`` or ``~/.cache``)."""
     root = os.environ.get("DISTILL_SERVE_CACHE") or Path.home() / ".cache" / "distill-serve"
-    return Path(root) / "demo-bundle-v7"
+    return Path(root) / "demo-bundle-v8"
 
 
 def ensure_demo_bundle(path: Path | None = None) -> Path:

@@ -38,23 +38,37 @@ class StreamSpec:
     """The bundle's streaming vocoder graph (``manifest["vocoder"]["stream"]``; see
     ``export/streaming.py``): a stream's audio lags the whole clip by ``delay_samples``, it
     must be fed ``latency_frames`` beyond the audio it delivers, its first ``head_frames``
-    frames of audio come from the whole-clip graph, and it is fed in ``step_frames`` steps."""
+    frames of audio come from the whole-clip graph, and it is fed in ``step_frames`` steps.
+
+    ``tail_frames``: frames at a fixed-length clip's end whose audio the stream, told the
+    clip's end and fed ``latency_frames`` past it, does not match (0: it matches to the last
+    sample, HiFi-GAN; BigVGAN's replicate padding: some). None: a graph exported before the
+    ``end`` input existed, which is never told the end."""
 
     state_size: int
     delay_samples: int
     latency_frames: int
     head_frames: int
     step_frames: tuple[int, ...]
+    tail_frames: int | None = None
+
+    @property
+    def streams_to_the_end(self) -> bool:
+        """Whether a fixed-length clip's last ``delay_samples`` come from the stream (fed
+        past the clip's end) rather than from the whole-clip graph."""
+        return self.tail_frames == 0
 
     @classmethod
     def from_manifest(cls, d: dict[str, object]) -> StreamSpec:
         steps = d.get("step_frames") or (8, 16, 32)
+        tail = d.get("tail_frames")  # absent before the graph's ``end`` input
         return cls(
             state_size=int(d["state_size"]),  # type: ignore[call-overload]
             delay_samples=int(d["delay_samples"]),  # type: ignore[call-overload]
             latency_frames=int(d["latency_frames"]),  # type: ignore[call-overload]
             head_frames=int(d["head_frames"]),  # type: ignore[call-overload]
             step_frames=tuple(int(x) for x in steps),  # type: ignore[attr-defined]
+            tail_frames=None if tail is None else int(tail),  # type: ignore[call-overload]
         )
 
 

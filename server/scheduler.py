@@ -51,26 +51,32 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from distill_serve.bundle import STREAM_OPEN_END
+
 log = logging.getLogger(__name__)
 
 #: Batch sizes a run may have (the most urgent step's shape, largest size that queued steps
 #: fill). Up to 32 streams share a run.
 BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 
-#: ``(mel (B, n_mels, S), position (B, 1) int64, state (B, N))`` -> ``(audio (B, 1, S*hop),
-#: state (B, N))``: the streaming graph's session.
-BatchRunner = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+#: ``(mel (B, n_mels, S), position (B, 1) int64, end (B, 1) int64, state (B, N))`` ->
+#: ``(audio (B, 1, S*hop), state (B, N))``: the streaming graph's session.
+BatchRunner = Callable[
+    [np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]
+]
 
 
 @dataclass
 class Step:
     """One stream's next step: ``mel (n_mels, S)``, the frames fed before it, its state
-    ``(N,)``, and when its audio is needed (``time.monotonic`` seconds)."""
+    ``(N,)``, when its audio is needed (``time.monotonic`` seconds), and the stream's clip
+    length in frames (open-ended: :data:`~distill_serve.bundle.STREAM_OPEN_END`)."""
 
     mel: np.ndarray
     position: int
     state: np.ndarray
     deadline: float
+    end: int = STREAM_OPEN_END
     submitted: float = field(default_factory=time.monotonic)
     future: Future[tuple[np.ndarray, np.ndarray]] = field(default_factory=Future)
 
@@ -201,6 +207,7 @@ class StepScheduler:
                 audio, states = run_batch(
                     np.stack([s.mel for s in batch]),
                     np.array([[s.position] for s in batch], dtype=np.int64),
+                    np.array([[s.end] for s in batch], dtype=np.int64),
                     np.stack([s.state for s in batch]),
                 )
             except BaseException as exc:  # handed to every caller of the batch

@@ -3,12 +3,16 @@
 :class:`StreamVocoder` hands out the whole-clip vocoder audio of any block, like the block
 path (``BlockRenderer``'s windows with context) but without recomputing context: it feeds
 each source's frames to its stream state in steps (through the engine's step scheduler, which
-batches them with other generations') and keeps the samples not yet asked for. Two stretches
-the stream does not match come from the whole-clip graph, as the block path computes them:
+batches them with other generations') and keeps the samples not yet asked for. Each step
+tells the graph the clip's end (a fixed-length clip's frames; open-ended: never), where it
+pads as the whole-clip graph does. Two stretches the stream does not match come from the
+whole-clip graph, as the block path computes them:
 
 * the head: the bundle's ``head_frames`` (BigVGAN's replicate-padded start; none on HiFi-GAN);
-* the tail of a fixed-length clip: its last ``delay_samples``, which depend on the whole-clip
-  graph's right padding (a stream only ever sees frames that exist).
+* the tail of a fixed-length clip, its last ``delay_samples``, where the stream does not
+  match the whole-clip graph's right padding (BigVGAN, or a graph exported before the ``end``
+  input). Where it does (HiFi-GAN: ``tail_frames`` 0), the stream is fed ``latency_frames``
+  past the end (zeros: the graph masks them) and delivers the clip to its last sample.
 
 Mel frames are asked of each :class:`~distill_serve.server.mel.MelSource` exactly as far ahead
 as the block path asks (``context_frames`` beyond the block, which the model spec makes at
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from distill_serve.bundle import STREAM_OPEN_END
 from distill_serve.server.model import ModelSpec, StreamSpec
 from distill_serve.server.scheduler import Step
 
@@ -54,8 +59,14 @@ class StreamVocoder:
         self._spec = spec
         self._sources = list(sources)
         self._total = total
+        self._end = STREAM_OPEN_END if total is None else total
+        # frames fed in all: past a fixed-length clip's end where the stream delivers its tail
+        self._last = None if total is None else total
+        if total is not None and spec.streams_to_the_end:
+            self._last = total + spec.latency_frames
         self._step = step_frames
         self._hop = model.geometry.vocoder_hop
+        self._n_mels = model.n_mels_voc
         self._context = model.context_frames
         self._states = [np.zeros(spec.state_size, np.float32) for _ in self._sources]
         self._fed = 0  # frames fed to every state
@@ -66,15 +77,26 @@ class StreamVocoder:
     def _frames(self, lo: int, hi: int) -> list[np.ndarray]:
         return [s.vocoder_frames(lo, hi) for s in self._sources]
 
+    def _fed_frames(self, lo: int, hi: int) -> list[np.ndarray]:
+        """The frames ``[lo, hi)`` a stream is fed: zeros past a fixed-length clip's end."""
+        real = min(hi, self._end)
+        frames = self._frames(lo, real) if real > lo else []
+        if real == hi:
+            return frames
+        pad = np.zeros((self._n_mels, hi - max(lo, real)), np.float32)
+        if not frames:
+            return [pad for _ in self._sources]
+        return [np.concatenate([f, pad], axis=1) for f in frames]
+
     def _feed(self, target: int, deadline: float) -> None:
         """Feed every source's frames up to ``target`` in steps (sources batched together)."""
         while self._fed < target:
             n = min(self._step, target - self._fed)
             if self._fed == 0 and n == self._step and target > n:
                 n = (target - self._fed) % self._step or self._step
-            mels = self._frames(self._fed, self._fed + n)
+            mels = self._fed_frames(self._fed, self._fed + n)
             steps = [
-                Step(np.ascontiguousarray(m), self._fed, state, deadline)
+                Step(np.ascontiguousarray(m), self._fed, state, deadline, self._end)
                 for m, state in zip(mels, self._states, strict=True)
             ]
             results = self._runner.stream_steps(steps)
@@ -121,11 +143,13 @@ class StreamVocoder:
         for s in self._sources:
             s.vocoder_frames(reach - 1, reach)
         target = stop + spec.latency_frames
-        if self._total is not None:
-            target = min(self._total, target)
+        if self._last is not None:
+            target = min(self._last, target)
         self._feed(target, deadline)
         head = spec.head_frames * hop
-        tail = None if self._total is None else self._total * hop - spec.delay_samples
+        tail = None
+        if self._total is not None and not spec.streams_to_the_end:
+            tail = self._total * hop - spec.delay_samples
         pieces = []
         if a < head:  # the head: whole-clip graph
             pieces.append(self._offline(a, min(b, head)))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill_serve.bundle import BundleError, load_bundle
+from distill_serve.bundle import STREAM_OPEN_END, BundleError, load_bundle
 from distill_serve.client import Client, DistillError
 from distill_serve.export.hifigan import HiFiGANGenerator
 from distill_serve.export.parity import snr_db
@@ -36,18 +36,20 @@ FLOAT32_FLOOR_DB = 90.0
 
 
 def _torch_step(model: StreamingVocoder):  # type: ignore[no-untyped-def]
-    def step(mel: np.ndarray, position: np.ndarray, state: np.ndarray):  # type: ignore[no-untyped-def]
+    def step(mel, position, end, state):  # type: ignore[no-untyped-def]
         with torch.no_grad():
-            audio, new = model(
-                torch.from_numpy(mel), torch.from_numpy(position), torch.from_numpy(state)
-            )
+            audio, new = model(*(torch.from_numpy(x) for x in (mel, position, end, state)))
         return audio.numpy(), new.numpy()
 
     return step
 
 
 @pytest.mark.parametrize("resblock", ["1", "2"])
-def test_hifigan_stream_equals_the_whole_clip_from_its_first_sample(resblock: str) -> None:
+def test_hifigan_stream_equals_the_whole_clip_from_its_first_sample_to_its_last(
+    resblock: str,
+) -> None:
+    """Told the clip's end and fed its latency past it, the stream pads both edges as the
+    whole-clip graph does: every sample matches, the last ``delay_samples`` included."""
     config = dict(SMALL_HIFIGAN, resblock=resblock)
     if resblock == "2":
         config["resblock_dilation_sizes"] = [[1, 2], [2, 6], [3, 12]]
@@ -55,16 +57,29 @@ def test_hifigan_stream_equals_the_whole_clip_from_its_first_sample(resblock: st
     model = HiFiGANGenerator(config).eval()
     stream = StreamingVocoder(model, "hifigan", 256).eval()
     layout = stream.layout
-    assert layout.head_frames == 0 and layout.latency_frames == -(-layout.delay_samples // 256)
+    assert layout.head_frames == layout.tail_frames == 0
+    assert layout.latency_frames == -(-layout.delay_samples // 256)
     mel = (np.random.default_rng(2).standard_normal((2, 80, 70)) * 2 - 4).astype(np.float32)
     with torch.no_grad():
         whole = model(torch.from_numpy(mel)).numpy()
+    delay, tail = layout.delay_samples, slice(-layout.delay_samples, None)
     for frames in PARITY_STEPS:
         state = stream.initial_state(2).numpy()
-        out = run_stream(_torch_step(stream), mel, state, frames, 256)
-        assert out.shape == whole.shape  # S * hop samples per step
-        got = out[:, :, layout.delay_samples :]
-        assert snr_db(whole[:, :, : got.shape[2]], got) >= MIN_STREAM_SNR_DB
+        out = run_stream(_torch_step(stream), mel, state, frames, 256, layout.latency_frames)
+        assert out.shape[2] == (70 + layout.latency_frames) * 256  # S * hop samples per step
+        got = out[:, :, delay : delay + whole.shape[2]]
+        assert snr_db(whole, got) >= MIN_STREAM_SNR_DB
+        assert snr_db(whole[:, :, tail], got[:, :, tail]) >= MIN_STREAM_SNR_DB
+    # Not told the end (an open-ended stream), the zeros fed past it are audio: the tail
+    # differs. That is what the ``end`` input is for.
+    state = stream.initial_state(2).numpy()
+
+    def open_ended(mel, position, end, state):  # type: ignore[no-untyped-def]
+        return _torch_step(stream)(mel, position, np.full_like(end, STREAM_OPEN_END), state)
+
+    out = run_stream(open_ended, mel, state, 8, 256, layout.latency_frames)
+    got = out[:, :, delay : delay + whole.shape[2]]
+    assert snr_db(whole[:, :, tail], got[:, :, tail]) < 60
 
 
 def test_bundles_carry_a_checked_streaming_graph(stand_in_bundle: Path, demo_bundle: Path) -> None:
@@ -78,11 +93,13 @@ def test_bundles_carry_a_checked_streaming_graph(stand_in_bundle: Path, demo_bun
         assert stream["latency_frames"] * stream["hop"] >= stream["delay_samples"]
         assert stream["state_size"] > 0 and 8 in stream["step_frames"]
         assert {f["role"] for f in m["files"]} >= {"vocoder_stream"}
-        if family == "hifigan":  # zero padding: matched from the first sample
-            assert stream["head_frames"] == 0 and stream["head_edge"] is None
-        else:  # BigVGAN's replicate-padded start is served from the whole-clip graph
-            assert stream["head_frames"] > 0
-            assert stream["head_edge"]["served_from"] == "the whole-clip vocoder graph"
+        if family == "hifigan":  # zero padding: matched from the first sample to the last
+            assert stream["head_frames"] == stream["tail_frames"] == 0
+            assert stream["head_edge"] is None and stream["tail_edge"] is None
+        else:  # BigVGAN's replicate-padded edges are served from the whole-clip graph
+            assert stream["head_frames"] > 0 and stream["tail_frames"] > 0
+            for edge in (stream["head_edge"], stream["tail_edge"]):
+                assert edge["served_from"] == "the whole-clip vocoder graph"
 
 
 @pytest.fixture(scope="module")
@@ -111,14 +128,65 @@ def test_stream_path_equals_the_block_path_at_every_rate(  # type: ignore[no-unt
     assert worst >= FLOAT32_FLOOR_DB
 
 
+def _count_whole_clip_runs(runner):  # type: ignore[no-untyped-def]
+    """``runner`` with its whole-clip vocoder runs counted (``runner.whole_clip_runs``)."""
+    vocode = runner.vocode
+    runner.whole_clip_runs = 0
+
+    def counted(mel):  # type: ignore[no-untyped-def]
+        runner.whole_clip_runs += 1
+        return vocode(mel)
+
+    runner.vocode = counted
+    return runner
+
+
+def test_a_hifigan_clip_streams_to_its_last_sample_without_the_whole_clip_graph(
+    hifigan_engines: tuple[Engine, Engine], demo_bundle: Path
+) -> None:
+    """On HiFi-GAN the stream delivers a fixed-length clip's tail itself (fed past the end,
+    which the graph pads as the whole-clip graph does): no whole-clip run at all, the same
+    audio. A bundle whose manifest predates ``tail_frames`` still takes its tail from the
+    whole-clip graph, with the same audio."""
+    from distill_serve.server.pipeline import audio_blocks
+
+    stream, block = hifigan_engines
+    p = params(block, ChunkMode.LATENT_INTERP, duration_s=1.3, steps_between=2)
+    runner = _count_whole_clip_runs(stream.runner())
+    got = np.concatenate(list(audio_blocks(runner, stream.model, p)), axis=1)
+    assert runner.whole_clip_runs == 0
+    assert snr_db(generate(block, p), got) >= FLOAT32_FLOOR_DB
+
+    bundle = load_bundle(demo_bundle)
+    old_stream = {k: v for k, v in bundle.manifest["vocoder"]["stream"].items()}
+    del old_stream["tail_frames"]
+    old = dataclasses.replace(
+        bundle,
+        manifest=dict(bundle.manifest, vocoder=dict(bundle.manifest["vocoder"], stream=old_stream)),
+    )
+    legacy = Engine(old, EngineConfig(use_cuda=False, vocoder_path="stream", live_capacity=0))
+    try:
+        assert legacy.model.stream is not None and legacy.model.stream.tail_frames is None
+        runner = _count_whole_clip_runs(legacy.runner())
+        before = np.concatenate(list(audio_blocks(runner, legacy.model, p)), axis=1)
+        assert runner.whole_clip_runs > 0
+        assert snr_db(before, got) >= FLOAT32_FLOOR_DB
+    finally:
+        legacy.close()
+
+
 def test_bigvgan_stream_path_serves_its_head_from_the_whole_clip_graph(engine: Engine) -> None:
-    """The stand-in (BigVGAN) streams by default; its head frames come from the whole-clip
-    graph, so the clip equals the block path's from the first sample."""
+    """The stand-in (BigVGAN) streams by default; its head and tail frames come from the
+    whole-clip graph, so the clip equals the block path's from the first sample to the last."""
+    from distill_serve.server.pipeline import audio_blocks
+
     assert engine.vocoder_path == "stream" and engine.model.stream is not None
-    assert engine.model.stream.head_frames > 0
+    assert engine.model.stream.head_frames > 16  # past the first block (16 frames)
     block = Engine(engine.bundle, EngineConfig(use_cuda=False, vocoder_path="block"))
     p = params(engine, ChunkMode.LATENT_INTERP, duration_s=1.3, steps_between=2)
-    a, b = generate(block, p), generate(engine, p)
+    runner = _count_whole_clip_runs(engine.runner())
+    a, b = generate(block, p), np.concatenate(list(audio_blocks(runner, engine.model, p)), axis=1)
+    np.testing.assert_array_equal(b, generate(engine, p))
     head = engine.model.stream.head_frames * engine.model.geometry.vocoder_hop
     assert snr_db(a[:, :head], b[:, :head]) >= MIN_STREAM_SNR_DB
     assert snr_db(a, b) >= MIN_STREAM_SNR_DB
@@ -238,7 +306,7 @@ def test_operators_can_fix_or_lift_the_live_capacity(stand_in_bundle: Path) -> N
 def _echo_batches(log: list[int], gate: threading.Event | None = None):  # type: ignore[no-untyped-def]
     """A batch runner that records batch sizes; audio = the mel summed, state + 1."""
 
-    def run(mel: np.ndarray, position: np.ndarray, state: np.ndarray):  # type: ignore[no-untyped-def]
+    def run(mel, position, end, state):  # type: ignore[no-untyped-def]
         if gate is not None:
             gate.wait(10)
         log.append(mel.shape[0])
@@ -283,7 +351,7 @@ def test_scheduler_batches_queued_steps_of_one_shape_most_urgent_first() -> None
 def test_a_failed_batch_fails_only_its_steps() -> None:
     calls = []
 
-    def run(mel, position, state):  # type: ignore[no-untyped-def]
+    def run(mel, position, end, state):  # type: ignore[no-untyped-def]
         calls.append(mel.shape[0])
         if len(calls) == 1:
             raise RuntimeError("boom")
@@ -303,13 +371,13 @@ def test_scheduler_counts_its_runs_cpu_time_apart_from_their_wall_time() -> None
     """The serving overhead is the server's CPU less the graph's: the scheduler counts its
     runners' thread CPU time, which a run that waits (here: sleeps) does not add to."""
 
-    def spin(mel, position, state):  # type: ignore[no-untyped-def]
+    def spin(mel, position, end, state):  # type: ignore[no-untyped-def]
         t0 = time.thread_time()
         while time.thread_time() - t0 < 0.03:
             pass
         return np.zeros((mel.shape[0], 1, 2)), state
 
-    def sleep(mel, position, state):  # type: ignore[no-untyped-def]
+    def sleep(mel, position, end, state):  # type: ignore[no-untyped-def]
         time.sleep(0.05)
         return np.zeros((mel.shape[0], 1, 2)), state
 
@@ -342,11 +410,12 @@ def test_a_stream_row_is_the_same_alone_or_batched(stand_in_bundle: Path) -> Non
         opts,
         providers=["CPUExecutionProvider"],
     )
-    n_mels, size = session.get_inputs()[0].shape[1], session.get_inputs()[2].shape[1]
+    n_mels, size = session.get_inputs()[0].shape[1], session.get_inputs()[3].shape[1]
     rng = np.random.default_rng(0)
     feed = {
         "mel": (rng.standard_normal((4, n_mels, 8)) * 2 - 4).astype(np.float32),
         "position": np.array([[0], [8], [30], [123]], np.int64),
+        "end": np.array([[40], [STREAM_OPEN_END], [38], [140]], np.int64),
         "state": (rng.standard_normal((4, size)) * 0.1).astype(np.float32),
     }
     audio, state = session.run(None, feed)

@@ -17,7 +17,9 @@ whole-clip graph, as the block path computes them:
 Mel frames are asked of each :class:`~distill_serve.server.mel.MelSource` exactly as far ahead
 as the block path asks (``context_frames`` beyond the block, which the model spec makes at
 least the stream's latency), so a live control lands on the same mel frame either way and
-frames already fed to a state never change.
+frames already fed to a state never change. The one exception is a fixed-length clip's head,
+whose mel no control can change: it is computed in one whole-clip run at the first block
+(a live session computes each block's part of it on that block's window).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class StreamVocoder:
         self._emitted = 0  # stream samples out so far (the first delay_samples precede 0)
         self._buffer = np.zeros((len(self._sources), 0), np.float32)  # whole-clip samples
         self._buffer_start = 0  # the whole-clip sample index of _buffer[:, 0]
+        self._head: np.ndarray | None = None  # a fixed-length clip's head samples
 
     def _frames(self, lo: int, hi: int) -> list[np.ndarray]:
         return [s.vocoder_frames(lo, hi) for s in self._sources]
@@ -130,6 +133,16 @@ class StreamVocoder:
             [self._runner.vocode(w[None])[a - lo * hop : b - lo * hop] for w in windows]
         )
 
+    def _head_audio(self, a: int, b: int) -> np.ndarray:
+        """Head samples ``[a, b)`` from the whole-clip graph: a live block's part on its own
+        window; a fixed-length clip's whole head in one run, the first time (one window of
+        ``head + context`` frames instead of one per block that reaches into the head)."""
+        if self._total is None:
+            return self._offline(a, b)
+        if self._head is None:
+            self._head = self._offline(0, min(self._spec.head_frames, self._total) * self._hop)
+        return self._head[:, a:b]
+
     def audio(self, start: int, stop: int, deadline: float | None = None) -> np.ndarray:
         """Whole-clip vocoder audio of frames ``[start, stop)``, ``(sources, (stop - start) *
         hop)``. Blocks must come in order, each starting where the last one stopped."""
@@ -152,7 +165,7 @@ class StreamVocoder:
             tail = self._total * hop - spec.delay_samples
         pieces = []
         if a < head:  # the head: whole-clip graph
-            pieces.append(self._offline(a, min(b, head)))
+            pieces.append(self._head_audio(a, min(b, head)))
         lo = max(a, head)
         hi = b if tail is None else min(b, tail)
         if hi > lo:  # the stream

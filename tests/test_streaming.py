@@ -177,7 +177,8 @@ def test_a_hifigan_clip_streams_to_its_last_sample_without_the_whole_clip_graph(
 
 def test_bigvgan_stream_path_serves_its_head_from_the_whole_clip_graph(engine: Engine) -> None:
     """The stand-in (BigVGAN) streams by default; its head and tail frames come from the
-    whole-clip graph, so the clip equals the block path's from the first sample to the last."""
+    whole-clip graph, one run each for a fixed-length clip (its first two blocks reach into
+    the head), so the clip equals the block path's from the first sample to the last."""
     from distill_serve.server.pipeline import audio_blocks
 
     assert engine.vocoder_path == "stream" and engine.model.stream is not None
@@ -186,6 +187,7 @@ def test_bigvgan_stream_path_serves_its_head_from_the_whole_clip_graph(engine: E
     p = params(engine, ChunkMode.LATENT_INTERP, duration_s=1.3, steps_between=2)
     runner = _count_whole_clip_runs(engine.runner())
     a, b = generate(block, p), np.concatenate(list(audio_blocks(runner, engine.model, p)), axis=1)
+    assert runner.whole_clip_runs == 2  # the head, the tail
     np.testing.assert_array_equal(b, generate(engine, p))
     head = engine.model.stream.head_frames * engine.model.geometry.vocoder_hop
     assert snr_db(a[:, :head], b[:, :head]) >= MIN_STREAM_SNR_DB

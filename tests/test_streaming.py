@@ -142,12 +142,13 @@ def _count_whole_clip_runs(runner):  # type: ignore[no-untyped-def]
 
 
 def test_a_hifigan_clip_streams_to_its_last_sample_without_the_whole_clip_graph(
-    hifigan_engines: tuple[Engine, Engine], demo_bundle: Path
+    hifigan_engines: tuple[Engine, Engine], demo_bundle: Path, tmp_path: Path
 ) -> None:
     """On HiFi-GAN the stream delivers a fixed-length clip's tail itself (fed past the end,
     which the graph pads as the whole-clip graph does): no whole-clip run at all, the same
-    audio. A bundle whose manifest predates ``tail_frames`` still takes its tail from the
-    whole-clip graph, with the same audio."""
+    audio. A bundle exported before (its graph without ``end``, no ``tail_frames``) still
+    serves on the stream path and takes its tail from the whole-clip graph, with the same
+    audio."""
     from distill_serve.server.pipeline import audio_blocks
 
     stream, block = hifigan_engines
@@ -157,14 +158,10 @@ def test_a_hifigan_clip_streams_to_its_last_sample_without_the_whole_clip_graph(
     assert runner.whole_clip_runs == 0
     assert snr_db(generate(block, p), got) >= FLOAT32_FLOOR_DB
 
-    bundle = load_bundle(demo_bundle)
-    old_stream = {k: v for k, v in bundle.manifest["vocoder"]["stream"].items()}
-    del old_stream["tail_frames"]
-    old = dataclasses.replace(
-        bundle,
-        manifest=dict(bundle.manifest, vocoder=dict(bundle.manifest["vocoder"], stream=old_stream)),
+    legacy = Engine(
+        _bundle_before_the_end_input(load_bundle(demo_bundle), tmp_path),
+        EngineConfig(use_cuda=False, vocoder_path="stream", live_capacity=0),
     )
-    legacy = Engine(old, EngineConfig(use_cuda=False, vocoder_path="stream", live_capacity=0))
     try:
         assert legacy.model.stream is not None and legacy.model.stream.tail_frames is None
         runner = _count_whole_clip_runs(legacy.runner())
@@ -173,6 +170,29 @@ def test_a_hifigan_clip_streams_to_its_last_sample_without_the_whole_clip_graph(
         assert snr_db(before, got) >= FLOAT32_FLOOR_DB
     finally:
         legacy.close()
+
+
+def _bundle_before_the_end_input(bundle, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """``bundle`` as exported before the streaming graph took ``end``: its graph without the
+    input (the masks fixed open-ended, as they were) and its manifest without
+    ``tail_frames``."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(bundle.graph("vocoder_stream")))
+    (end,) = [i for i in model.graph.input if i.name == "end"]
+    model.graph.input.remove(end)
+    value = numpy_helper.from_array(np.array([[STREAM_OPEN_END]], np.int64))
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["end"], value=value))
+    path = tmp_path / "vocoder_stream_without_end.onnx"
+    onnx.save(model, str(path))
+    files = tuple(
+        dataclasses.replace(f, path=str(path)) if f.role == "vocoder_stream" else f
+        for f in bundle.files
+    )
+    stream = {k: v for k, v in bundle.manifest["vocoder"]["stream"].items() if k != "tail_frames"}
+    vocoder = dict(bundle.manifest["vocoder"], stream=stream)
+    return dataclasses.replace(bundle, files=files, manifest=dict(bundle.manifest, vocoder=vocoder))
 
 
 def test_bigvgan_stream_path_serves_its_head_from_the_whole_clip_graph(engine: Engine) -> None:

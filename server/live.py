@@ -36,6 +36,7 @@ from distill_serve.server.request import (
     check_latent,
     check_slider_positions,
 )
+from distill_serve.server.scheduler import LIVE
 
 DEFAULT_LOOKAHEAD_S = 0.3
 #: Length of the fade-out that ends a session.
@@ -169,6 +170,7 @@ class LiveSession:
         self._renderer = BlockRenderer(
             runner, model, params, sources, self.stats, None, step_frames=self.block_frames
         )
+        self._renderer.rank = LIVE
         self._next = 0  # first vocoder frame of the next block
         self._sliders = dict(sliders or {})
         self._evolution = params.evolution_amount

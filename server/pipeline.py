@@ -29,7 +29,7 @@ from distill_serve.server.mel import MelSource
 from distill_serve.server.model import ModelSpec, StreamSpec
 from distill_serve.server.request import GenerationParams, Spatial
 from distill_serve.server.resample import Polyphase, StreamingResampler
-from distill_serve.server.scheduler import Step
+from distill_serve.server.scheduler import FIRST_AUDIO, REST, Step
 from distill_serve.server.trajectory import LatentPath
 from distill_serve.server.vocoder_stream import StreamVocoder
 
@@ -135,8 +135,9 @@ class BlockRenderer:
     runner streams; ``step_frames`` per step, default the bundle's largest), or the
     whole-clip graph on each block with context frames on both sides.
 
-    :attr:`deadline` (``time.monotonic`` seconds) says when the next block's audio is needed;
-    the step scheduler serves the most urgent steps first.
+    :attr:`deadline` (``time.monotonic`` seconds) says when the next block's audio is needed
+    and :attr:`rank` what it is (``server/scheduler.py``: a live block, a stream's first
+    audio, the rest); the step scheduler serves the most urgent steps first.
     """
 
     def __init__(
@@ -152,6 +153,7 @@ class BlockRenderer:
         self.sources = sources
         self._runner = runner
         self.deadline: float | None = None
+        self.rank = REST
         spec = runner.stream_spec
         self._stream = (
             StreamVocoder(
@@ -192,7 +194,7 @@ class BlockRenderer:
         few samples until the next block or :meth:`flush`). ``fade`` multiplies the block's
         first ``len(fade)`` samples at the vocoder rate and drops the rest."""
         audio = (
-            self._stream.audio(block.start, block.stop, self.deadline)
+            self._stream.audio(block.start, block.stop, self.deadline, self.rank)
             if self._stream is not None
             else self._block_audio(block)
         )
@@ -257,6 +259,7 @@ def audio_blocks(
     for block in plan_blocks(t_voc, model.context_frames):
         # needed when a listener playing from the first block would reach it
         renderer.deadline = started + block.start * frame_s
+        renderer.rank = FIRST_AUDIO if block.start == 0 else REST
         out = emit(renderer.render(block))
         if out.shape[1]:
             stats.block_sizes.append(out.shape[1])

@@ -33,7 +33,7 @@ import numpy as np
 
 from distill_serve.bundle import STREAM_OPEN_END
 from distill_serve.server.model import ModelSpec, StreamSpec
-from distill_serve.server.scheduler import Step
+from distill_serve.server.scheduler import REST, Step
 
 if TYPE_CHECKING:
     from distill_serve.server.mel import MelSource
@@ -91,7 +91,7 @@ class StreamVocoder:
             return [pad for _ in self._sources]
         return [np.concatenate([f, pad], axis=1) for f in frames]
 
-    def _feed(self, target: int, deadline: float) -> None:
+    def _feed(self, target: int, deadline: float, rank: int) -> None:
         """Feed every source's frames up to ``target`` in steps (sources batched together)."""
         while self._fed < target:
             n = min(self._step, target - self._fed)
@@ -99,7 +99,7 @@ class StreamVocoder:
                 n = (target - self._fed) % self._step or self._step
             mels = self._fed_frames(self._fed, self._fed + n)
             steps = [
-                Step(np.ascontiguousarray(m), self._fed, state, deadline, self._end)
+                Step(np.ascontiguousarray(m), self._fed, state, deadline, self._end, rank)
                 for m, state in zip(mels, self._states, strict=True)
             ]
             results = self._runner.stream_steps(steps)
@@ -143,9 +143,12 @@ class StreamVocoder:
             self._head = self._offline(0, min(self._spec.head_frames, self._total) * self._hop)
         return self._head[:, a:b]
 
-    def audio(self, start: int, stop: int, deadline: float | None = None) -> np.ndarray:
+    def audio(
+        self, start: int, stop: int, deadline: float | None = None, rank: int = REST
+    ) -> np.ndarray:
         """Whole-clip vocoder audio of frames ``[start, stop)``, ``(sources, (stop - start) *
-        hop)``. Blocks must come in order, each starting where the last one stopped."""
+        hop)``, its steps of ``rank`` due by ``deadline`` (None: now). Blocks must come in
+        order, each starting where the last one stopped."""
         hop, ctx, spec = self._hop, self._context, self._spec
         deadline = time.monotonic() if deadline is None else deadline
         a, b = start * hop, stop * hop
@@ -155,11 +158,11 @@ class StreamVocoder:
         reach = stop + ctx if self._total is None else min(self._total, stop + ctx)
         for s in self._sources:
             s.vocoder_frames(reach - 1, reach)
+        head = spec.head_frames * hop
         target = stop + spec.latency_frames
         if self._last is not None:
             target = min(self._last, target)
-        self._feed(target, deadline)
-        head = spec.head_frames * hop
+        self._feed(target, deadline, rank)
         tail = None
         if self._total is not None and not spec.streams_to_the_end:
             tail = self._total * hop - spec.delay_samples

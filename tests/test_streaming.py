@@ -23,7 +23,14 @@ from distill_serve.export.streaming import PARITY_STEPS, StreamingVocoder, run_s
 from distill_serve.server.engine import Engine, EngineConfig
 from distill_serve.server.live import LiveControl, LiveSession
 from distill_serve.server.request import ChunkMode, Spatial
-from distill_serve.server.scheduler import BATCH_SIZES, Step, StepScheduler
+from distill_serve.server.scheduler import (
+    BATCH_SIZES,
+    FIRST_AUDIO,
+    LIVE,
+    REST,
+    Step,
+    StepScheduler,
+)
 from tests.conftest import SMALL_HIFIGAN, generate, manifest, params, start_server
 
 #: The streaming graph against the whole-clip vocoder, and the served stream path against
@@ -338,8 +345,9 @@ def _echo_batches(log: list[int], gate: threading.Event | None = None):  # type:
     return run
 
 
-def _step(frames: int, value: float, deadline: float) -> Step:
-    return Step(np.full((3, frames), value, np.float32), 5, np.zeros(4, np.float32), deadline)
+def _step(frames: int, value: float, deadline: float, rank: int = REST) -> Step:
+    mel = np.full((3, frames), value, np.float32)
+    return Step(mel, 5, np.zeros(4, np.float32), deadline, rank=rank)
 
 
 def test_scheduler_batches_queued_steps_of_one_shape_most_urgent_first() -> None:
@@ -368,6 +376,62 @@ def test_scheduler_batches_queued_steps_of_one_shape_most_urgent_first() -> None
         scheduler.close()
     with pytest.raises(RuntimeError, match="closed"):
         scheduler.submit(_step(8, 0.0, 0.0))
+
+
+def test_scheduler_serves_live_steps_then_first_audio_then_the_rest() -> None:
+    """Rank before deadline: a fixed-length request's overdue step (its deadline long past,
+    as when clients ask for more than real time) waits behind a live session's step and a new
+    request's first audio, whose deadlines are later."""
+    order: list[float] = []
+    gate = threading.Event()
+
+    def run(mel, position, end, state):  # type: ignore[no-untyped-def]
+        gate.wait(10)
+        order.extend(float(v) for v in mel[:, 0, 0])
+        return np.zeros((mel.shape[0], 1, 2)), state
+
+    scheduler = StepScheduler(run)
+    try:
+        now = time.monotonic()
+        blocker = scheduler.submit(_step(8, -1.0, now))  # holds the loop while we queue
+        time.sleep(0.1)
+        # three shapes, so that each runs alone
+        queued = [
+            scheduler.submit(_step(8, 2.0, now - 5.0, REST)),
+            scheduler.submit(_step(16, 1.0, now, FIRST_AUDIO)),
+            scheduler.submit(_step(5, 0.0, now + 0.3, LIVE)),
+        ]
+        gate.set()
+        for future in [blocker, *queued]:
+            future.result(10)
+        assert order == [-1.0, 0.0, 1.0, 2.0]
+    finally:
+        scheduler.close()
+
+
+def test_a_generations_steps_carry_its_rank(hifigan_engines: tuple[Engine, Engine]) -> None:
+    """A fixed-length request's first block asks for first audio, its later blocks are the
+    rest; every step of a live session is live."""
+    from distill_serve.server.pipeline import audio_blocks
+
+    stream, _ = hifigan_engines
+    ranks: list[int] = []
+    runner = stream.runner()
+    run = runner.stream_steps
+
+    def recorded(steps):  # type: ignore[no-untyped-def]
+        ranks.extend(s.rank for s in steps)
+        return run(steps)
+
+    runner.stream_steps = recorded  # type: ignore[method-assign]
+    list(audio_blocks(runner, stream.model, params(stream, duration_s=1.0)))
+    first = ranks.count(FIRST_AUDIO)
+    assert first >= 1 and ranks == [FIRST_AUDIO] * first + [REST] * (len(ranks) - first)
+    ranks.clear()
+    session = LiveSession(runner, stream.model, params(stream), 0.3)
+    for _ in range(3):
+        session.next_block()
+    assert ranks and set(ranks) == {LIVE}
 
 
 def test_a_failed_batch_fails_only_its_steps() -> None:

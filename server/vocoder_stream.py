@@ -162,7 +162,11 @@ class StreamVocoder:
         target = stop + spec.latency_frames
         if self._last is not None:
             target = min(self._last, target)
-        self._feed(target, deadline, rank)
+        # A fixed-length block inside the head takes no stream audio: its stream feed waits
+        # for the first block past the head, so first audio costs the head's whole-clip run
+        # alone (a live session feeds as it goes: its start-up cost stays spread over blocks).
+        if self._total is None or b > head:
+            self._feed(target, deadline, rank)
         tail = None
         if self._total is not None and not spec.streams_to_the_end:
             tail = self._total * hop - spec.delay_samples

@@ -205,7 +205,8 @@ def _bundle_before_the_end_input(bundle, tmp_path: Path):  # type: ignore[no-unt
 def test_bigvgan_stream_path_serves_its_head_from_the_whole_clip_graph(engine: Engine) -> None:
     """The stand-in (BigVGAN) streams by default; its head and tail frames come from the
     whole-clip graph, one run each for a fixed-length clip (its first two blocks reach into
-    the head), so the clip equals the block path's from the first sample to the last."""
+    the head; the first, inside it, waits for no stream step), so the clip equals the block
+    path's from the first sample to the last."""
     from distill_serve.server.pipeline import audio_blocks
 
     assert engine.vocoder_path == "stream" and engine.model.stream is not None
@@ -213,8 +214,20 @@ def test_bigvgan_stream_path_serves_its_head_from_the_whole_clip_graph(engine: E
     block = Engine(engine.bundle, EngineConfig(use_cuda=False, vocoder_path="block"))
     p = params(engine, ChunkMode.LATENT_INTERP, duration_s=1.3, steps_between=2)
     runner = _count_whole_clip_runs(engine.runner())
-    a, b = generate(block, p), np.concatenate(list(audio_blocks(runner, engine.model, p)), axis=1)
-    assert runner.whole_clip_runs == 2  # the head, the tail
+    fed = []
+    run = runner.stream_steps
+
+    def counted(steps):  # type: ignore[no-untyped-def]
+        fed.extend(s.frames for s in steps)
+        return run(steps)
+
+    runner.stream_steps = counted  # type: ignore[method-assign]
+    blocks = audio_blocks(runner, engine.model, p)
+    first = next(blocks)  # inside the head: its whole-clip run alone, no stream step yet
+    assert (runner.whole_clip_runs, fed) == (1, [])
+    b = np.concatenate([first, *blocks], axis=1)
+    assert runner.whole_clip_runs == 2 and fed  # the head, the tail; the stream between
+    a = generate(block, p)
     np.testing.assert_array_equal(b, generate(engine, p))
     head = engine.model.stream.head_frames * engine.model.geometry.vocoder_hop
     assert snr_db(a[:, :head], b[:, :head]) >= MIN_STREAM_SNR_DB

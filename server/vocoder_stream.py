@@ -62,12 +62,20 @@ class StreamVocoder:
         self._sources = list(sources)
         self._total = total
         self._end = STREAM_OPEN_END if total is None else total
-        # frames fed in all: past a fixed-length clip's end where the stream delivers its tail
-        self._last = None if total is None else total
-        if total is not None and spec.streams_to_the_end:
-            self._last = total + spec.latency_frames
         self._step = step_frames
         self._hop = model.geometry.vocoder_hop
+        # A fixed-length clip: the frames fed in all, and the whole-clip sample where its tail
+        # from the whole-clip graph starts (None: the stream, fed past the end, delivers it).
+        # A tail never starts inside the head: on a clip shorter than head and tail together,
+        # the whole-clip graph's head run covers what they share.
+        self._last: int | None = None
+        self._tail: int | None = None
+        if total is not None and spec.streams_to_the_end:
+            self._last = total + spec.latency_frames
+        elif total is not None:
+            self._last = total
+            head = spec.head_frames * self._hop
+            self._tail = max(head, total * self._hop - spec.delay_samples)
         self._n_mels = model.n_mels_voc
         self._context = model.context_frames
         self._states = [np.zeros(spec.state_size, np.float32) for _ in self._sources]
@@ -167,9 +175,7 @@ class StreamVocoder:
         # alone (a live session feeds as it goes: its start-up cost stays spread over blocks).
         if self._total is None or b > head:
             self._feed(target, deadline, rank)
-        tail = None
-        if self._total is not None and not spec.streams_to_the_end:
-            tail = self._total * hop - spec.delay_samples
+        tail = self._tail
         pieces = []
         if a < head:  # the head: whole-clip graph
             pieces.append(self._head_audio(a, min(b, head)))

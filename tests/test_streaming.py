@@ -234,6 +234,23 @@ def test_bigvgan_stream_path_serves_its_head_from_the_whole_clip_graph(engine: E
     assert snr_db(a, b) >= MIN_STREAM_SNR_DB
 
 
+def test_a_bigvgan_clip_shorter_than_its_head_and_tail_equals_the_block_path(
+    engine: Engine,
+) -> None:
+    """On a clip shorter than BigVGAN's head and tail together (the stand-in: ~0.5 s) the two
+    whole-clip stretches overlap, and the head's run covers what they share (both were served
+    once, doubling those samples and shifting the rest: 14-18 dB against the block path)."""
+    spec, m = engine.model.stream, engine.model
+    assert spec is not None and spec.head_frames > 0 and not spec.streams_to_the_end
+    block = Engine(engine.bundle, EngineConfig(use_cuda=False, vocoder_path="block"))
+    both = (spec.head_frames * m.geometry.vocoder_hop + spec.delay_samples) / m.vocoder_rate
+    for share in (0.5, 0.9):
+        p = params(engine, duration_s=round(share * both, 3))
+        a, b = generate(block, p), generate(engine, p)
+        assert a.shape == b.shape == (p.channels, p.total_samples)
+        assert snr_db(a, b) >= MIN_STREAM_SNR_DB
+
+
 def test_live_controls_land_on_the_same_frames_on_both_paths(
     hifigan_engines: tuple[Engine, Engine],
 ) -> None:

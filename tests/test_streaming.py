@@ -135,16 +135,21 @@ def test_stream_path_equals_the_block_path_at_every_rate(  # type: ignore[no-unt
     assert worst >= FLOAT32_FLOOR_DB
 
 
-def _count_whole_clip_runs(runner):  # type: ignore[no-untyped-def]
-    """``runner`` with its whole-clip vocoder runs counted (``runner.whole_clip_runs``)."""
-    vocode = runner.vocode
-    runner.whole_clip_runs = 0
+def _observed(runner):  # type: ignore[no-untyped-def]
+    """``runner`` with its whole-clip vocoder runs counted (``runner.whole_clip_runs``) and
+    the streaming steps it runs kept (``runner.steps_seen``)."""
+    vocode, stream_steps = runner.vocode, runner.stream_steps
+    runner.whole_clip_runs, runner.steps_seen = 0, []
 
     def counted(mel):  # type: ignore[no-untyped-def]
         runner.whole_clip_runs += 1
         return vocode(mel)
 
-    runner.vocode = counted
+    def seen(steps):  # type: ignore[no-untyped-def]
+        runner.steps_seen.extend(steps)
+        return stream_steps(steps)
+
+    runner.vocode, runner.stream_steps = counted, seen
     return runner
 
 
@@ -160,7 +165,7 @@ def test_a_hifigan_clip_streams_to_its_last_sample_without_the_whole_clip_graph(
 
     stream, block = hifigan_engines
     p = params(block, ChunkMode.LATENT_INTERP, duration_s=1.3, steps_between=2)
-    runner = _count_whole_clip_runs(stream.runner())
+    runner = _observed(stream.runner())
     got = np.concatenate(list(audio_blocks(runner, stream.model, p)), axis=1)
     assert runner.whole_clip_runs == 0
     assert snr_db(generate(block, p), got) >= FLOAT32_FLOOR_DB
@@ -171,7 +176,7 @@ def test_a_hifigan_clip_streams_to_its_last_sample_without_the_whole_clip_graph(
     )
     try:
         assert legacy.model.stream is not None and legacy.model.stream.tail_frames is None
-        runner = _count_whole_clip_runs(legacy.runner())
+        runner = _observed(legacy.runner())
         before = np.concatenate(list(audio_blocks(runner, legacy.model, p)), axis=1)
         assert runner.whole_clip_runs > 0
         assert snr_db(before, got) >= FLOAT32_FLOOR_DB
@@ -213,20 +218,13 @@ def test_bigvgan_stream_path_serves_its_head_from_the_whole_clip_graph(engine: E
     assert engine.model.stream.head_frames > 16  # past the first block (16 frames)
     block = Engine(engine.bundle, EngineConfig(use_cuda=False, vocoder_path="block"))
     p = params(engine, ChunkMode.LATENT_INTERP, duration_s=1.3, steps_between=2)
-    runner = _count_whole_clip_runs(engine.runner())
-    fed = []
-    run = runner.stream_steps
-
-    def counted(steps):  # type: ignore[no-untyped-def]
-        fed.extend(s.frames for s in steps)
-        return run(steps)
-
-    runner.stream_steps = counted  # type: ignore[method-assign]
+    runner = _observed(engine.runner())
     blocks = audio_blocks(runner, engine.model, p)
     first = next(blocks)  # inside the head: its whole-clip run alone, no stream step yet
-    assert (runner.whole_clip_runs, fed) == (1, [])
+    assert (runner.whole_clip_runs, runner.steps_seen) == (1, [])
     b = np.concatenate([first, *blocks], axis=1)
-    assert runner.whole_clip_runs == 2 and fed  # the head, the tail; the stream between
+    # the head, the tail; the stream between
+    assert runner.whole_clip_runs == 2 and runner.steps_seen
     a = generate(block, p)
     np.testing.assert_array_equal(b, generate(engine, p))
     head = engine.model.stream.head_frames * engine.model.geometry.vocoder_hop
@@ -281,25 +279,14 @@ def test_a_live_sessions_start_up_blocks_are_the_ones_that_cost_more(
     stream, block = hifigan_engines
     assert LiveSession(block.runner(), block.model, params(block), 0.3).startup_blocks == 0
     for eng in (engine, stream):  # BigVGAN (a head) and HiFi-GAN (none)
-        runner = eng.runner()
-        fed, whole = [0], [0]
-        stream_steps, vocode = runner.stream_steps, runner.vocode
-
-        def counted_steps(steps, fed=fed, run=stream_steps):  # type: ignore[no-untyped-def]
-            fed[0] += sum(s.frames for s in steps)
-            return run(steps)
-
-        def counted_vocode(mel, whole=whole, run=vocode):  # type: ignore[no-untyped-def]
-            whole[0] += 1
-            return run(mel)
-
-        runner.stream_steps, runner.vocode = counted_steps, counted_vocode  # type: ignore[method-assign]
+        runner = _observed(eng.runner())
         session = LiveSession(runner, eng.model, params(eng), 0.3)
         costly = []
         for _ in range(session.startup_blocks + 3):
-            fed[0] = whole[0] = 0
+            runner.whole_clip_runs, runner.steps_seen = 0, []
             session.next_block()
-            costly.append(whole[0] > 0 or fed[0] > session.block_frames)
+            fed = sum(s.frames for s in runner.steps_seen)
+            costly.append(runner.whole_clip_runs > 0 or fed > session.block_frames)
         assert costly == [True] * session.startup_blocks + [False] * 3
     assert (LiveSession(engine.runner(), engine.model, params(engine), 0.3).startup_blocks) > 1
 
@@ -445,22 +432,16 @@ def test_a_generations_steps_carry_its_rank(hifigan_engines: tuple[Engine, Engin
     from distill_serve.server.pipeline import audio_blocks
 
     stream, _ = hifigan_engines
-    ranks: list[int] = []
-    runner = stream.runner()
-    run = runner.stream_steps
-
-    def recorded(steps):  # type: ignore[no-untyped-def]
-        ranks.extend(s.rank for s in steps)
-        return run(steps)
-
-    runner.stream_steps = recorded  # type: ignore[method-assign]
+    runner = _observed(stream.runner())
     list(audio_blocks(runner, stream.model, params(stream, duration_s=1.0)))
+    ranks = [s.rank for s in runner.steps_seen]
     first = ranks.count(FIRST_AUDIO)
     assert first >= 1 and ranks == [FIRST_AUDIO] * first + [REST] * (len(ranks) - first)
-    ranks.clear()
+    runner.steps_seen = []
     session = LiveSession(runner, stream.model, params(stream), 0.3)
     for _ in range(3):
         session.next_block()
+    ranks = [s.rank for s in runner.steps_seen]
     assert ranks and set(ranks) == {LIVE}
 
 

@@ -2,7 +2,7 @@
 model's own audio.
 
 For each chunk mode, 10 s of 48 kHz stereo from the demo bundle (pipeline, no server) are
-coded as the server codes them (``server/audio_out.py``) and decoded as the Python client
+coded as the server codes them (``server/api/audio_out.py``) and decoded as the Python client
 decodes them: bytes per audio second, SNR against the float32 audio, PESQ wide-band of the
 mid channel at 16 kHz (a transparency proxy: PESQ is made for speech, the demo corpus is
 speech and music), and encode CPU seconds per audio second. Writes JSON naming the machine.
@@ -22,11 +22,11 @@ from scipy.signal import resample_poly
 from benchmarks import machine
 from distill_serve.audio import Encoding, decode
 from distill_serve.codecs import read_file
-from distill_serve.server.app import ensure_demo_bundle
-from distill_serve.server.audio_out import CODEC_CONTAINER, Container, whole
-from distill_serve.server.engine import Engine, EngineConfig
-from distill_serve.server.pipeline import audio_blocks
-from distill_serve.server.request import (
+from distill_serve.server.api.audio_out import CODEC_CONTAINER, Container, whole
+from distill_serve.server.api.server import ensure_demo_bundle
+from distill_serve.server.engine.engine import Engine, EngineConfig
+from distill_serve.server.pipeline.render import audio_blocks
+from distill_serve.server.pipeline.request import (
     ChunkMode,
     GenerationParams,
     Limits,

@@ -78,7 +78,7 @@ class Run:
 def provider() -> dict[str, Any]:
     import onnxruntime as ort
 
-    from distill_serve.server.cuda import cuda_unavailable_reason
+    from distill_serve.server.engine.cuda import cuda_unavailable_reason
 
     gpu = subprocess.run(
         ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],

@@ -2,7 +2,7 @@
 
 A repository of three bundles (the demo bundle, the stand-in, and a copy of the demo bundle
 under another name: a third model with the same graphs) is loaded one model at a time
-through :class:`~distill_serve.server.repository.ModelRepository`, as ``serve --models``
+through :class:`~distill_serve.server.models.repository.ModelRepository`, as ``serve --models``
 does, with the engine options ``serve`` uses (live capacity measured at load). Prints per
 model: load seconds, the resident memory the process grew by, a reload's seconds (new
 engine built while the old one serves), and an idle unload's seconds. Writes JSON naming the
@@ -23,9 +23,9 @@ from typing import Any
 
 from benchmarks import machine
 from benchmarks.__main__ import stand_in_bundle, table
-from distill_serve.server.app import ensure_demo_bundle
-from distill_serve.server.engine import Engine, EngineConfig
-from distill_serve.server.repository import ModelRepository
+from distill_serve.server.api.server import ensure_demo_bundle
+from distill_serve.server.engine.engine import Engine, EngineConfig
+from distill_serve.server.models.repository import ModelRepository
 
 
 def rss_mib() -> float:

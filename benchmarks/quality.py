@@ -44,7 +44,7 @@ from distill_serve.export.bridge import (
     vocoder_log_mel,
 )
 from distill_serve.export.checkpoint import SpectrogramConfig
-from distill_serve.server.model import ModelSpec
+from distill_serve.server.pipeline.model import ModelSpec
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "audio"
 SCORE_RATE = 16000

@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from distill_serve.server.engine import EngineConfig
-    from distill_serve.server.ray_serve import RayConfig, start
-    from distill_serve.server.request import Limits
+    from distill_serve.server.engine.engine import EngineConfig
+    from distill_serve.server.pipeline.request import Limits
+    from distill_serve.server.ray.serve import RayConfig, start
 
     for n in (int(r) for r in args.replicas.split(",")):
         engine = EngineConfig(use_cuda=False, intra_op_threads=max(1, cores // n))

@@ -13,9 +13,9 @@ import grpc.aio
 import numpy as np
 
 from distill_serve.audio import Encoding, decode
-from distill_serve.client.v1 import distill_pb2 as pb
-from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
 from distill_serve.codecs import OpusDecoder, read_file
+from distill_serve.v1 import distill_pb2 as pb
+from distill_serve.v1 import distill_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from distill_serve.client.live import AsyncLiveSession, LiveSession

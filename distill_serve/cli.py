@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from distill_serve.bundle import VOCODER_ROLES
 
 if TYPE_CHECKING:
-    from distill_serve.server.app import ServerConfig
+    from distill_serve.server.api.server import ServerConfig
 
 DEFAULT_RATES = "16000,22050,24000,32000,44100,48000,88200,96000"
 
@@ -85,9 +85,9 @@ def _tokens(token_file: Path | None, env: str | None = "DISTILL_SERVE_TOKENS") -
 
 def _serve(args: argparse.Namespace) -> int:
     from distill_serve.bundle import BundleError
-    from distill_serve.server.app import ServerConfig, run
-    from distill_serve.server.engine import EngineConfig
-    from distill_serve.server.request import Limits
+    from distill_serve.server.api.server import ServerConfig, run
+    from distill_serve.server.engine.engine import EngineConfig
+    from distill_serve.server.pipeline.request import Limits
 
     try:
         config = ServerConfig(
@@ -135,12 +135,12 @@ def _serve(args: argparse.Namespace) -> int:
 def _serve_ray(args: argparse.Namespace, config: ServerConfig) -> int:
     """``serve --ray``: the same servicer as Ray Serve replicas behind Serve's gRPC proxy."""
     try:
-        from distill_serve.server import ray_serve
+        from distill_serve.server.ray import serve as ray_serve
     except ImportError as exc:
         raise ValueError(
             f"--ray needs Ray Serve: pip install 'distill-serve[ray]' ({exc})"
         ) from exc
-    from distill_serve.server.app import ensure_demo_bundle
+    from distill_serve.server.api.server import ensure_demo_bundle
 
     if config.tls_cert is not None:
         raise ValueError("--ray: Serve's gRPC proxy has no TLS; terminate TLS in front of it")

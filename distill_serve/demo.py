@@ -13,8 +13,8 @@ from typing import Any
 import soundfile as sf
 
 from distill_serve.client.client import AsyncClient
-from distill_serve.server.app import DistillServer, ServerConfig, build_engine
-from distill_serve.server.engine import EngineConfig
+from distill_serve.server.api.server import DistillServer, ServerConfig, build_engine
+from distill_serve.server.engine.engine import EngineConfig
 
 REQUESTS: dict[str, dict[str, Any]] = {
     "crossfade": {},

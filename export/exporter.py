@@ -49,7 +49,7 @@ from distill_serve.export.streaming import (
 from distill_serve.export.vocoder import LoadedVocoder, load_vocoder
 from distill_serve.geometry import FrameGeometry
 from distill_serve.isa import cpu_kind
-from distill_serve.server.resample import ResamplerGeometry, resample_whole
+from distill_serve.server.pipeline.resample import ResamplerGeometry, resample_whole
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ import pytest
 from filelock import FileLock
 
 from distill_serve.audio import Encoding
-from distill_serve.server.app import DistillServer, ServerConfig, demo_bundle_dir
-from distill_serve.server.engine import Engine, EngineConfig
-from distill_serve.server.metrics import Metrics
-from distill_serve.server.pipeline import audio_blocks
-from distill_serve.server.request import (
+from distill_serve.server.api.server import DistillServer, ServerConfig, demo_bundle_dir
+from distill_serve.server.engine.engine import Engine, EngineConfig
+from distill_serve.server.models.metrics import Metrics
+from distill_serve.server.pipeline.render import audio_blocks
+from distill_serve.server.pipeline.request import (
     ChunkMode,
     GenerationParams,
     Limits,

@@ -25,10 +25,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from distill_serve.client import Client, DistillError
-from distill_serve.server.app import ServerConfig
-from distill_serve.server.engine import Engine, EngineConfig
-from distill_serve.server.ray_serve import RayConfig, start
-from distill_serve.server.request import Limits
+from distill_serve.server.api.server import ServerConfig
+from distill_serve.server.engine.engine import Engine, EngineConfig
+from distill_serve.server.pipeline.request import Limits
+from distill_serve.server.ray.serve import RayConfig, start
 
 PORT = 50199
 METRICS_PORT = 50198
@@ -94,8 +94,8 @@ def models(ray_target: str, plain_b: str) -> dict[str, Any]:
     reloads); the model control of a plain server is refused, names are checked."""
     import grpc as _grpc
 
-    from distill_serve.client.v1 import distill_pb2 as pb
-    from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
+    from distill_serve.v1 import distill_pb2 as pb
+    from distill_serve.v1 import distill_pb2_grpc as pb_grpc
 
     out: dict[str, Any] = {}
     kw = {"timeout": 300, "token": TOKEN}

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from distill_serve.client import Client
-from distill_serve.server.app import ServerConfig
-from distill_serve.server.engine import Engine
+from distill_serve.server.api.server import ServerConfig
+from distill_serve.server.engine.engine import Engine
 from tests.conftest import ROOT, ServerThread, free_port
 
 sys.path.insert(0, str(ROOT / "client" / "c" / "python"))

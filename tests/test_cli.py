@@ -214,7 +214,7 @@ def test_demo_clips_sound_like_their_corpus(
     built) writes clips whose loudness and spectrum move like sound, where the random stand-in
     gives stationary noise with fixed lines."""
     from benchmarks.quality import texture
-    from distill_serve.server.engine import Engine, EngineConfig
+    from distill_serve.server.engine.engine import Engine, EngineConfig
     from tests.conftest import generate, params
 
     out = subprocess.run(

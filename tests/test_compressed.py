@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from distill_serve.client import Client, DistillError
-from distill_serve.client.v1 import distill_pb2 as pb
-from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
 from distill_serve.codecs import OpusDecoder, read_file
+from distill_serve.v1 import distill_pb2 as pb
+from distill_serve.v1 import distill_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread
 
 SPEC = {"seed": 5, "spatial": "stereo"}

@@ -9,7 +9,7 @@ import pytest
 
 from distill_serve.audio import Encoding, decode, encode
 from distill_serve.geometry import FrameGeometry, plan_chunks
-from distill_serve.server.dsp import (
+from distill_serve.server.pipeline.dsp import (
     AntiAlias,
     CausalPeakNormaliser,
     MidSide,
@@ -17,8 +17,8 @@ from distill_serve.server.dsp import (
     overlap_add,
     plan_blocks,
 )
-from distill_serve.server.request import ChunkMode
-from distill_serve.server.trajectory import drifting_anchors, slerp, trajectory
+from distill_serve.server.pipeline.request import ChunkMode
+from distill_serve.server.pipeline.trajectory import drifting_anchors, slerp, trajectory
 
 GEO = FrameGeometry(48000, 512, 44100, 512)
 

@@ -24,7 +24,11 @@ from distill_serve.export.demo import make_demo_checkpoint
 from distill_serve.export.exporter import DEFAULT_RATES, ExportConfig, ExportError, export_bundle
 from distill_serve.export.hifigan import HiFiGANGenerator, write_local_dir
 from distill_serve.export.resampler import PolyphaseResampler, reference_resample
-from distill_serve.server.resample import ResamplerGeometry, StreamingResampler, resample_whole
+from distill_serve.server.pipeline.resample import (
+    ResamplerGeometry,
+    StreamingResampler,
+    resample_whole,
+)
 from tests.conftest import SMALL_HIFIGAN, manifest
 
 

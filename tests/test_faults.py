@@ -21,13 +21,13 @@ from distill_serve.bundle import (
     write_manifest,
 )
 from distill_serve.client import Client
-from distill_serve.client.v1 import distill_pb2 as pb
-from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
 from distill_serve.export.decoder import DistillDecoder
 from distill_serve.export.graphs import export_onnx
-from distill_serve.server.app import ServerConfig
-from distill_serve.server.engine import Engine, EngineConfig
-from distill_serve.server.request import Limits
+from distill_serve.server.api.server import ServerConfig
+from distill_serve.server.engine.engine import Engine, EngineConfig
+from distill_serve.server.pipeline.request import Limits
+from distill_serve.v1 import distill_pb2 as pb
+from distill_serve.v1 import distill_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread
 
 

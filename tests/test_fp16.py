@@ -9,7 +9,7 @@ import onnx
 from onnx import TensorProto
 
 from distill_serve.export.parity import snr_db
-from distill_serve.server.engine import Engine, EngineConfig
+from distill_serve.server.engine.engine import Engine, EngineConfig
 from tests.conftest import generate, manifest, params
 
 

@@ -16,12 +16,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distill_serve.client.v1 import distill_pb2 as pb
-from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
 from distill_serve.codecs import read_file
-from distill_serve.server.app import ServerConfig
-from distill_serve.server.engine import Engine
-from distill_serve.server.request import Limits
+from distill_serve.server.api.server import ServerConfig
+from distill_serve.server.engine.engine import Engine
+from distill_serve.server.pipeline.request import Limits
+from distill_serve.v1 import distill_pb2 as pb
+from distill_serve.v1 import distill_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread
 
 EXAMPLES = int(os.environ.get("DISTILL_FUZZ_EXAMPLES", "150"))

@@ -16,7 +16,7 @@ from distill_serve.export.bridge import MelBridge, VocoderMelConfig, window_gain
 from distill_serve.export.checkpoint import SpectrogramConfig
 from distill_serve.export.hifigan import HiFiGANGenerator, packaged_paths, write_local_dir
 from distill_serve.export.vocoder import VocoderError, load_vocoder
-from distill_serve.server.engine import Engine, EngineConfig
+from distill_serve.server.engine.engine import Engine, EngineConfig
 from tests.conftest import SMALL_HIFIGAN as SMALL
 from tests.conftest import generate, manifest, params
 

@@ -11,7 +11,7 @@ import pytest
 from distill_serve.bundle import BundleError, load_bundle
 from distill_serve.client import Client
 from distill_serve.export.parity import snr_db
-from distill_serve.server.engine import Engine, EngineConfig
+from distill_serve.server.engine.engine import Engine, EngineConfig
 from tests.conftest import generate, manifest, params, start_server
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from distill_serve.isa import CpuKind, cpu_kind, int8_family, int8_mismatch
-from distill_serve.server import engine as engine_mod
-from distill_serve.server.engine import Engine, EngineConfig
+from distill_serve.server.engine import engine as engine_mod
+from distill_serve.server.engine.engine import Engine, EngineConfig
 from tests.conftest import manifest
 
 #: The int8 bound the issue sets, on every ISA (full-range weights gave 24 dB on AVX2).
@@ -72,7 +72,7 @@ def test_int8_engine_warns_on_another_kind_of_cpu(
     here = cpu_kind()
     other = "avx2" if here.int8_kernels != "avx2" else "avx512-vnni"
     monkeypatch.setattr(engine_mod, "cpu_kind", lambda: CpuKind(here.machine, other, ()))
-    with caplog.at_level(logging.WARNING, logger="distill_serve.server.engine"):
+    with caplog.at_level(logging.WARNING, logger="distill_serve.server.engine.engine"):
         eng = Engine.from_dir(
             stand_in_bundle, EngineConfig(use_cuda=False, vocoder_precision="int8")
         )

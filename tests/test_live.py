@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 
 from distill_serve.export.parity import snr_db
-from distill_serve.server.engine import Engine
-from distill_serve.server.live import (
+from distill_serve.server.engine.engine import Engine
+from distill_serve.server.pipeline.live import (
     LiveSession,
     Pacer,
     RawControl,
     check_control,
     live_block_frames,
 )
-from distill_serve.server.pipeline import PipelineStats, mel_source
-from distill_serve.server.request import ChunkMode, InvalidRequest, Spatial
-from distill_serve.server.resample import Polyphase
+from distill_serve.server.pipeline.render import PipelineStats, mel_source
+from distill_serve.server.pipeline.request import ChunkMode, InvalidRequest, Spatial
+from distill_serve.server.pipeline.resample import Polyphase
 from tests.conftest import generate, params
 
 #: Unary requests end their mel with the last chunk alone and the vocoder's edge; a live

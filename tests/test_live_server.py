@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distill_serve.client import Client, DistillError
-from distill_serve.client.v1 import distill_pb2 as pb
-from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
-from distill_serve.server.engine import Engine
-from distill_serve.server.live import FADE_OUT_S
+from distill_serve.server.engine.engine import Engine
+from distill_serve.server.pipeline.live import FADE_OUT_S
+from distill_serve.v1 import distill_pb2 as pb
+from distill_serve.v1 import distill_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread, start_server
 from tests.test_server import healthy
 
@@ -388,7 +388,7 @@ class _GoneContext:
 async def test_ending_a_session_whose_client_went_is_quiet(
     done: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from distill_serve.server.service import _Abort, _abort_unless_gone
+    from distill_serve.server.api.servicer import _Abort, _abort_unless_gone
 
     context = _GoneContext(done)
     with caplog.at_level(logging.INFO):

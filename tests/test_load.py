@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 
 from distill_serve.client import AsyncClient, DistillError
-from distill_serve.server.engine import Engine
+from distill_serve.server.engine.engine import Engine
 from tests.conftest import start_server
 
 N_REQUESTS = 200

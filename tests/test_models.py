@@ -1,4 +1,4 @@
-"""Many models in one server (``serve --models DIR``, server/repository.py): three bundles
+"""Many models in one server (``serve --models DIR``, server/models/repository.py): three bundles
 served at once, model control (LoadModel / UnloadModel with admin tokens, rescans) while
 streams and live sessions run, failed bundles, LRU eviction and per-model metrics."""
 
@@ -18,12 +18,12 @@ import pytest
 
 from distill_serve.bundle import load_bundle
 from distill_serve.client import Client, DistillError
-from distill_serve.client.v1 import distill_pb2 as pb
-from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
-from distill_serve.server.app import ServerConfig
-from distill_serve.server.engine import Engine, EngineConfig
-from distill_serve.server.repository import ModelRepository
-from distill_serve.server.request import Limits
+from distill_serve.server.api.server import ServerConfig
+from distill_serve.server.engine.engine import Engine, EngineConfig
+from distill_serve.server.models.repository import ModelRepository
+from distill_serve.server.pipeline.request import Limits
+from distill_serve.v1 import distill_pb2 as pb
+from distill_serve.v1 import distill_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread
 from tests.test_faults import other_model
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from distill_serve.export.parity import snr_db
-from distill_serve.server.dsp import plan_blocks
-from distill_serve.server.engine import Engine
-from distill_serve.server.pipeline import PipelineStats, audio_blocks, vocoder_mel
-from distill_serve.server.request import ChunkMode, InvalidRequest, Spatial
+from distill_serve.server.engine.engine import Engine
+from distill_serve.server.pipeline.dsp import plan_blocks
+from distill_serve.server.pipeline.render import PipelineStats, audio_blocks, vocoder_mel
+from distill_serve.server.pipeline.request import ChunkMode, InvalidRequest, Spatial
 from tests.conftest import generate, params
 
 
@@ -69,7 +69,7 @@ def test_slider_positions_change_the_sound(engine: Engine) -> None:
 
 
 def test_oom_fallback_reruns_on_cpu(stand_in_bundle) -> None:  # type: ignore[no-untyped-def]
-    from distill_serve.server.engine import EngineConfig
+    from distill_serve.server.engine.engine import EngineConfig
 
     seen: list[str] = []
     eng = Engine.from_dir(

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from distill_serve.server.app import ServerConfig
-from distill_serve.server.engine import Engine
+from distill_serve.server.api.server import ServerConfig
+from distill_serve.server.engine.engine import Engine
 from tests import shared_builds
 from tests.conftest import ServerThread, free_port, shared_path
 from tests.test_c_library import _python_live_blocks

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from distill_serve.client import codegen
+from distill_serve import codegen
 
 ROOT = Path(__file__).resolve().parents[1]
 BUF = ["npx", "--yes", "@bufbuild/buf@1.75.0"]
@@ -34,5 +34,5 @@ def test_stubs_are_fresh(tmp_path: Path) -> None:
     for path in written:
         committed = ROOT / codegen.OUT_DIR / path.name
         assert committed.read_bytes() == path.read_bytes(), (
-            f"{committed} is stale: run `python -m distill_serve.client.codegen`"
+            f"{committed} is stale: run `python -m distill_serve.codegen`"
         )

@@ -175,10 +175,10 @@ def test_a_replica_loads_through_the_repository(stand_in_bundle: Path, tmp_path:
     through the repository as on a plain server, so one that does not load is FAILED with
     its reason and counted while the replica serves the others; a replica of one bundle that
     does not load fails (Serve reports it), and one that loads owns its engine."""
-    ray_serve = pytest.importorskip("distill_serve.server.ray_serve")
-    from distill_serve.server.engine import EngineConfig
-    from distill_serve.server.repository import ModelState
-    from distill_serve.server.request import Limits
+    ray_serve = pytest.importorskip("distill_serve.server.ray.serve")
+    from distill_serve.server.engine.engine import EngineConfig
+    from distill_serve.server.models.repository import ModelState
+    from distill_serve.server.pipeline.request import Limits
 
     models = tmp_path / "models"
     models.mkdir()
@@ -213,7 +213,7 @@ def test_a_replica_loads_through_the_repository(stand_in_bundle: Path, tmp_path:
 
 def test_app_from_config_builds_the_application(stand_in_bundle: Path) -> None:
     """What a Serve config file or KubeRay's RayService imports (binding needs no cluster)."""
-    ray_serve = pytest.importorskip("distill_serve.server.ray_serve")
+    ray_serve = pytest.importorskip("distill_serve.server.ray.serve")
     pytest.importorskip("ray.serve")
     app = ray_serve.app_from_config({"bundle": str(stand_in_bundle), "replicas": 2})
     assert type(app).__name__ == "Application"

@@ -12,9 +12,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from distill_serve.client import Client, DistillError
-from distill_serve.client.v1 import distill_pb2 as pb
-from distill_serve.server.app import ServerConfig
-from distill_serve.server.engine import Engine
+from distill_serve.server.api.server import ServerConfig
+from distill_serve.server.engine.engine import Engine
+from distill_serve.v1 import distill_pb2 as pb
 from tests.certs import make_pki
 from tests.conftest import ServerThread
 

@@ -12,9 +12,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from distill_serve.client import Client, DistillError
-from distill_serve.client.v1 import distill_pb2 as pb
-from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
-from distill_serve.server.engine import Engine, EngineConfig
+from distill_serve.server.engine.engine import Engine, EngineConfig
+from distill_serve.v1 import distill_pb2 as pb
+from distill_serve.v1 import distill_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread, start_server
 
 MODE_OPTIONS = {
@@ -287,7 +287,7 @@ def test_deadline_exceeded_frees_slot(engine: Engine) -> None:
 
 
 def test_cuda_oom_fallback_answers_request(stand_in_bundle) -> None:  # type: ignore[no-untyped-def]
-    from distill_serve.server.app import ServerConfig
+    from distill_serve.server.api.server import ServerConfig
     from tests.conftest import ServerThread
 
     eng = Engine.from_dir(stand_in_bundle, EngineConfig(use_cuda=False, fault_injection=True))

@@ -1,4 +1,4 @@
-"""The live start gate (server/start_gate.py): at most ``slots`` sessions in their start-up
+"""The live start gate (server/api/start_gate.py): at most ``slots`` sessions in their start-up
 at once, each slot freed after its start-up blocks or when the session ends."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from distill_serve.server.start_gate import StartGate
+from distill_serve.server.api.start_gate import StartGate
 
 
 async def _entered(gate: StartGate, blocks: int) -> asyncio.Task:  # type: ignore[type-arg]

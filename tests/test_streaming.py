@@ -1,7 +1,8 @@
-"""The streaming vocoder (export/streaming.py) and its serving path (server/vocoder_stream.py,
-server/scheduler.py): step by step it equals the whole-clip vocoder; served, it equals the
-block path at every rate, unary equals stream, live controls land on the same frames, and the
-scheduler batches steps of concurrent generations most urgent first."""
+"""The streaming vocoder (export/streaming.py) and its serving path
+(server/pipeline/vocoder_stream.py, server/engine/scheduler.py): step by step it equals the
+whole-clip vocoder; served, it equals the block path at every rate, unary equals stream, live
+controls land on the same frames, and the scheduler batches steps of concurrent generations
+most urgent first."""
 
 from __future__ import annotations
 
@@ -20,10 +21,8 @@ from distill_serve.client import Client, DistillError
 from distill_serve.export.hifigan import HiFiGANGenerator
 from distill_serve.export.parity import snr_db
 from distill_serve.export.streaming import PARITY_STEPS, StreamingVocoder, run_stream
-from distill_serve.server.engine import Engine, EngineConfig
-from distill_serve.server.live import LiveControl, LiveSession
-from distill_serve.server.request import ChunkMode, Spatial
-from distill_serve.server.scheduler import (
+from distill_serve.server.engine.engine import Engine, EngineConfig
+from distill_serve.server.engine.scheduler import (
     BATCH_SIZES,
     FIRST_AUDIO,
     LIVE,
@@ -31,6 +30,8 @@ from distill_serve.server.scheduler import (
     Step,
     StepScheduler,
 )
+from distill_serve.server.pipeline.live import LiveControl, LiveSession
+from distill_serve.server.pipeline.request import ChunkMode, Spatial
 from tests.conftest import SMALL_HIFIGAN, generate, manifest, params, start_server
 
 #: The streaming graph against the whole-clip vocoder, and the served stream path against
@@ -161,7 +162,7 @@ def test_a_hifigan_clip_streams_to_its_last_sample_without_the_whole_clip_graph(
     audio. A bundle exported before (its graph without ``end``, no ``tail_frames``) still
     serves on the stream path and takes its tail from the whole-clip graph, with the same
     audio."""
-    from distill_serve.server.pipeline import audio_blocks
+    from distill_serve.server.pipeline.render import audio_blocks
 
     stream, block = hifigan_engines
     p = params(block, ChunkMode.LATENT_INTERP, duration_s=1.3, steps_between=2)
@@ -212,7 +213,7 @@ def test_bigvgan_stream_path_serves_its_head_from_the_whole_clip_graph(engine: E
     whole-clip graph, one run each for a fixed-length clip (its first two blocks reach into
     the head; the first, inside it, waits for no stream step), so the clip equals the block
     path's from the first sample to the last."""
-    from distill_serve.server.pipeline import audio_blocks
+    from distill_serve.server.pipeline.render import audio_blocks
 
     assert engine.vocoder_path == "stream" and engine.model.stream is not None
     assert engine.model.stream.head_frames > 16  # past the first block (16 frames)
@@ -274,7 +275,7 @@ def test_live_controls_land_on_the_same_frames_on_both_paths(
 def test_a_live_sessions_start_up_blocks_are_the_ones_that_cost_more(
     engine: Engine, hifigan_engines: tuple[Engine, Engine]
 ) -> None:
-    """The blocks a live session holds a start slot for (server/start_gate.py) are those
+    """The blocks a live session holds a start slot for (server/api/start_gate.py) are those
     that feed more frames than their own or run the whole-clip graph as well."""
     stream, block = hifigan_engines
     assert LiveSession(block.runner(), block.model, params(block), 0.3).startup_blocks == 0
@@ -429,7 +430,7 @@ def test_scheduler_serves_live_steps_then_first_audio_then_the_rest() -> None:
 def test_a_generations_steps_carry_its_rank(hifigan_engines: tuple[Engine, Engine]) -> None:
     """A fixed-length request's first block asks for first audio, its later blocks are the
     rest; every step of a live session is live."""
-    from distill_serve.server.pipeline import audio_blocks
+    from distill_serve.server.pipeline.render import audio_blocks
 
     stream, _ = hifigan_engines
     runner = _observed(stream.runner())
@@ -497,7 +498,7 @@ def test_a_stream_row_is_the_same_alone_or_batched(stand_in_bundle: Path) -> Non
     """Batching never changes a reply's bytes: each row of a batched run of the streaming
     graph equals the same step run alone, bit for bit, in the single-threaded sessions the
     engine runs it in (with two intra-op threads BigVGAN's grouped convolutions differ by
-    batch size in the last bits; server/scheduler.py)."""
+    batch size in the last bits; server/engine/scheduler.py)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

@@ -16,7 +16,7 @@ from distill_serve.codecs import (
     OPUS_BITRATES,
     OPUS_RATES,
 )
-from distill_serve.server.model import ModelSpec
+from distill_serve.server.pipeline.model import ModelSpec
 
 
 class ChunkMode(enum.Enum):

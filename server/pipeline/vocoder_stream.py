@@ -14,10 +14,10 @@ whole-clip graph, as the block path computes them:
   input). Where it does (HiFi-GAN: ``tail_frames`` 0), the stream is fed ``latency_frames``
   past the end (zeros: the graph masks them) and delivers the clip to its last sample.
 
-Mel frames are asked of each :class:`~distill_serve.server.mel.MelSource` exactly as far ahead
-as the block path asks (``context_frames`` beyond the block, which the model spec makes at
-least the stream's latency), so a live control lands on the same mel frame either way and
-frames already fed to a state never change. The one exception is a fixed-length clip's head,
+Mel frames are asked of each :class:`~distill_serve.server.pipeline.mel.MelSource` exactly as
+far ahead as the block path asks (``context_frames`` beyond the block, which the model spec
+makes at least the stream's latency), so a live control lands on the same mel frame either
+way and frames already fed to a state never change. The one exception is a fixed-length clip's head,
 whose mel no control can change: it is computed in one whole-clip run at the first block
 (a live session computes each block's part of it on that block's window).
 """
@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from distill_serve.bundle import STREAM_OPEN_END
-from distill_serve.server.model import ModelSpec, StreamSpec
-from distill_serve.server.scheduler import REST, Step
+from distill_serve.server.engine.scheduler import REST, Step
+from distill_serve.server.pipeline.model import ModelSpec, StreamSpec
 
 if TYPE_CHECKING:
-    from distill_serve.server.mel import MelSource
-    from distill_serve.server.pipeline import Runner
+    from distill_serve.server.pipeline.mel import MelSource
+    from distill_serve.server.pipeline.render import Runner
 
 
 class StreamVocoder:

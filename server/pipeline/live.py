@@ -1,8 +1,8 @@
 """Live sessions: an open-ended generation steered while it plays (pure: no gRPC, no clock).
 
 A :class:`LiveSession` renders fixed-size vocoder blocks from open-ended
-:class:`~distill_serve.server.mel.MelSource` trajectories with the same
-:class:`~distill_serve.server.pipeline.BlockRenderer` as fixed-length requests, so with no
+:class:`~distill_serve.server.pipeline.mel.MelSource` trajectories with the same
+:class:`~distill_serve.server.pipeline.render.BlockRenderer` as fixed-length requests, so with no
 control changes it plays the audio of a fixed-length request with the same settings.
 
 A control (:class:`LiveControl`) takes effect in the next block: a new latent target bends
@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distill_serve.server.dsp import Block, fade_out
-from distill_serve.server.model import ModelSpec
-from distill_serve.server.pipeline import (
+from distill_serve.server.engine.scheduler import LIVE
+from distill_serve.server.pipeline.dsp import Block, fade_out
+from distill_serve.server.pipeline.model import ModelSpec
+from distill_serve.server.pipeline.render import (
     NORMALISER_SEGMENT_FRAMES,
     BlockRenderer,
     PipelineStats,
@@ -28,7 +29,7 @@ from distill_serve.server.pipeline import (
     mel_source,
     seeds,
 )
-from distill_serve.server.request import (
+from distill_serve.server.pipeline.request import (
     GenerationParams,
     InvalidRequest,
     Limits,
@@ -36,7 +37,6 @@ from distill_serve.server.request import (
     check_latent,
     check_slider_positions,
 )
-from distill_serve.server.scheduler import LIVE
 
 DEFAULT_LOOKAHEAD_S = 0.3
 #: Length of the fade-out that ends a session.

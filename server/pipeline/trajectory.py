@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from distill_serve.geometry import ChunkPlan
-from distill_serve.server.request import ChunkMode
+from distill_serve.server.pipeline.request import ChunkMode
 
 LERP_DOT = 0.9995
 

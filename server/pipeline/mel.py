@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from distill_serve.server.dsp import chunk_window
-from distill_serve.server.model import ModelSpec
-from distill_serve.server.trajectory import LatentPath
+from distill_serve.server.pipeline.dsp import chunk_window
+from distill_serve.server.pipeline.model import ModelSpec
+from distill_serve.server.pipeline.trajectory import LatentPath
 
 if TYPE_CHECKING:
-    from distill_serve.server.pipeline import PipelineStats, Runner
+    from distill_serve.server.pipeline.render import PipelineStats, Runner
 
 DECODER_BATCH = 256
 #: log1p mel ceiling (a power of ~1e13): extreme latents can overflow expm1 in the bridge.

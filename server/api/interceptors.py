@@ -15,7 +15,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
-from distill_serve.server.request import InvalidRequest
+from distill_serve.server.pipeline.request import InvalidRequest
 
 #: RPCs anyone may call: health checks stay open for load balancers and orchestrators.
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)

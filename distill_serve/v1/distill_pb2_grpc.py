@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from distill_serve.client.v1 import distill_pb2 as distill__serve_dot_client_dot_v1_dot_distill__pb2
+from distill_serve.v1 import distill_pb2 as distill__serve_dot_v1_dot_distill__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in distill_serve/client/v1/distill_pb2_grpc.py depends on'
+        + ' but the generated code in distill_serve/v1/distill_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,38 +37,38 @@ class DistillServiceStub:
         """
         self.Generate = channel.unary_unary(
                 '/distill_serve.v1.DistillService/Generate',
-                request_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateResponse.FromString,
+                request_serializer=distill__serve_dot_v1_dot_distill__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=distill__serve_dot_v1_dot_distill__pb2.GenerateResponse.FromString,
                 _registered_method=True)
         self.GenerateStream = channel.unary_stream(
                 '/distill_serve.v1.DistillService/GenerateStream',
-                request_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateStreamRequest.SerializeToString,
-                response_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateStreamResponse.FromString,
+                request_serializer=distill__serve_dot_v1_dot_distill__pb2.GenerateStreamRequest.SerializeToString,
+                response_deserializer=distill__serve_dot_v1_dot_distill__pb2.GenerateStreamResponse.FromString,
                 _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/distill_serve.v1.DistillService/GetModelInfo',
-                request_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GetModelInfoRequest.SerializeToString,
-                response_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GetModelInfoResponse.FromString,
+                request_serializer=distill__serve_dot_v1_dot_distill__pb2.GetModelInfoRequest.SerializeToString,
+                response_deserializer=distill__serve_dot_v1_dot_distill__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
         self.GenerateLive = channel.stream_stream(
                 '/distill_serve.v1.DistillService/GenerateLive',
-                request_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveRequest.SerializeToString,
-                response_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveResponse.FromString,
+                request_serializer=distill__serve_dot_v1_dot_distill__pb2.GenerateLiveRequest.SerializeToString,
+                response_deserializer=distill__serve_dot_v1_dot_distill__pb2.GenerateLiveResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/distill_serve.v1.DistillService/ListModels',
-                request_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.ListModelsResponse.FromString,
+                request_serializer=distill__serve_dot_v1_dot_distill__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=distill__serve_dot_v1_dot_distill__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
         self.LoadModel = channel.unary_unary(
                 '/distill_serve.v1.DistillService/LoadModel',
-                request_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.LoadModelRequest.SerializeToString,
-                response_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.LoadModelResponse.FromString,
+                request_serializer=distill__serve_dot_v1_dot_distill__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=distill__serve_dot_v1_dot_distill__pb2.LoadModelResponse.FromString,
                 _registered_method=True)
         self.UnloadModel = channel.unary_unary(
                 '/distill_serve.v1.DistillService/UnloadModel',
-                request_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.UnloadModelRequest.SerializeToString,
-                response_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.UnloadModelResponse.FromString,
+                request_serializer=distill__serve_dot_v1_dot_distill__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=distill__serve_dot_v1_dot_distill__pb2.UnloadModelResponse.FromString,
                 _registered_method=True)
 
 
@@ -137,38 +137,38 @@ def add_DistillServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Generate': grpc.unary_unary_rpc_method_handler(
                     servicer.Generate,
-                    request_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateRequest.FromString,
-                    response_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateResponse.SerializeToString,
+                    request_deserializer=distill__serve_dot_v1_dot_distill__pb2.GenerateRequest.FromString,
+                    response_serializer=distill__serve_dot_v1_dot_distill__pb2.GenerateResponse.SerializeToString,
             ),
             'GenerateStream': grpc.unary_stream_rpc_method_handler(
                     servicer.GenerateStream,
-                    request_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateStreamRequest.FromString,
-                    response_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateStreamResponse.SerializeToString,
+                    request_deserializer=distill__serve_dot_v1_dot_distill__pb2.GenerateStreamRequest.FromString,
+                    response_serializer=distill__serve_dot_v1_dot_distill__pb2.GenerateStreamResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
-                    request_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GetModelInfoRequest.FromString,
-                    response_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GetModelInfoResponse.SerializeToString,
+                    request_deserializer=distill__serve_dot_v1_dot_distill__pb2.GetModelInfoRequest.FromString,
+                    response_serializer=distill__serve_dot_v1_dot_distill__pb2.GetModelInfoResponse.SerializeToString,
             ),
             'GenerateLive': grpc.stream_stream_rpc_method_handler(
                     servicer.GenerateLive,
-                    request_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveRequest.FromString,
-                    response_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveResponse.SerializeToString,
+                    request_deserializer=distill__serve_dot_v1_dot_distill__pb2.GenerateLiveRequest.FromString,
+                    response_serializer=distill__serve_dot_v1_dot_distill__pb2.GenerateLiveResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.ListModelsRequest.FromString,
-                    response_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=distill__serve_dot_v1_dot_distill__pb2.ListModelsRequest.FromString,
+                    response_serializer=distill__serve_dot_v1_dot_distill__pb2.ListModelsResponse.SerializeToString,
             ),
             'LoadModel': grpc.unary_unary_rpc_method_handler(
                     servicer.LoadModel,
-                    request_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.LoadModelRequest.FromString,
-                    response_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.LoadModelResponse.SerializeToString,
+                    request_deserializer=distill__serve_dot_v1_dot_distill__pb2.LoadModelRequest.FromString,
+                    response_serializer=distill__serve_dot_v1_dot_distill__pb2.LoadModelResponse.SerializeToString,
             ),
             'UnloadModel': grpc.unary_unary_rpc_method_handler(
                     servicer.UnloadModel,
-                    request_deserializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.UnloadModelRequest.FromString,
-                    response_serializer=distill__serve_dot_client_dot_v1_dot_distill__pb2.UnloadModelResponse.SerializeToString,
+                    request_deserializer=distill__serve_dot_v1_dot_distill__pb2.UnloadModelRequest.FromString,
+                    response_serializer=distill__serve_dot_v1_dot_distill__pb2.UnloadModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -197,8 +197,8 @@ class DistillService:
             request,
             target,
             '/distill_serve.v1.DistillService/Generate',
-            distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateRequest.SerializeToString,
-            distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateResponse.FromString,
+            distill__serve_dot_v1_dot_distill__pb2.GenerateRequest.SerializeToString,
+            distill__serve_dot_v1_dot_distill__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -224,8 +224,8 @@ class DistillService:
             request,
             target,
             '/distill_serve.v1.DistillService/GenerateStream',
-            distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateStreamRequest.SerializeToString,
-            distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateStreamResponse.FromString,
+            distill__serve_dot_v1_dot_distill__pb2.GenerateStreamRequest.SerializeToString,
+            distill__serve_dot_v1_dot_distill__pb2.GenerateStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -251,8 +251,8 @@ class DistillService:
             request,
             target,
             '/distill_serve.v1.DistillService/GetModelInfo',
-            distill__serve_dot_client_dot_v1_dot_distill__pb2.GetModelInfoRequest.SerializeToString,
-            distill__serve_dot_client_dot_v1_dot_distill__pb2.GetModelInfoResponse.FromString,
+            distill__serve_dot_v1_dot_distill__pb2.GetModelInfoRequest.SerializeToString,
+            distill__serve_dot_v1_dot_distill__pb2.GetModelInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -278,8 +278,8 @@ class DistillService:
             request_iterator,
             target,
             '/distill_serve.v1.DistillService/GenerateLive',
-            distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveRequest.SerializeToString,
-            distill__serve_dot_client_dot_v1_dot_distill__pb2.GenerateLiveResponse.FromString,
+            distill__serve_dot_v1_dot_distill__pb2.GenerateLiveRequest.SerializeToString,
+            distill__serve_dot_v1_dot_distill__pb2.GenerateLiveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -305,8 +305,8 @@ class DistillService:
             request,
             target,
             '/distill_serve.v1.DistillService/ListModels',
-            distill__serve_dot_client_dot_v1_dot_distill__pb2.ListModelsRequest.SerializeToString,
-            distill__serve_dot_client_dot_v1_dot_distill__pb2.ListModelsResponse.FromString,
+            distill__serve_dot_v1_dot_distill__pb2.ListModelsRequest.SerializeToString,
+            distill__serve_dot_v1_dot_distill__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -332,8 +332,8 @@ class DistillService:
             request,
             target,
             '/distill_serve.v1.DistillService/LoadModel',
-            distill__serve_dot_client_dot_v1_dot_distill__pb2.LoadModelRequest.SerializeToString,
-            distill__serve_dot_client_dot_v1_dot_distill__pb2.LoadModelResponse.FromString,
+            distill__serve_dot_v1_dot_distill__pb2.LoadModelRequest.SerializeToString,
+            distill__serve_dot_v1_dot_distill__pb2.LoadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -359,8 +359,8 @@ class DistillService:
             request,
             target,
             '/distill_serve.v1.DistillService/UnloadModel',
-            distill__serve_dot_client_dot_v1_dot_distill__pb2.UnloadModelRequest.SerializeToString,
-            distill__serve_dot_client_dot_v1_dot_distill__pb2.UnloadModelResponse.FromString,
+            distill__serve_dot_v1_dot_distill__pb2.UnloadModelRequest.SerializeToString,
+            distill__serve_dot_v1_dot_distill__pb2.UnloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,12 +1,13 @@
-"""Generate the typed Python stubs in ``client/v1`` from ``proto/``.
+"""Generate the typed Python stubs in ``distill_serve/v1`` from ``proto/``.
 
 Run from the repository root (needs the ``dev`` extra)::
 
-    python -m distill_serve.client.codegen
+    python -m distill_serve.codegen
 
 The proto lives at ``proto/distill_serve/v1/distill.proto`` (its package, for buf); protoc's
-``VIRTUAL=DISK`` include form maps it to ``distill_serve/client/v1`` so that the generated
-modules import as ``distill_serve.client.v1``.
+``VIRTUAL=DISK`` include form maps it to ``distill_serve/v1`` so that the generated modules
+import as ``distill_serve.v1``: one place that the server (``server/api``) and the clients
+(``client/``) both import, neither reaching into the other.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import Path
 
 PROTO_DIR = Path("proto/distill_serve/v1")
 PROTO_FILE = "distill.proto"
-VIRTUAL = "distill_serve/client/v1"
-OUT_DIR = Path("client/v1")
+VIRTUAL = "distill_serve/v1"
+OUT_DIR = Path("distill_serve/v1")
 GENERATED = ("distill_pb2.py", "distill_pb2.pyi", "distill_pb2_grpc.py", "distill_pb2_grpc.pyi")
 
 
@@ -64,7 +65,9 @@ def generate(repo_root: Path, out_dir: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
-    parser.add_argument("--out", type=Path, default=None, help="output dir (default client/v1)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output dir (default distill_serve/v1)"
+    )
     args = parser.parse_args(argv)
     out = args.out or args.root / OUT_DIR
     for path in generate(args.root, out):

@@ -3,8 +3,8 @@
 Pure apart from the :class:`Runner` it is given (the engine's onnxruntime sessions), so
 it is tested without a server. Unary and streaming replies both come from
 :func:`audio_blocks`, so a unary reply is the concatenation of the stream's blocks; live
-sessions (:mod:`distill_serve.server.live`) render with the same :class:`BlockRenderer` and
-:class:`~distill_serve.server.mel.MelSource`.
+sessions (:mod:`distill_serve.server.pipeline.live`) render with the same :class:`BlockRenderer` and
+:class:`~distill_serve.server.pipeline.mel.MelSource`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Protocol
 import numpy as np
 
 from distill_serve.geometry import plan_chunks
-from distill_serve.server.dsp import (
+from distill_serve.server.engine.scheduler import FIRST_AUDIO, REST, Step
+from distill_serve.server.pipeline.dsp import (
     AntiAlias,
     Block,
     CausalPeakNormaliser,
@@ -25,13 +26,12 @@ from distill_serve.server.dsp import (
     fit_window,
     plan_blocks,
 )
-from distill_serve.server.mel import MelSource
-from distill_serve.server.model import ModelSpec, StreamSpec
-from distill_serve.server.request import GenerationParams, Spatial
-from distill_serve.server.resample import Polyphase, StreamingResampler
-from distill_serve.server.scheduler import FIRST_AUDIO, REST, Step
-from distill_serve.server.trajectory import LatentPath
-from distill_serve.server.vocoder_stream import StreamVocoder
+from distill_serve.server.pipeline.mel import MelSource
+from distill_serve.server.pipeline.model import ModelSpec, StreamSpec
+from distill_serve.server.pipeline.request import GenerationParams, Spatial
+from distill_serve.server.pipeline.resample import Polyphase, StreamingResampler
+from distill_serve.server.pipeline.trajectory import LatentPath
+from distill_serve.server.pipeline.vocoder_stream import StreamVocoder
 
 NORMALISER_RAMP_S = 0.02
 #: The normaliser's segment in vocoder frames: every block but a request's last is a multiple
@@ -41,7 +41,7 @@ NORMALISER_SEGMENT_FRAMES = 8
 
 
 class Runner(Protocol):
-    """Runs the bundle's graphs (see :class:`distill_serve.server.engine.RequestRunner`)."""
+    """Runs the bundle's graphs (see :class:`distill_serve.server.engine.engine.RequestRunner`)."""
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """``(B, latent_dim)`` -> ``(B, n_mels, chunk_frames)`` log1p mels."""
@@ -61,7 +61,7 @@ class Runner(Protocol):
 
     @property
     def vocoder_buckets(self) -> tuple[int, ...]:
-        """Vocoder window lengths to use (empty: any; see server/cuda.py)."""
+        """Vocoder window lengths to use (empty: any; see server/engine/cuda.py)."""
         ...
 
     @property
@@ -136,7 +136,7 @@ class BlockRenderer:
     whole-clip graph on each block with context frames on both sides.
 
     :attr:`deadline` (``time.monotonic`` seconds) says when the next block's audio is needed
-    and :attr:`rank` what it is (``server/scheduler.py``: a live block, a stream's first
+    and :attr:`rank` what it is (``server/engine/scheduler.py``: a live block, a stream's first
     audio, the rest); the step scheduler serves the most urgent steps first.
     """
 

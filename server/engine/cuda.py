@@ -11,7 +11,7 @@ Why it looks like this (issue: the first H100 run found ~2 s per session run):
   GPU graph gets **one session per shape** from a small fixed set (:func:`vocoder_buckets`,
   :data:`DECODER_BATCHES`): a node then always sees the same shape, and plans, memory
   patterns and (later) CUDA graphs are reused. Vocoder windows are fitted to a bucket by
-  taking more context from the mel (:func:`~distill_serve.server.dsp.fit_window`), never by
+  taking more context from the mel (:func:`~distill_serve.server.pipeline.dsp.fit_window`), never by
   padding, so a CUDA block sees exactly the frames a CPU block sees at the clip's edges.
 - **One owner thread.** Every GPU session run goes through one :class:`DeviceWorker` thread
   (as vLLM's engine loop or a Triton model instance): request threads queue work and wait,

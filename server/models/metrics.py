@@ -60,7 +60,7 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
-        # The streaming vocoder's step scheduler (server/scheduler.py).
+        # The streaming vocoder's step scheduler (server/engine/scheduler.py).
         self.step_queue = Gauge(
             "distill_vocoder_step_queue",
             "Vocoder steps waiting for a batch",
@@ -93,7 +93,7 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r,
         )
-        # The model repository (server/repository.py).
+        # The model repository (server/models/repository.py).
         self.model_state = Gauge(
             "distill_model_state",
             "1 for each model's current state (loading, ready, failed, unloading, unloaded)",

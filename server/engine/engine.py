@@ -2,12 +2,12 @@
 
 Every graph has a CPU session, always ready. The primary path (:class:`_Primary`) holds the
 GPU sessions of the decoder and vocoder (or, under fault injection, CPU stand-ins for them);
-:mod:`distill_serve.server.cuda` says why it is shaped as it is (fixed shapes, one owner
+:mod:`distill_serve.server.engine.cuda` says why it is shaped as it is (fixed shapes, one owner
 thread, IO binding). A primary path that cannot be built leaves the engine serving on CPU,
 says why (:attr:`Engine.provider_note`), and is retried every ``primary_retry_s``.
 
 Concurrency: CPU sessions are ``run`` from many threads; primary sessions only from the
-primary's :class:`~distill_serve.server.cuda.DeviceWorker` thread. ``Engine._lock`` guards
+primary's :class:`~distill_serve.server.engine.cuda.DeviceWorker` thread. ``Engine._lock`` guards
 the swap of the primary path, the retry timer and the fault-injection counters; no run
 holds it.
 """
@@ -35,7 +35,7 @@ from distill_serve.bundle import (
     load_bundle,
 )
 from distill_serve.isa import cpu_kind, int8_mismatch
-from distill_serve.server.cuda import (
+from distill_serve.server.engine.cuda import (
     CUDA,
     DECODER_BATCHES,
     BoundSession,
@@ -43,16 +43,16 @@ from distill_serve.server.cuda import (
     cuda_unavailable_reason,
     vocoder_buckets,
 )
-from distill_serve.server.model import ModelSpec, StreamSpec
-from distill_serve.server.resample import Polyphase
-from distill_serve.server.scheduler import Step, StepScheduler
+from distill_serve.server.engine.scheduler import Step, StepScheduler
+from distill_serve.server.pipeline.model import ModelSpec, StreamSpec
+from distill_serve.server.pipeline.resample import Polyphase
 
 log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 OOM_MARKERS = ("out of memory", "failed to allocate memory", "bfcarena", "alloc_failed")
 CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
-#: Graphs the primary path runs; the bridge and resamplers stay on CPU (see server/cuda.py).
+#: Graphs the primary path runs; the bridge and resamplers stay on CPU (see server/engine/cuda.py).
 PRIMARY_GRAPHS = ("decoder", "vocoder")
 MAX_RETRY_S = 600.0
 VOCODER_PATHS = ("auto", "block", "stream")
@@ -84,7 +84,7 @@ class EngineConfig:
             1.8-3.0 s with spinning, 1.8-2.3 s without, on the demo bundle).
         vocoder_precision: "fp32" (the exported graph) or "int8" (the bundle's
             ``vocoder_int8`` graph from ``distill-serve export --int8``).
-        fixed_shapes: primary sessions per fixed shape (server/cuda.py); None: on for CUDA,
+        fixed_shapes: primary sessions per fixed shape (server/engine/cuda.py); None: on for CUDA,
             off for the fault-injection stand-in (whose audio then equals the CPU path's).
         cudnn_conv_algo_search: onnxruntime's cuDNN algorithm search (EXHAUSTIVE, HEURISTIC
             or DEFAULT); HEURISTIC is the cheapest that still picks fast kernels.
@@ -94,7 +94,7 @@ class EngineConfig:
             memory at session creation would (needs ``fault_injection``).
         vocoder_path: "stream" (the bundle's streaming vocoder graph, fed by the step
             scheduler: each frame vocoded once, steps of concurrent generations batched;
-            ``server/scheduler.py``), "block" (the whole-clip graph on blocks with context on
+            ``server/engine/scheduler.py``), "block" (the whole-clip graph on blocks with context on
             both sides), or "auto": stream when the bundle has the graph, the precision is
             fp32 and no CUDA path is up (the GPU keeps its fixed-shape block sessions).
         live_capacity: live sessions admitted at once on the stream path: None (default)
@@ -313,7 +313,7 @@ class Engine:
 
     def _step_runner(self, path: Path) -> Callable[..., Any]:
         """A single-threaded session of the streaming graph as a batch runner (single-threaded
-        so that a batched row equals the same step alone, bit for bit: server/scheduler.py;
+        so that a batched row equals the same step alone, bit for bit: server/engine/scheduler.py;
         several threads may run it at once, each on its own thread)."""
         opts = self._options()
         opts.intra_op_num_threads = 1

@@ -1,6 +1,6 @@
 """The gRPC servicer: messages -> plain params -> pipeline blocks -> messages.
 
-Only this module and :mod:`distill_serve.server.app` know gRPC types. Concurrency: the
+Only this module and :mod:`distill_serve.server.api.server` know gRPC types. Concurrency: the
 servicer runs on one asyncio loop; the model repository (whose leases are the slots in use)
 is only touched from that loop, so it needs no lock. Pipeline steps run in
 ``_executor`` threads; a live session's steps (controls and blocks) run one at a time, so its
@@ -24,9 +24,7 @@ import grpc
 import numpy as np
 
 from distill_serve.audio import Encoding
-from distill_serve.client.v1 import distill_pb2 as pb
-from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
-from distill_serve.server.audio_out import (
+from distill_serve.server.api.audio_out import (
     Coded,
     Container,
     OpusChunks,
@@ -35,19 +33,10 @@ from distill_serve.server.audio_out import (
     container_for,
     whole,
 )
-from distill_serve.server.engine import Engine, RequestRunner
-from distill_serve.server.live import (
-    LiveBlock,
-    LiveSession,
-    Pacer,
-    RawControl,
-    check_control,
-    check_lookahead,
-)
-from distill_serve.server.metrics import Metrics
-from distill_serve.server.model import ModelSpec
-from distill_serve.server.pipeline import PipelineStats, audio_blocks
-from distill_serve.server.repository import (
+from distill_serve.server.api.start_gate import StartGate
+from distill_serve.server.engine.engine import Engine, RequestRunner
+from distill_serve.server.models.metrics import Metrics
+from distill_serve.server.models.repository import (
     Lease,
     ModelEntry,
     ModelRepository,
@@ -56,7 +45,17 @@ from distill_serve.server.repository import (
     RepositoryFull,
     UnknownModel,
 )
-from distill_serve.server.request import (
+from distill_serve.server.pipeline.live import (
+    LiveBlock,
+    LiveSession,
+    Pacer,
+    RawControl,
+    check_control,
+    check_lookahead,
+)
+from distill_serve.server.pipeline.model import ModelSpec
+from distill_serve.server.pipeline.render import PipelineStats, audio_blocks
+from distill_serve.server.pipeline.request import (
     ChunkMode,
     GenerationParams,
     InvalidRequest,
@@ -66,7 +65,8 @@ from distill_serve.server.request import (
     check_slider_positions,
     validate,
 )
-from distill_serve.server.start_gate import StartGate
+from distill_serve.v1 import distill_pb2 as pb
+from distill_serve.v1 import distill_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -450,7 +450,9 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         except _Abort as exc:
             await context.abort(exc.code, exc.details)
 
-    async def GenerateLive(
+    # The stubs type a bidi handler as returning an iterator; grpc.aio also takes one that
+    # writes with ``context.write`` and returns None (this one: it paces its writes).
+    async def GenerateLive(  # type: ignore[override]
         self,
         request_iterator: AsyncIterator[pb.GenerateLiveRequest],
         context: grpc.aio.ServicerContext,
@@ -531,7 +533,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
     ) -> str:
         """Blocks paced to real time, controls applied between blocks, until the end; returns
         why it ended (``StreamEnd.reason``). Its costly first blocks wait for a start slot
-        (server/start_gate.py)."""
+        (server/api/start_gate.py)."""
         p, model = run.params, run.engine.model
         loop = asyncio.get_running_loop()
         coder = chunk_coder(p)

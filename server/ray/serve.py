@@ -2,7 +2,7 @@
 gRPC proxy, from the same bundle (``distill-serve serve --ray``).
 
 One servicer implementation serves both modes: each replica holds a
-:class:`~distill_serve.server.service.DistillServicer` and :class:`DistillDeployment` only
+:class:`~distill_serve.server.api.servicer.DistillServicer` and :class:`DistillDeployment` only
 adapts Serve's calling convention to it (the request context must be a parameter named
 ``grpc_context``, and Serve's context has no ``abort``: :class:`_ServeContext` turns an abort
 into a status set on the context, after which the method returns).
@@ -14,7 +14,7 @@ replica has the whole repository and loads a model when a call for it comes
 flight let finish). The model a call names (``GenerationSpec.model``) and the
 ``multiplexed_model_id`` metadata the Python client sends with it must agree; the proxy
 routes by the metadata to a replica that has the model loaded. Each replica copies its
-Prometheus metrics into Ray's metrics export (``server/ray_metrics.py``).
+Prometheus metrics into Ray's metrics export (``server/ray/metrics_bridge.py``).
 
 What Serve's proxy does not offer: client-streaming and bidirectional RPCs (so no
 ``GenerateLive``; ray-project/ray#42488), server reflection, and interceptors (the bearer
@@ -39,15 +39,15 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
-from distill_serve.client.v1 import distill_pb2 as pb
-from distill_serve.server.app import repository_hooks
-from distill_serve.server.engine import Engine, EngineConfig
-from distill_serve.server.interceptors import token_valid
-from distill_serve.server.metrics import Metrics
-from distill_serve.server.ray_metrics import RayMetricsBridge
-from distill_serve.server.repository import ModelRepository, ModelState
-from distill_serve.server.request import Limits
-from distill_serve.server.service import RETRY_AFTER_MS, DistillServicer
+from distill_serve.server.api.interceptors import token_valid
+from distill_serve.server.api.server import repository_hooks
+from distill_serve.server.api.servicer import RETRY_AFTER_MS, DistillServicer
+from distill_serve.server.engine.engine import Engine, EngineConfig
+from distill_serve.server.models.metrics import Metrics
+from distill_serve.server.models.repository import ModelRepository, ModelState
+from distill_serve.server.pipeline.request import Limits
+from distill_serve.server.ray.metrics_bridge import RayMetricsBridge
+from distill_serve.v1 import distill_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ PROXY_START_S = 600.0
 
 APP_NAME = "distill"
 SERVICER_FUNCTIONS = [
-    "distill_serve.server.ray_serve.add_distill_service_to_proxy",
+    "distill_serve.server.ray.serve.add_distill_service_to_proxy",
     "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
 ]
 UNAUTHENTICATED = "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'"
@@ -137,7 +137,7 @@ class RayConfig:
 def add_distill_service_to_proxy(servicer: Any, server: Any) -> None:
     """Serve's proxy calls this (a ``grpc_servicer_functions`` entry) in its own process: the
     generated add-function, plus :func:`_retryable_replica_failures` there."""
-    from distill_serve.client.v1.distill_pb2_grpc import add_DistillServiceServicer_to_server
+    from distill_serve.v1.distill_pb2_grpc import add_DistillServiceServicer_to_server
 
     add_DistillServiceServicer_to_server(servicer, server)
     _retryable_replica_failures()
@@ -427,7 +427,7 @@ def build_app(
 
 def app_from_config(args: dict[str, Any]) -> Any:
     """The application for a Serve config file or KubeRay's ``RayService``:
-    ``import_path: distill_serve.server.ray_serve:app_from_config`` with ``args``
+    ``import_path: distill_serve.server.ray.serve:app_from_config`` with ``args``
     ``{bundle | models, default_model, max_models_per_replica, replicas, min_replicas,
     max_replicas, cpus_per_replica, gpus_per_replica, max_concurrent, use_cuda,
     gpu_mem_limit, tokens}`` (one of ``bundle`` and ``models``; the rest optional)."""

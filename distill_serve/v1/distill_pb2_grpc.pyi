@@ -16,7 +16,7 @@ name is NOT_FOUND, a model being unloaded or not loaded is UNAVAILABLE.
 """
 
 from collections import abc as _abc
-from distill_serve.client.v1 import distill_pb2 as _distill_pb2
+from distill_serve.v1 import distill_pb2 as _distill_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc

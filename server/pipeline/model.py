@@ -8,7 +8,7 @@ import numpy as np
 
 from distill_serve.bundle import Bundle
 from distill_serve.geometry import FrameGeometry
-from distill_serve.server.resample import ResamplerGeometry
+from distill_serve.server.pipeline.resample import ResamplerGeometry
 
 
 @dataclass(frozen=True)

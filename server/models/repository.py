@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill_serve.bundle import load_bundle
-from distill_serve.server.engine import Engine
-from distill_serve.server.model import ModelSpec
+from distill_serve.server.engine.engine import Engine
+from distill_serve.server.pipeline.model import ModelSpec
 
 log = logging.getLogger(__name__)
 

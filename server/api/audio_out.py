@@ -21,7 +21,7 @@ from distill_serve.codecs import (
     flac_bytes,
     ogg_opus_bytes,
 )
-from distill_serve.server.request import GenerationParams
+from distill_serve.server.pipeline.request import GenerationParams
 
 
 class Container(enum.Enum):

@@ -17,14 +17,17 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from distill_serve.bundle import BundleError, load_bundle
-from distill_serve.client.v1 import distill_pb2 as pb
-from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
-from distill_serve.server.engine import Engine, EngineConfig
-from distill_serve.server.interceptors import BearerTokenInterceptor, MalformedRequestInterceptor
-from distill_serve.server.metrics import Metrics
-from distill_serve.server.repository import ModelRepository, ModelState, RepositoryHooks
-from distill_serve.server.request import Limits
-from distill_serve.server.service import DistillServicer
+from distill_serve.server.api.interceptors import (
+    BearerTokenInterceptor,
+    MalformedRequestInterceptor,
+)
+from distill_serve.server.api.servicer import DistillServicer
+from distill_serve.server.engine.engine import Engine, EngineConfig
+from distill_serve.server.models.metrics import Metrics
+from distill_serve.server.models.repository import ModelRepository, ModelState, RepositoryHooks
+from distill_serve.server.pipeline.request import Limits
+from distill_serve.v1 import distill_pb2 as pb
+from distill_serve.v1 import distill_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

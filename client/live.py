@@ -27,8 +27,8 @@ from distill_serve.client.client import (
     _Collector,
     build_spec,
 )
-from distill_serve.client.v1 import distill_pb2 as pb
-from distill_serve.client.v1 import distill_pb2_grpc as pb_grpc
+from distill_serve.v1 import distill_pb2 as pb
+from distill_serve.v1 import distill_pb2_grpc as pb_grpc
 
 
 def start_request(
@@ -173,7 +173,10 @@ class AsyncLiveSession(_Controls):
     Call its control methods from the event loop's thread."""
 
     def __init__(
-        self, stub: pb_grpc.DistillServiceStub, first: pb.GenerateLiveRequest, kw: dict[str, Any]
+        self,
+        stub: pb_grpc.DistillServiceAsyncStub,
+        first: pb.GenerateLiveRequest,
+        kw: dict[str, Any],
     ) -> None:
         super().__init__()
         self._queue: asyncio.Queue[pb.GenerateLiveRequest | None] = asyncio.Queue()

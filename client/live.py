@@ -1,7 +1,7 @@
 """Live sessions from the client's side: iterate audio blocks while sending controls.
 
 A session object owns one ``GenerateLive`` call. Iterate it (in the audio thread) for
-:class:`~distill_serve.client.client.AudioBlock` values; call :meth:`set_sliders`,
+:class:`~distill_serve.client.records.AudioBlock` values; call :meth:`set_sliders`,
 :meth:`set_latent`, :meth:`set_evolution`, :meth:`set_stereo_width` or :meth:`stop` from any
 thread (the sync session) or from the event loop (the asyncio one). Each control gets the
 next sequence number, which it returns; ``AudioBlock.control_sequence`` says from which
@@ -20,13 +20,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from distill_serve.client.client import (
-    AudioBlock,
-    DistillError,
-    GenerationStats,
-    _Collector,
-    build_spec,
-)
+from distill_serve.client.records import AudioBlock, DistillError, GenerationStats
+from distill_serve.client.requests import Collector, build_spec
 from distill_serve.v1 import distill_pb2 as pb
 from distill_serve.v1 import distill_pb2_grpc as pb_grpc
 
@@ -118,7 +113,7 @@ class _Controls:
         """Fade out and end: iteration ends once the fade-out has arrived."""
         return self.send(control_fields(stop=True))
 
-    def _on_message(self, collector: _Collector, msg: pb.GenerateLiveResponse) -> AudioBlock | None:
+    def _on_message(self, collector: Collector, msg: pb.GenerateLiveResponse) -> AudioBlock | None:
         """One reply: the block it carries, if any (the end message sets ``end_reason``)."""
         if msg.WhichOneof("event") == "end":
             self.end_reason = msg.end.reason
@@ -135,7 +130,7 @@ class LiveSession(_Controls):
     ) -> None:
         super().__init__()
         self._queue: queue.Queue[pb.GenerateLiveRequest | None] = queue.Queue()
-        self._collector = _Collector(time.perf_counter())
+        self._collector = Collector(time.perf_counter())
         self._call = stub.GenerateLive(self._requests(first), **kw)
 
     def _requests(self, first: pb.GenerateLiveRequest) -> Iterator[pb.GenerateLiveRequest]:
@@ -180,7 +175,7 @@ class AsyncLiveSession(_Controls):
     ) -> None:
         super().__init__()
         self._queue: asyncio.Queue[pb.GenerateLiveRequest | None] = asyncio.Queue()
-        self._collector = _Collector(time.perf_counter())
+        self._collector = Collector(time.perf_counter())
         self._call = stub.GenerateLive(self._requests(first), **kw)
 
     async def _requests(

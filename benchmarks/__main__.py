@@ -39,7 +39,7 @@ def stand_in_bundle() -> Path:
     cached next to the demo bundle and built by a child process if missing (torch stays out
     of here)."""
     from distill_serve.bundle import BundleError, load_bundle
-    from distill_serve.server.api.server import demo_bundle_dir
+    from distill_serve.server.models.demo import demo_bundle_dir
 
     path = demo_bundle_dir().parent / "stand-in-bundle"
     try:

@@ -23,9 +23,9 @@ from benchmarks import machine
 from distill_serve.audio import Encoding, decode
 from distill_serve.codecs import read_file
 from distill_serve.server.api.audio_out import CODEC_CONTAINER, Container, whole
-from distill_serve.server.api.server import ensure_demo_bundle
 from distill_serve.server.engine.engine import Engine, EngineConfig
-from distill_serve.server.pipeline.render import audio_blocks
+from distill_serve.server.models.demo import ensure_demo_bundle
+from distill_serve.server.pipeline.generate import audio_blocks
 from distill_serve.server.pipeline.request import (
     ChunkMode,
     GenerationParams,

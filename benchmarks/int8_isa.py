@@ -53,7 +53,7 @@ def _run(session: Any, mel: np.ndarray) -> np.ndarray:
 def _bridged_mels(bundle: Path, seconds: float, seeds: list[int]) -> list[np.ndarray]:
     from distill_serve.audio import Encoding
     from distill_serve.server.engine.engine import Engine, EngineConfig
-    from distill_serve.server.pipeline.render import PipelineStats, vocoder_mel
+    from distill_serve.server.pipeline.generate import vocoder_mel
     from distill_serve.server.pipeline.request import (
         ChunkMode,
         Limits,
@@ -61,6 +61,7 @@ def _bridged_mels(bundle: Path, seconds: float, seeds: list[int]) -> list[np.nda
         Spatial,
         validate,
     )
+    from distill_serve.server.pipeline.runner import PipelineStats
 
     engine = Engine.from_dir(bundle, EngineConfig(use_cuda=False))
     out = []

@@ -23,8 +23,8 @@ from typing import Any
 
 from benchmarks import machine
 from benchmarks.__main__ import stand_in_bundle, table
-from distill_serve.server.api.server import ensure_demo_bundle
 from distill_serve.server.engine.engine import Engine, EngineConfig
+from distill_serve.server.models.demo import ensure_demo_bundle
 from distill_serve.server.models.repository import ModelRepository
 
 

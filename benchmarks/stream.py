@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    from distill_serve.server.api.server import ensure_demo_bundle
+    from distill_serve.server.models.demo import ensure_demo_bundle
 
     bundles = (
         [Path(b) for b in args.bundle] if args.bundle else [ensure_demo_bundle(), stand_in_bundle()]

@@ -22,10 +22,11 @@ import pytest
 from filelock import FileLock
 
 from distill_serve.audio import Encoding
-from distill_serve.server.api.server import DistillServer, ServerConfig, demo_bundle_dir
+from distill_serve.server.api.server import DistillServer, ServerConfig
 from distill_serve.server.engine.engine import Engine, EngineConfig
+from distill_serve.server.models.demo import demo_bundle_dir
 from distill_serve.server.models.metrics import Metrics
-from distill_serve.server.pipeline.render import audio_blocks
+from distill_serve.server.pipeline.generate import audio_blocks
 from distill_serve.server.pipeline.request import (
     ChunkMode,
     GenerationParams,

@@ -17,17 +17,19 @@ import pytest
 from distill_serve.client import Client
 from distill_serve.export.parity import snr_db
 from distill_serve.server.api.server import ServerConfig
+from distill_serve.server.engine.config import CPU
 from distill_serve.server.engine.cuda import (
+    CUDA,
     VOCODER_BUCKETS,
     BoundSession,
     DeviceWorker,
     cuda_unavailable_reason,
     vocoder_buckets,
 )
-from distill_serve.server.engine.engine import CPU, CUDA, Engine, EngineConfig
+from distill_serve.server.engine.engine import Engine, EngineConfig
 from distill_serve.server.pipeline.dsp import fit_window
+from distill_serve.server.pipeline.generate import audio_blocks
 from distill_serve.server.pipeline.live import LiveSession
-from distill_serve.server.pipeline.render import audio_blocks
 from distill_serve.server.pipeline.request import ChunkMode, Spatial
 from tests.conftest import ServerThread, generate, params
 

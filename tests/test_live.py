@@ -17,9 +17,10 @@ from distill_serve.server.pipeline.live import (
     check_control,
     live_block_frames,
 )
-from distill_serve.server.pipeline.render import PipelineStats, mel_source
+from distill_serve.server.pipeline.mel import mel_source
 from distill_serve.server.pipeline.request import ChunkMode, InvalidRequest, Spatial
 from distill_serve.server.pipeline.resample import Polyphase
+from distill_serve.server.pipeline.runner import PipelineStats
 from tests.conftest import generate, params
 
 #: Unary requests end their mel with the last chunk alone and the vocoder's edge; a live

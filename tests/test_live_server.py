@@ -388,13 +388,14 @@ class _GoneContext:
 async def test_ending_a_session_whose_client_went_is_quiet(
     done: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from distill_serve.server.api.servicer import _Abort, _abort_unless_gone
+    from distill_serve.server.api.admission import Abort
+    from distill_serve.server.api.live_rpc import abort_unless_gone
 
     context = _GoneContext(done)
     with caplog.at_level(logging.INFO):
-        await _abort_unless_gone(
+        await abort_unless_gone(
             context,  # type: ignore[arg-type]
-            _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "live session idle"),
+            Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "live session idle"),
         )
     assert context.aborted is not done  # a finished call is not even tried
     assert [r.levelno for r in caplog.records] == [logging.INFO]

@@ -8,8 +8,9 @@ import pytest
 from distill_serve.export.parity import snr_db
 from distill_serve.server.engine.engine import Engine
 from distill_serve.server.pipeline.dsp import plan_blocks
-from distill_serve.server.pipeline.render import PipelineStats, audio_blocks, vocoder_mel
+from distill_serve.server.pipeline.generate import audio_blocks, vocoder_mel
 from distill_serve.server.pipeline.request import ChunkMode, InvalidRequest, Spatial
+from distill_serve.server.pipeline.runner import PipelineStats
 from tests.conftest import generate, params
 
 

@@ -22,16 +22,10 @@ from distill_serve.export.hifigan import HiFiGANGenerator
 from distill_serve.export.parity import snr_db
 from distill_serve.export.streaming import PARITY_STEPS, StreamingVocoder, run_stream
 from distill_serve.server.engine.engine import Engine, EngineConfig
-from distill_serve.server.engine.scheduler import (
-    BATCH_SIZES,
-    FIRST_AUDIO,
-    LIVE,
-    REST,
-    Step,
-    StepScheduler,
-)
+from distill_serve.server.engine.scheduler import BATCH_SIZES, StepScheduler
 from distill_serve.server.pipeline.live import LiveControl, LiveSession
 from distill_serve.server.pipeline.request import ChunkMode, Spatial
+from distill_serve.server.pipeline.runner import FIRST_AUDIO, LIVE, REST, Step
 from tests.conftest import SMALL_HIFIGAN, generate, manifest, params, start_server
 
 #: The streaming graph against the whole-clip vocoder, and the served stream path against
@@ -162,7 +156,7 @@ def test_a_hifigan_clip_streams_to_its_last_sample_without_the_whole_clip_graph(
     audio. A bundle exported before (its graph without ``end``, no ``tail_frames``) still
     serves on the stream path and takes its tail from the whole-clip graph, with the same
     audio."""
-    from distill_serve.server.pipeline.render import audio_blocks
+    from distill_serve.server.pipeline.generate import audio_blocks
 
     stream, block = hifigan_engines
     p = params(block, ChunkMode.LATENT_INTERP, duration_s=1.3, steps_between=2)
@@ -213,7 +207,7 @@ def test_bigvgan_stream_path_serves_its_head_from_the_whole_clip_graph(engine: E
     whole-clip graph, one run each for a fixed-length clip (its first two blocks reach into
     the head; the first, inside it, waits for no stream step), so the clip equals the block
     path's from the first sample to the last."""
-    from distill_serve.server.pipeline.render import audio_blocks
+    from distill_serve.server.pipeline.generate import audio_blocks
 
     assert engine.vocoder_path == "stream" and engine.model.stream is not None
     assert engine.model.stream.head_frames > 16  # past the first block (16 frames)
@@ -430,7 +424,7 @@ def test_scheduler_serves_live_steps_then_first_audio_then_the_rest() -> None:
 def test_a_generations_steps_carry_its_rank(hifigan_engines: tuple[Engine, Engine]) -> None:
     """A fixed-length request's first block asks for first audio, its later blocks are the
     rest; every step of a live session is live."""
-    from distill_serve.server.pipeline.render import audio_blocks
+    from distill_serve.server.pipeline.generate import audio_blocks
 
     stream, _ = hifigan_engines
     runner = _observed(stream.runner())

@@ -3,13 +3,15 @@
 A whole reply is one file or one run of raw samples (:func:`whole`); a stream or live
 session is coded block by block (:func:`chunk_coder`): PCM blocks stand alone, Opus keeps an
 encoder per stream whose packets span blocks (20 ms frames; a block's left-over samples go
-into the next packet). gRPC types stay in ``service.py``.
+into the next packet). Coding runs off the event loop (:func:`code`). gRPC types stay in
+``convert.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -131,3 +133,26 @@ def chunk_coder(p: GenerationParams) -> PcmChunks | OpusChunks:
     if not p.encoding.is_pcm:
         raise ValueError(f"{p.encoding.value} cannot be streamed; use OPUS or PCM")
     return PcmChunks(p.encoding)
+
+
+async def code(coder: PcmChunks | OpusChunks, block: np.ndarray) -> Coded:
+    """Code one block off the event loop: Opus costs ~50 ms of CPU per stereo audio
+    second, too much for the loop that paces live sessions."""
+    return await asyncio.to_thread(coder.encode, block)
+
+
+async def code_last(coder: PcmChunks | OpusChunks, block: np.ndarray) -> Coded:
+    """Code a stream's last block with the codec's end (Opus: its delay, padded frame)."""
+
+    def last() -> Coded:
+        coded, end = coder.encode(block), coder.finish()
+        if end is None:
+            return coded
+        return replace(coded, frames=coded.frames + end.frames, packets=coded.packets + end.packets)
+
+    return await asyncio.to_thread(last)
+
+
+async def code_end(coder: PcmChunks | OpusChunks) -> Coded | None:
+    """The stream's last chunk (Opus: the last frame and the encoder's delay), if any."""
+    return await asyncio.to_thread(coder.finish)

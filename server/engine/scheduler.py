@@ -14,9 +14,10 @@ Why it is shaped so:
   knows nothing of gRPC, mel sources or sessions (as vLLM keeps its ``Scheduler`` apart from
   the model runner). Each step comes back as one small result.
 - **Rank, then deadline.** Each step carries a rank and a deadline (seconds on
-  :func:`time.monotonic`), in the issue's order: a live session's step (:data:`LIVE`), due
-  when its listener would run out of audio; a stream's first audio (:data:`FIRST_AUDIO`), due
-  now; the rest of a fixed-length request (:data:`REST`), due when real time would reach it.
+  :func:`time.monotonic`; ranks in ``server/pipeline/runner.py``), in the issue's order: a
+  live session's step (``LIVE``), due when its listener would run out of audio; a stream's
+  first audio (``FIRST_AUDIO``), due now; the rest of a fixed-length request (``REST``), due
+  when real time would reach it.
   Rank comes first: when fixed-length requests ask for more than the cores give, their later
   steps fall behind real time and their deadlines lie in the past, and by deadline alone they
   would run before every live step and every new request's first block (measured: a new
@@ -57,12 +58,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from distill_serve.bundle import STREAM_OPEN_END
+from distill_serve.server.pipeline.runner import Step
 
 log = logging.getLogger(__name__)
-
-#: Step ranks, most urgent first: a live session's, a stream's first audio, the rest.
-LIVE, FIRST_AUDIO, REST = 0, 1, 2
 
 #: Batch sizes a run may have (the most urgent step's shape, largest size that queued steps
 #: fill). Up to 32 streams share a run.
@@ -76,24 +74,12 @@ BatchRunner = Callable[
 
 
 @dataclass
-class Step:
-    """One stream's next step: ``mel (n_mels, S)``, the frames fed before it, its state
-    ``(N,)``, when its audio is needed (``time.monotonic`` seconds), the stream's clip length
-    in frames (open-ended: :data:`~distill_serve.bundle.STREAM_OPEN_END`), and its rank
-    (:data:`LIVE`, :data:`FIRST_AUDIO` or :data:`REST`)."""
+class _Queued:
+    """A submitted :class:`Step`, when it came, and the future its caller waits on."""
 
-    mel: np.ndarray
-    position: int
-    state: np.ndarray
-    deadline: float
-    end: int = STREAM_OPEN_END
-    rank: int = REST
+    step: Step
     submitted: float = field(default_factory=time.monotonic)
     future: Future[tuple[np.ndarray, np.ndarray]] = field(default_factory=Future)
-
-    @property
-    def frames(self) -> int:
-        return int(self.mel.shape[1])
 
 
 @dataclass
@@ -134,7 +120,7 @@ class StepScheduler:
         self.on_queue: Callable[[int], None] | None = None
         self.on_step: Callable[[float], None] | None = None
         self._cond = threading.Condition()
-        self._queue: list[Step] = []
+        self._queue: list[_Queued] = []
         self._closed = False
         self._stats = SchedulerStats()
         self._threads = [
@@ -150,12 +136,13 @@ class StepScheduler:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the step scheduler is closed")
-            self._queue.append(step)
+            queued = _Queued(step)
+            self._queue.append(queued)
             depth = len(self._queue)
             self._cond.notify()
         if self.on_queue is not None:
             self.on_queue(depth)
-        return step.future
+        return queued.future
 
     def run(self, steps: list[Step]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Submit ``steps`` together (they may share a run) and wait for all of them."""
@@ -186,7 +173,7 @@ class StepScheduler:
         return self._closed
 
     # --- the loop --------------------------------------------------------------------------
-    def _take(self) -> list[Step] | None:
+    def _take(self) -> list[_Queued] | None:
         """The next batch (None once closed): the most urgent step (rank, then deadline) and
         the most urgent queued steps of its shape, as many as the largest batch size they
         fill."""
@@ -198,9 +185,9 @@ class StepScheduler:
                 for step in pending:
                     step.future.set_exception(RuntimeError("the step scheduler is closed"))
                 return None
-            self._queue.sort(key=lambda s: (s.rank, s.deadline))
-            shape = self._queue[0].frames
-            same = [s for s in self._queue if s.frames == shape]
+            self._queue.sort(key=lambda q: (q.step.rank, q.step.deadline))
+            shape = self._queue[0].step.frames
+            same = [q for q in self._queue if q.step.frames == shape]
             size = max(b for b in BATCH_SIZES if b <= len(same))
             batch = same[:size]
             taken = {id(s) for s in batch}
@@ -214,13 +201,14 @@ class StepScheduler:
         while (batch := self._take()) is not None:
             started = time.monotonic()
             cpu0 = time.thread_time()
-            missed = sum(started > s.deadline for s in batch)
+            steps = [q.step for q in batch]
+            missed = sum(started > s.deadline for s in steps)
             try:
                 audio, states = run_batch(
-                    np.stack([s.mel for s in batch]),
-                    np.array([[s.position] for s in batch], dtype=np.int64),
-                    np.array([[s.end] for s in batch], dtype=np.int64),
-                    np.stack([s.state for s in batch]),
+                    np.stack([s.mel for s in steps]),
+                    np.array([[s.position] for s in steps], dtype=np.int64),
+                    np.array([[s.end] for s in steps], dtype=np.int64),
+                    np.stack([s.state for s in steps]),
                 )
             except BaseException as exc:  # handed to every caller of the batch
                 log.exception("vocoder step batch of %d failed", len(batch))
@@ -237,11 +225,11 @@ class StepScheduler:
                 st.batch_sizes[len(batch)] += 1
                 st.run_seconds += seconds
                 st.run_cpu_seconds += cpu
-                st.frames += sum(s.frames for s in batch)
+                st.frames += sum(s.frames for s in steps)
             if self.on_run is not None:
                 self.on_run(len(batch), seconds, cpu, missed)
             done = time.monotonic()
-            for i, s in enumerate(batch):
-                s.future.set_result((audio[i].reshape(-1), states[i]))
+            for i, q in enumerate(batch):
+                q.future.set_result((audio[i].reshape(-1), states[i]))
                 if self.on_step is not None:
-                    self.on_step(done - s.submitted)
+                    self.on_step(done - q.submitted)

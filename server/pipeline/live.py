@@ -18,17 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distill_serve.server.engine.scheduler import LIVE
 from distill_serve.server.pipeline.dsp import Block, fade_out
+from distill_serve.server.pipeline.mel import mel_source, seeds
 from distill_serve.server.pipeline.model import ModelSpec
-from distill_serve.server.pipeline.render import (
-    NORMALISER_SEGMENT_FRAMES,
-    BlockRenderer,
-    PipelineStats,
-    Runner,
-    mel_source,
-    seeds,
-)
+from distill_serve.server.pipeline.render import NORMALISER_SEGMENT_FRAMES, BlockRenderer
 from distill_serve.server.pipeline.request import (
     GenerationParams,
     InvalidRequest,
@@ -37,6 +30,7 @@ from distill_serve.server.pipeline.request import (
     check_latent,
     check_slider_positions,
 )
+from distill_serve.server.pipeline.runner import LIVE, PipelineStats, Runner
 
 DEFAULT_LOOKAHEAD_S = 0.3
 #: Length of the fade-out that ends a session.
@@ -139,10 +133,13 @@ def check_control(
 
 @dataclass(frozen=True)
 class LiveBlock:
-    """Audio ``(channels, n)`` at the output rate and the last control sequence it reflects."""
+    """Audio ``(channels, n)`` at the output rate, the last control sequence it reflects, and
+    where it was computed (the provider, the session's out-of-memory fallbacks so far)."""
 
     audio: np.ndarray
     control_sequence: int
+    provider: str = ""
+    fallbacks: int = 0
 
 
 class LiveSession:
@@ -170,7 +167,6 @@ class LiveSession:
         self._renderer = BlockRenderer(
             runner, model, params, sources, self.stats, None, step_frames=self.block_frames
         )
-        self._renderer.rank = LIVE
         self._next = 0  # first vocoder frame of the next block
         self._sliders = dict(sliders or {})
         self._evolution = params.evolution_amount
@@ -233,22 +229,23 @@ class LiveSession:
         now)."""
         if self.finished:
             raise RuntimeError("the live session has finished")
-        self._renderer.deadline = deadline
-        audio = self._renderer.render(self._block(self.block_frames))
-        self.samples += audio.shape[1]
-        return LiveBlock(audio, self.control_sequence)
+        out = self._renderer.render(self._block(self.block_frames), deadline, LIVE)
+        self.samples += out.audio.shape[1]
+        return LiveBlock(out.audio, self.control_sequence, out.provider, out.fallbacks)
 
     def finish(self, deadline: float | None = None) -> LiveBlock:
         """The last block: a short fade-out, then the resampler's tail. Ends the session."""
-        self._renderer.deadline = deadline
         rate = self.model.vocoder_rate
         fade = fade_out(max(1, round(FADE_OUT_S * rate)))
         frames = math.ceil(fade.size / self.model.geometry.vocoder_hop)
-        audio = self._renderer.render(self._block(frames), fade=fade)
-        audio = np.concatenate([audio, self._renderer.flush(self.params.channels)], axis=1)
+        last = self._renderer.render(self._block(frames), deadline, LIVE, fade=fade)
+        tail = self._renderer.flush(self.params.channels)
+        audio = np.concatenate([last.audio, tail.audio], axis=1)
         self.samples += audio.shape[1]
         self.finished = True
-        return LiveBlock(audio.astype(np.float32), self.control_sequence)
+        return LiveBlock(
+            audio.astype(np.float32), self.control_sequence, tail.provider, tail.fallbacks
+        )
 
 
 class Pacer:

@@ -9,16 +9,14 @@ frames are made when asked for and dropped once released.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from distill_serve.server.pipeline.dsp import chunk_window
 from distill_serve.server.pipeline.model import ModelSpec
+from distill_serve.server.pipeline.request import GenerationParams, Spatial
+from distill_serve.server.pipeline.runner import PipelineStats, Runner
 from distill_serve.server.pipeline.trajectory import LatentPath
-
-if TYPE_CHECKING:
-    from distill_serve.server.pipeline.render import PipelineStats, Runner
 
 DECODER_BATCH = 256
 #: log1p mel ceiling (a power of ~1e13): extreme latents can overflow expm1 in the bridge.
@@ -163,3 +161,31 @@ class MelSource:
     def buffered_frames(self) -> int:
         """Decoder plus vocoder frames held now (bounded for an open-ended stream)."""
         return int(self._weight.size + self._voc.shape[1])
+
+
+def seeds(params: GenerationParams) -> list[int]:
+    """One trajectory seed per independent channel (dual-seed: seed and seed + 1)."""
+    return [params.seed] + ([params.seed + 1] if params.spatial is Spatial.DUAL_SEED else [])
+
+
+def mel_source(
+    runner: Runner,
+    model: ModelSpec,
+    params: GenerationParams,
+    seed: int,
+    stats: PipelineStats,
+    max_chunks: int | None = None,
+) -> MelSource:
+    """The mel of ``params``' trajectory for ``seed`` (``max_chunks`` None: open-ended)."""
+    path = LatentPath(
+        params.mode,
+        seed,
+        model.latent_dim,
+        params.latent,
+        params.evolution_amount,
+        params.steps_between,
+    )
+    chunk_frames = model.chunk_frames_for(params.chunk_duration_s)
+    return MelSource(
+        runner, model, path, chunk_frames, params.steps_between, stats, max_chunks=max_chunks
+    )

@@ -27,17 +27,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from distill_serve.bundle import STREAM_OPEN_END
-from distill_serve.server.engine.scheduler import REST, Step
+from distill_serve.server.pipeline.mel import MelSource
 from distill_serve.server.pipeline.model import ModelSpec, StreamSpec
-
-if TYPE_CHECKING:
-    from distill_serve.server.pipeline.mel import MelSource
-    from distill_serve.server.pipeline.render import Runner
+from distill_serve.server.pipeline.runner import REST, Runner, Step
 
 
 class StreamVocoder:
@@ -186,9 +182,14 @@ class StreamVocoder:
         if tail is not None and b > max(tail, a):  # the clip's tail: whole-clip graph
             pieces.append(self._offline(max(tail, a), b))
         out = np.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
-        # Drop what was handed out; keep the mel the stream and the tail still need.
+        # Drop the audio handed out (the renderer releases the mel: needed_from).
         self._buffer = self._buffer[:, min(b - self._buffer_start, self._buffer.shape[1]) :]
         self._buffer_start = b
-        for s in self._sources:
-            s.release(max(0, min(self._fed, stop) - ctx - spec.latency_frames - 1))
         return np.ascontiguousarray(out, dtype=np.float32)
+
+    def needed_from(self, stop: int) -> int:
+        """The first mel frame this stream may still ask for after the block ending at frame
+        ``stop``: what its states and the whole-clip tail still need (the renderer releases
+        the frames below it)."""
+        fed = min(self._fed, stop)
+        return max(0, fed - self._context - self._spec.latency_frames - 1)

@@ -1,0 +1,163 @@
+"""``distill-serve serve``'s options: each bound once to the config field it sets
+(:mod:`distill_serve.options`), so the flag, its help and its default live in one place."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from distill_serve.bundle import VOCODER_ROLES
+from distill_serve.options import field_option, fields_from
+from distill_serve.server.api.config import ServerConfig
+from distill_serve.server.engine.config import CONV_ALGO_SEARCH, VOCODER_PATHS, EngineConfig
+from distill_serve.server.pipeline.request import Limits
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The server's, its limits' and its engine's options."""
+    _models(p)
+    S = ServerConfig
+    field_option(p, S, "host", "--host")
+    field_option(p, S, "port", "--port", type=int)
+    _limits(p)
+    field_option(p, S, "metrics_port", "--metrics-port", type=int, help="Prometheus HTTP port")
+    _engine(p)
+    field_option(p, S, "grace_s", "--grace", type=float, help="SIGTERM drain time, seconds")
+    field_option(p, S, "tls_cert", "--tls-cert", type=Path, help="PEM server certificate")
+    field_option(p, S, "tls_key", "--tls-key", type=Path, help="PEM server private key")
+    field_option(
+        p, S, "tls_client_ca", "--tls-client-ca", type=Path,
+        help="PEM CA bundle: require client certificates signed by it",
+    )  # fmt: skip
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="accepted bearer tokens, one a line (also DISTILL_SERVE_TOKENS=a,b)",
+    )
+    p.add_argument(
+        "--admin-token-file",
+        type=Path,
+        default=None,
+        help="admin bearer tokens, one a line: these may also LoadModel / UnloadModel "
+        "(without any, model control over gRPC is refused)",
+    )
+
+
+def _models(p: argparse.ArgumentParser) -> None:
+    S = ServerConfig
+    which = p.add_mutually_exclusive_group()
+    field_option(
+        which, S, "bundle", "--bundle", type=Path,
+        help="bundle dir (default: build and cache the demo bundle)",
+    )  # fmt: skip
+    field_option(
+        which, S, "models_dir", "--models", type=Path,
+        help="model repository: one bundle per subdirectory, served by the directory's name "
+        "(its bundle_id is the version); SIGHUP or --poll-models rescans it",
+    )  # fmt: skip
+    field_option(
+        p, S, "default_model", "--default-model",
+        help="the model of requests that name none (default: the repository's first by name)",
+    )  # fmt: skip
+    field_option(
+        p, S, "max_loaded_models", "--max-loaded-models", type=int,
+        help="most models loaded at once; loading one more unloads the least recently used "
+        "idle one (default 0: no limit)",
+    )  # fmt: skip
+    field_option(
+        p, S, "poll_models_s", "--poll-models", type=float, metavar="S",
+        help="rescan the repository every S seconds (default: on SIGHUP only)",
+    )  # fmt: skip
+
+
+def _limits(p: argparse.ArgumentParser) -> None:
+    L = Limits
+    field_option(
+        p, L, "max_concurrent", "--max-concurrent", type=int,
+        default=0,  # auto (the servicer's): not Limits' own 4
+        help="concurrent generations (default: 4, or the live capacity the streaming vocoder "
+        "measures at start if larger)",
+    )  # fmt: skip
+    field_option(
+        p, L, "max_duration_s", "--max-duration", type=float, help="longest request, seconds"
+    )
+    field_option(
+        p, L, "max_live_s", "--max-live-seconds", type=float, help="longest live session, seconds"
+    )
+    field_option(
+        p, L, "live_idle_timeout_s", "--live-idle-timeout", type=float,
+        help="drop a live session whose client reads no audio for this long, seconds",
+    )  # fmt: skip
+    field_option(
+        p, L, "max_concurrent_per_model", "--max-concurrent-per-model", type=int,
+        help="generations one model may run at once (default 0: only --max-concurrent)",
+    )  # fmt: skip
+
+
+def _engine(p: argparse.ArgumentParser) -> None:
+    E = EngineConfig
+    field_option(
+        p, E, "use_cuda", "--no-cuda", action="store_false", help="CPU execution provider only"
+    )
+    field_option(
+        p, E, "gpu_mem_limit", "--gpu-mem-limit", type=int, help="CUDA arena limit, bytes"
+    )
+    field_option(
+        p, E, "intra_op_threads", "--threads", type=int, help="onnxruntime intra-op threads"
+    )
+    field_option(
+        p, E, "cudnn_conv_algo_search", "--cudnn-conv-algo-search", choices=CONV_ALGO_SEARCH,
+        help="cuDNN algorithm search of onnxruntime's CUDA provider",
+    )  # fmt: skip
+    field_option(
+        p, E, "vocoder_precision", "--vocoder-precision", choices=sorted(VOCODER_ROLES),
+        help="int8: the bundle's int8 vocoder (export --int8), ~1.8x faster on CPU, 31-38 dB "
+        "SNR; fp16: its fp16-convolution vocoder (export --fp16), for GPUs, ~54 dB SNR",
+    )  # fmt: skip
+    field_option(
+        p, E, "vocoder_path", "--vocoder-path", choices=VOCODER_PATHS,
+        help="stream: the bundle's streaming vocoder graph, each frame vocoded once, steps of "
+        "concurrent generations batched; block: the whole-clip graph on blocks with context; "
+        "auto (default): stream when the bundle has the graph, fp32 and no CUDA",
+    )  # fmt: skip
+    field_option(
+        p, E, "live_capacity", "--live-capacity", type=int,
+        help="live sessions admitted at once on the stream path (default: measured from the "
+        "streaming graph's step cost at start; 0: no limit)",
+    )  # fmt: skip
+    field_option(
+        p, E, "fault_injection", "--fault-injection", action="store_true",
+        help="testing: allow injected CUDA OOMs (stand-in path without a GPU)",
+    )  # fmt: skip
+
+
+def tokens(token_file: Path | None, env: str | None = "DISTILL_SERVE_TOKENS") -> tuple[str, ...]:
+    """Bearer tokens from the environment variable ``env`` (comma-separated) and a file (one
+    a line)."""
+    found = [t.strip() for t in os.environ.get(env, "").split(",")] if env else []
+    if token_file is not None:
+        found += [line.strip() for line in token_file.read_text().splitlines()]
+    return tuple(t for t in found if t and not t.startswith("#"))
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The :class:`ServerConfig` the parsed options ask for (raises ValueError, OSError)."""
+    server: dict[str, Any] = fields_from(args, ServerConfig)
+    return ServerConfig(
+        **server,
+        limits=Limits(**fields_from(args, Limits)),
+        engine=EngineConfig(**fields_from(args, EngineConfig)),
+        auth_tokens=tokens(args.token_file),
+        admin_tokens=tokens(args.admin_token_file, env=None),
+    )
+
+
+def run(config: ServerConfig) -> None:
+    """Serve until SIGTERM or SIGINT (the engine is imported here, not for parsing)."""
+    from distill_serve.server.api.server import run as serve
+
+    asyncio.run(serve(config))

@@ -1,0 +1,227 @@
+"""The live RPC (``GenerateLive``): a session's blocks paced to real time, its controls
+applied between blocks, its costly first blocks behind the start gate.
+
+Concurrency: the loop runs on the server's event loop; the session's steps (controls and
+blocks) run one at a time in the executor's threads, so its state needs no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+
+import grpc
+
+from distill_serve.server.api.admission import Abort, Admission, Run
+from distill_serve.server.api.audio_out import chunk_coder, code, code_last
+from distill_serve.server.api.convert import audio_chunk, raw_control, raw_request
+from distill_serve.server.api.start_gate import StartGate
+from distill_serve.server.pipeline.live import (
+    LiveBlock,
+    LiveSession,
+    Pacer,
+    check_control,
+    check_lookahead,
+)
+from distill_serve.server.pipeline.request import InvalidRequest, check_slider_positions
+from distill_serve.v1 import distill_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+#: Controls a live session buffers before the server stops reading (gRPC flow control then
+#: holds the client back): they are applied between blocks, all at once.
+CONTROL_QUEUE_SIZE = 16
+
+Controls = asyncio.Queue[pb.LiveControl | InvalidRequest | None]
+
+
+class LiveRpc:
+    """Serves ``GenerateLive`` calls with the servicer's admission, executor and start gate."""
+
+    def __init__(self, admission: Admission, executor: Executor, start_gate: StartGate) -> None:
+        self._admission = admission
+        self._executor = executor
+        self._start_gate = start_gate
+
+    async def __call__(
+        self,
+        request_iterator: AsyncIterator[pb.GenerateLiveRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        admission = self._admission
+        requests = aiter(request_iterator)
+        try:
+            first = await anext(requests, None)
+            if first is None or first.WhichOneof("kind") != "start":
+                raise InvalidRequest(
+                    "start", "the first GenerateLiveRequest must carry a LiveStart"
+                )
+            start = first.start
+            lookahead = check_lookahead(
+                start.lookahead_s if start.HasField("lookahead_s") else None, admission.limits
+            )
+        except InvalidRequest as exc:
+            model = first.start.spec.model if first is not None else ""
+            await admission.refuse_invalid(context, model, "GenerateLive", "unknown", exc)
+        run = await admission.admit(start.spec, "GenerateLive", context, open_ended=True)
+        positions = raw_request(start.spec).slider_positions
+        session = LiveSession(
+            run.engine.runner(),
+            run.engine.model,
+            run.params,
+            lookahead,
+            check_slider_positions(positions, run.engine.model) if positions else None,
+            run.stats,
+        )
+        controls: Controls = asyncio.Queue(CONTROL_QUEUE_SIZE)
+        reader = asyncio.create_task(_read_controls(requests, controls))
+        try:
+            with admission.accounting(run):  # the end is logged before the slot is freed
+                try:
+                    reason = await self._play(run, session, Pacer(lookahead), controls, context)
+                except asyncio.CancelledError:
+                    if run.lease.revoked:
+                        log.info("live session ended: %s", run.lease.revoked)
+                        raise  # accounting turns it into UNAVAILABLE
+                    log.info(
+                        "live session ended: cancelled by the client after %.1f s", session.seconds
+                    )
+                    raise
+                except Abort as exc:
+                    log.info("live session ended: %s: %s", exc.code.name, exc.details)
+                    raise
+                except Exception as exc:
+                    if not context.done():
+                        raise
+                    # a write or abort on a call the client has already left: not a crash
+                    log.info(
+                        "live session ended: the client had gone after %.1f s (%s)",
+                        session.seconds,
+                        type(exc).__name__,
+                    )
+                    raise asyncio.CancelledError from exc
+                log.info("live session ended: %s after %.1f s of audio", reason, session.seconds)
+        except Abort as exc:
+            await abort_unless_gone(context, exc)
+        finally:
+            reader.cancel()
+
+    async def _play(
+        self,
+        run: Run,
+        session: LiveSession,
+        pacer: Pacer,
+        controls: Controls,
+        context: grpc.aio.ServicerContext,
+    ) -> str:
+        """Blocks paced to real time, controls applied between blocks, until the end; returns
+        why it ended (``StreamEnd.reason``). Its costly first blocks wait for a start slot
+        (start_gate.py)."""
+        p, model = run.params, run.engine.model
+        loop = asyncio.get_running_loop()
+        coder = chunk_coder(p)
+        header = run.stream_header(coder)
+        header.format.total_samples = 0  # open-ended
+        await self._send(context, pb.GenerateLiveResponse(header=header))
+        sequence = last_control = offset = 0
+        reason = ""
+        ticket = await self._start_gate.enter(session.startup_blocks)
+        try:
+            while True:
+                while not reason and not controls.empty():
+                    item = controls.get_nowait()
+                    if item is None:
+                        reason = "client_closed"
+                        break
+                    try:
+                        if isinstance(item, InvalidRequest):
+                            raise item
+                        control = check_control(raw_control(item), model, p, last_control)
+                    except InvalidRequest as exc:
+                        self._admission.metrics.rejected.labels(run.model, "invalid_argument").inc()
+                        raise Abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"live control after sequence {last_control}: {exc}",
+                        ) from None
+                    last_control = control.sequence
+                    session.apply(control)
+                    if control.stop:
+                        reason = "stop"
+                if not reason and session.seconds >= self._admission.limits.max_live_s:
+                    reason = "max_live_duration"
+                if not reason and (delay := pacer.delay(time.perf_counter())) > 0:
+                    await asyncio.sleep(delay)
+                    continue  # controls that came in meanwhile go into the next block
+                step = session.finish if reason else session.next_block
+                # its steps are needed when the audio sent so far runs out for the listener
+                deadline = time.monotonic() + pacer.underrun_in(time.perf_counter())
+                try:
+                    block: LiveBlock = await loop.run_in_executor(self._executor, step, deadline)
+                except Exception as exc:
+                    log.exception("live generation failed")
+                    raise Abort(
+                        grpc.StatusCode.INTERNAL, f"generation failed: {type(exc).__name__}: {exc}"
+                    ) from exc
+                run.ran_on(block.provider, block.fallbacks)
+                self._admission.first_audio(run)
+                n = block.audio.shape[1]
+                # the last (fade-out) block carries the codec's end too: one block, as with PCM
+                coded = await (code_last if reason else code)(coder, block.audio)
+                chunk = audio_chunk(coded, sequence, offset, block.control_sequence)
+                await self._send(context, pb.GenerateLiveResponse(audio=chunk))
+                pacer.sent(n / p.sample_rate, time.perf_counter())
+                ticket.block_sent()
+                offset += coded.frames
+                sequence += 1
+                if reason:
+                    break
+            await self._send(
+                context,
+                pb.GenerateLiveResponse(end=pb.StreamEnd(stats=run.stats_message(), reason=reason)),
+            )
+            return reason
+        finally:
+            ticket.close()
+
+    async def _send(self, context: grpc.aio.ServicerContext, msg: pb.GenerateLiveResponse) -> None:
+        """Write one live message; a client that reads nothing for the idle timeout is
+        dropped (flow control would otherwise hold the session and its slot forever)."""
+        timeout = self._admission.limits.live_idle_timeout_s
+        try:
+            await asyncio.wait_for(context.write(msg), timeout)
+        except TimeoutError:
+            raise Abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"live session idle: the client read no audio for {timeout:g} s",
+            ) from None
+
+
+async def abort_unless_gone(context: grpc.aio.ServicerContext, exc: Abort) -> None:
+    """End the call with ``exc``'s status, unless the call is over already (a client that
+    cancelled or went away between the failure and now): then there is nobody to tell, and
+    grpc would log the refused status batch as a crash."""
+    if context.done():
+        log.info("live session: the client had gone; %s not sent", exc.code.name)
+        return
+    try:
+        await context.abort(exc.code, exc.details)
+    except grpc.aio.AbortError:
+        raise  # the normal way out of a handler after abort
+    except Exception as gone:  # the call ended while the status was being sent
+        log.info("live session: the client had gone; %s not sent (%s)", exc.code.name, gone)
+
+
+async def _read_controls(requests: AsyncIterator[pb.GenerateLiveRequest], queue: Controls) -> None:
+    """Move a live session's controls into its bounded queue; None marks the client's
+    half-close, an :class:`InvalidRequest` a message that is not a control."""
+    try:
+        async for msg in requests:
+            if msg.WhichOneof("kind") != "control":
+                raise InvalidRequest("start", "send LiveStart once, first; then only controls")
+            await queue.put(msg.control)
+        await queue.put(None)
+    except InvalidRequest as exc:
+        await queue.put(exc)

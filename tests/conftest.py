@@ -251,7 +251,8 @@ def generate(engine: Engine, p: GenerationParams) -> np.ndarray:
 def engine(stand_in_bundle: Path) -> Engine:
     """The stand-in's engine, with no live admission limit: a capacity measured at start
     follows the machine's speed (one session under a full CPU load), and what tests open
-    must not. ``tests/test_streaming.py`` checks the measured admission on its own engine."""
+    must not. ``tests/server/pipeline/test_streaming.py`` checks the measured admission on its
+    own engine."""
     return Engine.from_dir(stand_in_bundle, EngineConfig(use_cuda=False, live_capacity=0))
 
 

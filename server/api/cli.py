@@ -103,9 +103,7 @@ def _engine(p: argparse.ArgumentParser) -> None:
     field_option(
         p, E, "use_cuda", "--no-cuda", action="store_false", help="CPU execution provider only"
     )
-    field_option(
-        p, E, "gpu_mem_limit", "--gpu-mem-limit", type=int, help="CUDA arena limit, bytes"
-    )
+    field_option(p, E, "gpu_mem_limit", "--gpu-mem-limit", type=int, help="CUDA arena limit, bytes")
     field_option(
         p, E, "intra_op_threads", "--threads", type=int, help="onnxruntime intra-op threads"
     )

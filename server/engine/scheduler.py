@@ -39,7 +39,7 @@ Why it is shaped so:
   side. A session with several intra-op threads splits some convolutions (BigVGAN's grouped
   ones) differently by batch size, so a batched row would differ from the same step alone
   in the last bits; single-threaded, every row is bit-identical whatever it is batched with,
-  and a reply's bytes never depend on what else runs (``tests/test_streaming.py``).
+  and a reply's bytes never depend on what else runs (``tests/server/pipeline/test_streaming.py``).
 
 Concurrency: ``_cond`` guards ``_queue``, ``_closed`` and the statistics; a loop thread
 holds it only to take a batch, never while a batch runs. Callers block in :meth:`run` on a

@@ -7,7 +7,7 @@ the bundle's ``bundle_id`` is its version); an operator loads, reloads and unloa
 without a restart, and a rescan (SIGHUP, or a poll) brings the served set in line with the
 directory. ``serve --bundle DIR`` (and the demo bundle) is the one-model case of the same.
 
-Rules, each tested in ``tests/test_models.py``:
+Rules, each tested in ``tests/server/models/test_models.py``:
 
 - Loading runs in a worker thread: requests to the other models go on meanwhile. A model
   that is reloaded keeps serving its old engine until the new one is ready; a reload that

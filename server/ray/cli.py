@@ -15,12 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ray = p.add_argument_group("Ray Serve (--ray; needs distill-serve[ray])")
     ray.add_argument("--ray", action="store_true", help="serve as Ray Serve replicas")
     field_option(ray, R, "replicas", "--replicas", type=int, help="fixed number of replicas")
-    field_option(
-        ray, R, "min_replicas", "--min-replicas", type=int, help="autoscaling lower bound"
-    )
-    field_option(
-        ray, R, "max_replicas", "--max-replicas", type=int, help="autoscaling upper bound"
-    )
+    field_option(ray, R, "min_replicas", "--min-replicas", type=int, help="autoscaling lower bound")
+    field_option(ray, R, "max_replicas", "--max-replicas", type=int, help="autoscaling upper bound")
     field_option(
         ray, R, "target_ongoing_requests", "--target-ongoing-requests", type=float,
         help="autoscaling target of requests in flight per replica",

@@ -60,8 +60,8 @@ def _retryable_replica_failures() -> None:
     Ray Serve 2.60's proxy answers INTERNAL when the replica serving a request dies (a
     ``RayActorError``; ``ray/serve/_private/grpc_util.py: get_grpc_response_status``), though
     the request can simply be retried on another replica. This wraps the two helpers the
-    proxy module calls. The ``ray`` extra pins Ray, and ``tests/test_ray.py`` kills a replica
-    under load, so an upgrade that moves them fails a test instead of going unnoticed.
+    proxy module calls. The ``ray`` extra pins Ray, and ``tests/server/ray/test_ray.py`` kills a
+    replica under load, so an upgrade that moves them fails a test instead of going unnoticed.
     """
     from ray.exceptions import RayActorError
     from ray.serve._private import proxy

@@ -26,7 +26,7 @@ from distill_serve.server.pipeline.live import FADE_OUT_S
 from distill_serve.v1 import distill_pb2 as pb
 from distill_serve.v1 import distill_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread, start_server
-from tests.test_server import healthy
+from tests.server.api.test_server import healthy
 
 EXAMPLES = int(os.environ.get("DISTILL_FUZZ_EXAMPLES", "150"))
 SLIDER = {"sliders": {0: 4}, "encoding": "float32", "seed": 21}

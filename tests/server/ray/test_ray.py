@@ -6,7 +6,7 @@ deadlines and a replica killed under load.
 Everything runs in one subprocess inside new network and PID namespaces (``unshare``): the
 network has only loopback, because Ray binds every interface and rewrites 127.0.0.1 to the
 host's address, so it must never run on the host's network; and no Ray process outlives the
-scenario process or the test that kills it. See tests/ray_scenarios.py.
+scenario process or the test that kills it. See tests/server/ray/ray_scenarios.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import soundfile as sf
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _namespace_problem() -> str | None:
@@ -45,7 +45,7 @@ def ray_run(
     problem = _namespace_problem()
     if problem is not None:
         pytest.skip(problem)
-    from tests.test_faults import other_model
+    from tests.server.engine.test_faults import other_model
 
     work = tmp_path_factory.mktemp("ray")
     out = work / "result.json"
@@ -55,7 +55,9 @@ def ray_run(
     other_model(stand_in_bundle, models / "b", seed=99)
     env = dict(os.environ, PYTHONPATH=str(ROOT), **RAY_ENV)
     env.pop("RAY_ADDRESS", None)
-    command = f"ip link set lo up && {sys.executable} -m tests.ray_scenarios {models} {out}"
+    command = (
+        f"ip link set lo up && {sys.executable} -m tests.server.ray.ray_scenarios {models} {out}"
+    )
     log = work / "scenarios.log"
     with log.open("w") as sink:
         proc = subprocess.Popen(

@@ -25,7 +25,7 @@ from distill_serve.server.pipeline.request import Limits
 from distill_serve.v1 import distill_pb2 as pb
 from distill_serve.v1 import distill_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread
-from tests.test_faults import other_model
+from tests.server.engine.test_faults import other_model
 
 ADMIN = "admin-token"
 USER = "user-token"
@@ -392,8 +392,8 @@ def test_model_names_follow_their_directories(tmp_path: Path, stand_in_bundle: P
 def test_cli_serves_a_repository(tmp_path: Path, stand_in_bundle: Path, variant: Path) -> None:
     """`serve --models DIR --admin-token-file F` as an operator runs it: list-models, load,
     unload, generate --model, and a SIGHUP rescan that picks up a new directory."""
+    from tests.client.test_cli import _wait_for, run_cli
     from tests.conftest import ServeProcess
-    from tests.test_cli import _wait_for, run_cli
 
     root = repository_dir(tmp_path / "m", a=stand_in_bundle, b=variant)
     admin_file = tmp_path / "admin"

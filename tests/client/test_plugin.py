@@ -22,8 +22,8 @@ import soundfile as sf
 from distill_serve.server.api.server import ServerConfig
 from distill_serve.server.engine.engine import Engine
 from tests import shared_builds
+from tests.client.test_c_library import _python_live_blocks
 from tests.conftest import ServerThread, free_port, shared_path
-from tests.test_c_library import _python_live_blocks
 
 PARAM_PLAY, PARAM_SEED, PARAM_SLIDER0 = 0, 1, 4
 

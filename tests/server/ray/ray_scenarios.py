@@ -1,9 +1,10 @@
-"""Ray Serve scenarios, run inside a loopback-only network namespace by tests/test_ray.py.
+"""Ray Serve scenarios, run inside a loopback-only network namespace by
+tests/server/ray/test_ray.py.
 
-``python -m tests.ray_scenarios MODELS_DIR OUT.json``: starts a local Ray head, deploys the
-model repository (``a``: the stand-in, the default; ``b``: another model) on two replicas
-behind Serve's gRPC proxy with one model loaded per replica, plain servers of each model
-beside it, and records what each scenario saw in ``OUT.json`` (the test asserts on it). Ray
+``python -m tests.server.ray.ray_scenarios MODELS_DIR OUT.json``: starts a local Ray head,
+deploys the model repository (``a``: the stand-in, the default; ``b``: another model) on two
+replicas behind Serve's gRPC proxy with one model loaded per replica, plain servers of each
+model beside it, and records what each scenario saw in ``OUT.json`` (the test asserts on it). Ray
 binds every interface, which is why this never runs on the host's network.
 """
 

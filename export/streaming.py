@@ -38,25 +38,33 @@ N)``; outputs ``audio (B, 1, S * hop)`` and ``state_out (B, N)``; B and S are dy
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from distill_serve.export.antialias import PolyphaseActivation
+from distill_serve.export.cached_layers import (
+    Builder,
+    CachedConv,
+    CachedConvTranspose,
+    Chain,
+    Parallel,
+    Point,
+    Residual,
+    Stateless,
+    StepContext,
+    UnsupportedVocoder,
+    cached_conv,
+    leaky,
+)
 from distill_serve.export.hifigan import LRELU_SLOPE, HiFiGANGenerator
 
 log = logging.getLogger(__name__)
-
-
-class UnsupportedVocoder(ValueError):
-    """A vocoder this module cannot stream (the bundle then keeps the block path only)."""
 
 
 @dataclass(frozen=True)
@@ -89,275 +97,49 @@ class StreamLayout:
         return asdict(self)
 
 
-class _Builder:
-    """Build-time bookkeeping: where each layer's state lives in the flat state vector (the
-    signal's delay and rate at each point are :class:`_Point`'s)."""
-
-    def __init__(self) -> None:
-        self.offset = 0
-        self.layers = 0
-        self.sizes: list[int] = []  # each claim's length in the state vector, in order
-
-    def claim(self, channels: int, length: int) -> tuple[int, int]:
-        start = self.offset
-        self.offset += channels * length
-        self.layers += 1
-        self.sizes.append(channels * length)
-        return start, self.offset
-
-
-@dataclass
-class _Point:
-    delay: int  # samples this signal lags the whole-clip one, at its rate
-    factor: int  # samples per mel frame at this point
-
-
-class _Ctx:
-    """Per-step values the layers share: the incoming state, the pieces of the new one, the
-    stream position (mel frames fed before this step, ``(B, 1)`` int64) and the clip's end
-    (its length in frames, ``(B, 1)`` int64)."""
-
-    def __init__(
-        self, state: torch.Tensor, position: torch.Tensor, end: torch.Tensor, sizes: list[int]
-    ) -> None:
-        self.position = position
-        self.end = end.unsqueeze(1)  # (B, 1, 1)
-        parts = torch.split(state, sizes, dim=1)  # one Split node, not a Slice per layer
-        self.parts = dict(zip(itertools.accumulate([0, *sizes[:-1]]), parts, strict=True))
-        self.pieces: list[tuple[int, torch.Tensor]] = []
-        self.index: dict[int, torch.Tensor] = {}
-        self.masks: dict[tuple[int, int], torch.Tensor] = {}
-
-    # Shapes here are constants or -1 (never ``x.shape[0]``), and masks are shared: each
-    # traced shape query is a Shape/Gather/Unsqueeze/Concat chain in the ONNX graph, and
-    # onnxruntime's session start (its memory-reuse planner) grows faster than the node count.
-    def read(self, start: int, stop: int, channels: int) -> torch.Tensor:
-        return self.parts[start].reshape(-1, channels, (stop - start) // channels)
-
-    def write(self, start: int, value: torch.Tensor) -> None:
-        self.pieces.append((start, value.flatten(1)))
-
-
-def _mask(ctx: _Ctx, x: torch.Tensor, factor: int, delay: int) -> torch.Tensor:
-    """``x`` with the samples that lie outside the clip set to 0 (the zero padding the
-    whole-clip graph sees there): a signal that lags the whole clip by ``delay`` samples holds
-    the clip's samples ``[0, end * factor)`` at stream indices ``[delay, delay + end *
-    factor)``. One sample index per rate and one mask per (rate, delay): every input at one
-    rate has the step's length at that rate."""
-    if factor not in ctx.index:  # (B, 1, L): each sample's index in the clip at this rate
-        steps = torch.arange(x.shape[-1], device=x.device).unsqueeze(0)
-        ctx.index[factor] = (ctx.position * factor + steps).unsqueeze(1)
-    key = (factor, delay)
-    if key not in ctx.masks:
-        index = ctx.index[factor]
-        inside = (index >= delay) & (index < ctx.end * factor + delay)
-        ctx.masks[key] = inside.to(x.dtype)
-    return x * ctx.masks[key]
-
-
-class _CachedConv(nn.Module):
-    """A ``Conv1d`` with padding ``(left, right)`` as a causal conv: it keeps the last
-    ``(k - 1) * dilation`` inputs and delays the signal by ``right`` samples."""
-
-    def __init__(
-        self, conv: nn.Conv1d, builder: _Builder, point: _Point, left: int, right: int
-    ) -> None:
-        super().__init__()
-        if conv.stride[0] != 1:
-            raise UnsupportedVocoder(f"strided convolution {conv}")
-        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
-        bias = conv.bias.detach().clone() if conv.bias is not None else None
-        self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
-        self.dilation = int(conv.dilation[0])
-        self.groups = int(conv.groups)
-        self.context = (int(conv.kernel_size[0]) - 1) * self.dilation
-        if left + right != self.context:
-            raise UnsupportedVocoder(f"padding {left}+{right} does not match {conv}")
-        self.in_channels = int(conv.in_channels)
-        self.factor, self.delay_in = point.factor, point.delay
-        self.start, self.stop = builder.claim(self.in_channels, self.context)
-        point.delay += right
-
-    def forward(self, x: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
-        x = _mask(ctx, x, self.factor, self.delay_in)
-        if self.context:
-            x = torch.cat([ctx.read(self.start, self.stop, self.in_channels), x], dim=2)
-            ctx.write(self.start, x[:, :, -self.context :])
-        return F.conv1d(x, self.weight, self.bias, dilation=self.dilation, groups=self.groups)
-
-
-class _CachedConvTranspose(nn.Module):
-    """A ``ConvTranspose1d`` (stride u, kernel k, padding p, ``k - u = 2p``) that keeps the
-    ``k - u`` overlapping output samples of its last step and adds them to the next; delays
-    by ``p`` output samples (and scales the input's delay by u)."""
-
-    def __init__(self, conv: nn.ConvTranspose1d, builder: _Builder, point: _Point) -> None:
-        super().__init__()
-        k, u, p = int(conv.kernel_size[0]), int(conv.stride[0]), int(conv.padding[0])
-        if k - u != 2 * p or conv.groups != 1 or conv.dilation[0] != 1 or conv.output_padding[0]:
-            raise UnsupportedVocoder(f"transposed convolution {conv}")
-        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
-        bias = conv.bias.detach().clone() if conv.bias is not None else None
-        self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
-        self.stride, self.tail = u, k - u
-        self.out_channels = int(conv.out_channels)
-        self.factor, self.delay_in = point.factor, point.delay
-        self.start, self.stop = builder.claim(self.out_channels, self.tail)
-        point.delay = point.delay * u + p
-        point.factor *= u
-
-    def forward(self, x: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
-        x = _mask(ctx, x, self.factor, self.delay_in)
-        y = F.conv_transpose1d(x, self.weight, None, stride=self.stride)  # (n - 1) u + k
-        n = x.shape[2] * self.stride
-        previous = ctx.read(self.start, self.stop, self.out_channels)
-        head = y[:, :, : self.tail] + previous
-        y = torch.cat([head, y[:, :, self.tail :]], dim=2)
-        ctx.write(self.start, y[:, :, n:])
-        out = y[:, :, :n]
-        return out if self.bias is None else out + self.bias.reshape(1, -1, 1)
-
-
-class _Delay(nn.Module):
-    """A delay line of ``length`` samples (lines up a branch with a slower parallel one)."""
-
-    def __init__(self, channels: int, length: int, builder: _Builder) -> None:
-        super().__init__()
-        self.channels, self.length = channels, length
-        self.start, self.stop = builder.claim(channels, length) if length else (0, 0)
-
-    def forward(self, x: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
-        if not self.length:
-            return x
-        x = torch.cat([ctx.read(self.start, self.stop, self.channels), x], dim=2)
-        ctx.write(self.start, x[:, :, -self.length :])
-        return x[:, :, : -self.length]
-
-
-class _Residual(nn.Module):
-    """``x + branch(x)``, the skip path delayed to meet the branch."""
-
-    def __init__(
-        self,
-        channels: int,
-        build_branch: Callable[[_Point], list[nn.Module]],
-        builder: _Builder,
-        point: _Point,
-    ) -> None:
-        super().__init__()
-        before = point.delay
-        self.branch = nn.ModuleList(build_branch(point))
-        self.skip = _Delay(channels, point.delay - before, builder)
-
-    def forward(self, x: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
-        y = x
-        for layer in self.branch:
-            y = layer(y, ctx)
-        return self.skip(x, ctx) + y
-
-
-class _Stateless(nn.Module):
-    """A pointwise function in the chain."""
-
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
-        return self.fn(x)
-
-
-class _Parallel(nn.Module):
-    """The mean of parallel branches on the same input, each delayed to the slowest one."""
-
-    def __init__(
-        self, channels: int, branches: Sequence[Callable[[_Point], nn.Module]], builder: _Builder,
-        point: _Point,
-    ) -> None:  # fmt: skip
-        super().__init__()
-        start = point.delay
-        built, delays = [], []
-        for make in branches:
-            p = _Point(start, point.factor)
-            built.append(make(p))
-            delays.append(p.delay)
-        slowest = max(delays)
-        self.branches = nn.ModuleList(built)
-        self.align = nn.ModuleList(_Delay(channels, slowest - d, builder) for d in delays)
-        point.delay = slowest
-
-    def forward(self, x: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
-        total = None
-        for branch, align in zip(self.branches, self.align, strict=True):
-            y = align(branch(x, ctx), ctx)
-            total = y if total is None else total + y
-        assert total is not None
-        return total / len(self.branches)
-
-
-class _Chain(nn.Module):
-    def __init__(self, layers: list[nn.Module]) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-
-    def forward(self, x: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x, ctx)
-        return x
-
-
-def _leaky(slope: float) -> _Stateless:
-    return _Stateless(lambda x: F.leaky_relu(x, slope))
-
-
-def _conv(conv: nn.Conv1d, builder: _Builder, point: _Point) -> _CachedConv:
-    pad = int(conv.padding[0]) if isinstance(conv.padding, tuple) else int(conv.padding)
-    return _CachedConv(conv, builder, point, pad, pad)
-
-
 # --- HiFi-GAN ------------------------------------------------------------------------------
-def _hifigan_resblock(block: Any, builder: _Builder, point: _Point) -> nn.Module:
+def _hifigan_resblock(block: Any, builder: Builder, point: Point) -> nn.Module:
     first = block.convs1[0] if hasattr(block, "convs1") else block.convs[0]
     channels = int(first.in_channels)
     layers: list[nn.Module] = []
     if hasattr(block, "convs1"):  # "1": lrelu, conv(d), lrelu, conv(1), per dilation
         for c1, c2 in zip(block.convs1, block.convs2, strict=True):
 
-            def branch(p: _Point, c1: nn.Conv1d = c1, c2: nn.Conv1d = c2) -> list[nn.Module]:
+            def branch(p: Point, c1: nn.Conv1d = c1, c2: nn.Conv1d = c2) -> list[nn.Module]:
                 return [
-                    _leaky(LRELU_SLOPE), _conv(c1, builder, p),
-                    _leaky(LRELU_SLOPE), _conv(c2, builder, p),
+                    leaky(LRELU_SLOPE), cached_conv(c1, builder, p),
+                    leaky(LRELU_SLOPE), cached_conv(c2, builder, p),
                 ]  # fmt: skip
 
-            layers.append(_Residual(channels, branch, builder, point))
+            layers.append(Residual(channels, branch, builder, point))
     else:  # "2": lrelu, conv(d), per dilation
         for c in block.convs:
 
-            def branch2(p: _Point, c: nn.Conv1d = c) -> list[nn.Module]:
-                return [_leaky(LRELU_SLOPE), _conv(c, builder, p)]
+            def branch2(p: Point, c: nn.Conv1d = c) -> list[nn.Module]:
+                return [leaky(LRELU_SLOPE), cached_conv(c, builder, p)]
 
-            layers.append(_Residual(channels, branch2, builder, point))
-    return _Chain(layers)
+            layers.append(Residual(channels, branch2, builder, point))
+    return Chain(layers)
 
 
-def _hifigan_body(model: HiFiGANGenerator, builder: _Builder, point: _Point) -> _Chain:
-    layers: list[nn.Module] = [_conv(model.conv_pre, builder, point)]
+def _hifigan_body(model: HiFiGANGenerator, builder: Builder, point: Point) -> Chain:
+    layers: list[nn.Module] = [cached_conv(model.conv_pre, builder, point)]
     k = model.num_kernels
     for i, up in enumerate(model.ups):
-        layers.append(_leaky(LRELU_SLOPE))
-        layers.append(_CachedConvTranspose(up, builder, point))
+        layers.append(leaky(LRELU_SLOPE))
+        layers.append(CachedConvTranspose(up, builder, point))
         blocks = list(model.resblocks[i * k : (i + 1) * k])
         channels = int(up.out_channels)
         makers = [(lambda p, b=b: _hifigan_resblock(b, builder, p)) for b in blocks]
-        layers.append(_Parallel(channels, makers, builder, point))
-    layers.append(_leaky(0.01))  # the official generator's last activation: default slope
-    layers.append(_conv(model.conv_post, builder, point))
-    layers.append(_Stateless(torch.tanh))
-    return _Chain(layers)
+        layers.append(Parallel(channels, makers, builder, point))
+    layers.append(leaky(0.01))  # the official generator's last activation: default slope
+    layers.append(cached_conv(model.conv_post, builder, point))
+    layers.append(Stateless(torch.tanh))
+    return Chain(layers)
 
 
 # --- BigVGAN -------------------------------------------------------------------------------
-def _activation(act: PolyphaseActivation, builder: _Builder, point: _Point) -> _Chain:
+def _activation(act: PolyphaseActivation, builder: Builder, point: Point) -> Chain:
     """The polyphase anti-aliased activation (export/antialias.py) as two cached grouped
     convolutions around Snake; its replicate padding becomes the masks' zero padding."""
     c = act.channels
@@ -371,14 +153,14 @@ def _activation(act: PolyphaseActivation, builder: _Builder, point: _Point) -> _
         s = torch.sin(x * alpha)
         return x + inv_beta * (s * s)
 
-    return _Chain([
-        _CachedConv(up, builder, point, act.up_pad, act.up_pad),
-        _Stateless(snake),
-        _CachedConv(down, builder, point, act.down_left, act.down_right),
+    return Chain([
+        CachedConv(up, builder, point, act.up_pad, act.up_pad),
+        Stateless(snake),
+        CachedConv(down, builder, point, act.down_left, act.down_right),
     ])  # fmt: skip
 
 
-def _amp_block(block: Any, builder: _Builder, point: _Point) -> _Chain:
+def _amp_block(block: Any, builder: Builder, point: Point) -> Chain:
     if not hasattr(block, "convs1"):
         raise UnsupportedVocoder("BigVGAN resblock type 2 (AMPBlock2) is not streamed yet")
     channels = int(block.convs1[0].in_channels)
@@ -388,36 +170,36 @@ def _amp_block(block: Any, builder: _Builder, point: _Point) -> _Chain:
         if not isinstance(a1, PolyphaseActivation) or not isinstance(a2, PolyphaseActivation):
             raise UnsupportedVocoder("BigVGAN activations must be the polyphase rewrite")
 
-        def branch(p: _Point, c1: Any = c1, c2: Any = c2, a1: Any = a1, a2: Any = a2) -> list:
+        def branch(p: Point, c1: Any = c1, c2: Any = c2, a1: Any = a1, a2: Any = a2) -> list:
             return [
-                _activation(a1, builder, p), _conv(c1, builder, p),
-                _activation(a2, builder, p), _conv(c2, builder, p),
+                _activation(a1, builder, p), cached_conv(c1, builder, p),
+                _activation(a2, builder, p), cached_conv(c2, builder, p),
             ]  # fmt: skip
 
-        layers.append(_Residual(channels, branch, builder, point))
-    return _Chain(layers)
+        layers.append(Residual(channels, branch, builder, point))
+    return Chain(layers)
 
 
-def _bigvgan_body(model: nn.Module, builder: _Builder, point: _Point) -> _Chain:
+def _bigvgan_body(model: nn.Module, builder: Builder, point: Point) -> Chain:
     m: Any = model
-    layers: list[nn.Module] = [_conv(m.conv_pre, builder, point)]
+    layers: list[nn.Module] = [cached_conv(m.conv_pre, builder, point)]
     k = m.num_kernels
     for i in range(m.num_upsamples):
         for up in m.ups[i]:
-            layers.append(_CachedConvTranspose(up, builder, point))
+            layers.append(CachedConvTranspose(up, builder, point))
         blocks = list(m.resblocks[i * k : (i + 1) * k])
         channels = int(m.ups[i][-1].out_channels)
         makers = [(lambda p, b=b: _amp_block(b, builder, p)) for b in blocks]
-        layers.append(_Parallel(channels, makers, builder, point))
+        layers.append(Parallel(channels, makers, builder, point))
     if not isinstance(m.activation_post, PolyphaseActivation):
         raise UnsupportedVocoder("BigVGAN's last activation must be the polyphase rewrite")
     layers.append(_activation(m.activation_post, builder, point))
-    layers.append(_conv(m.conv_post, builder, point))
+    layers.append(cached_conv(m.conv_post, builder, point))
     if m.use_tanh_at_final:
-        layers.append(_Stateless(torch.tanh))
+        layers.append(Stateless(torch.tanh))
     else:
-        layers.append(_Stateless(lambda x: torch.clamp(x, -1.0, 1.0)))
-    return _Chain(layers)
+        layers.append(Stateless(lambda x: torch.clamp(x, -1.0, 1.0)))
+    return Chain(layers)
 
 
 class StreamingVocoder(nn.Module):
@@ -432,8 +214,8 @@ class StreamingVocoder(nn.Module):
         self, model: nn.Module, family: str, hop: int, head_frames: int = 0, tail_frames: int = 0
     ) -> None:
         super().__init__()
-        builder = _Builder()
-        point = _Point(delay=0, factor=1)
+        builder = Builder()
+        point = Point(delay=0, factor=1)
         if family == "hifigan" and isinstance(model, HiFiGANGenerator):
             self.body = _hifigan_body(model, builder, point)
         elif family == "bigvgan":
@@ -461,7 +243,7 @@ class StreamingVocoder(nn.Module):
     def forward(
         self, mel: torch.Tensor, position: torch.Tensor, end: torch.Tensor, state: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx = _Ctx(state, position, end, self.sizes)
+        ctx = StepContext(state, position, end, self.sizes)
         audio = self.body(mel, ctx)
         pieces = sorted(ctx.pieces, key=lambda p: p[0])
         return audio, torch.cat([p[1] for p in pieces], dim=1)

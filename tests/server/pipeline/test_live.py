@@ -198,6 +198,8 @@ class CheapRunner:
 
     vocoder_buckets: tuple[int, ...] = ()
     stream_spec = None  # the block path: its vocode() is the stand-in
+    provider = "numpy stand-in"
+    fallbacks = 0
 
     def __init__(self, engine: Engine) -> None:
         m = engine.model

@@ -1,9 +1,11 @@
 """Frame and chunk geometry shared by the export stage and the server (pure numpy).
 
 Two frame grids meet here: the decoder's (torchaudio ``center=True``: frame ``i`` is centred
-on sample ``i * hop`` at the decoder rate) and BigVGAN's (reflect-pad ``(n_fft - hop) / 2``
-then ``center=False``: frame ``j`` is centred on sample ``j * hop + hop / 2`` at the vocoder
-rate).
+on sample ``i * hop`` at the decoder rate) and the vocoder's: BigVGAN's and HiFi-GAN's
+(reflect-pad ``(n_fft - hop) / 2`` then ``center=False``: frame ``j`` is centred on sample
+``j * hop + hop / 2`` at the vocoder rate), or, for a vocoder trained on the decoder's own
+mel (the Distill app's per-model HiFi-GAN), the decoder's grid itself (``vocoder_centre``
+0: frame ``j`` is decoder frame ``j``).
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ class FrameGeometry:
         decoder_hop: hop of the decoder's mel space in samples (512).
         vocoder_rate: sample rate of the vocoder output (44 100).
         vocoder_hop: samples the vocoder makes per mel frame (512).
+        vocoder_centre: where vocoder frame ``j`` is centred, in hops after sample
+            ``j * vocoder_hop`` (0.5; 0 for a vocoder on the decoder's own frames).
     """
 
     decoder_rate: int
     decoder_hop: int
     vocoder_rate: int
     vocoder_hop: int
+    vocoder_centre: float = 0.5
 
     def vocoder_frames(self, duration_s: float) -> int:
         """Vocoder frames whose audio covers ``duration_s`` seconds."""
@@ -38,7 +43,7 @@ class FrameGeometry:
         """Fractional decoder-frame index (float64) at the centre of vocoder frames
         ``first`` .. ``first + n_vocoder_frames - 1``, shape (T,)."""
         j = np.arange(first, first + n_vocoder_frames, dtype=np.float64)
-        t = (j * self.vocoder_hop + self.vocoder_hop / 2) / self.vocoder_rate
+        t = (j + self.vocoder_centre) * self.vocoder_hop / self.vocoder_rate
         return t * self.decoder_rate / self.decoder_hop
 
     def bridge_positions(self, n_vocoder_frames: int) -> np.ndarray:

@@ -28,6 +28,11 @@ class VocoderMelConfig:
     ``j * hop + hop / 2`` (reflect pad ``(n_fft - hop) / 2``, ``center=False``). A config may
     override the defaults with ``mel_scale`` ("slaney" | "htk"), ``mel_norm`` ("slaney" |
     null), ``mel_power`` (1: magnitude, 2: power) and ``log_clip``.
+
+    ``decoder_mel``: the vocoder was trained on the decoder's own mel (the Distill app's
+    per-model HiFi-GAN: 48 kHz HTK power mels, ``log1p``, torchaudio ``center=True``, frame
+    ``j`` centred on sample ``j * hop``); the bridge then passes the frames through
+    (:class:`DecoderMelPassThrough`).
     """
 
     sample_rate: int
@@ -42,6 +47,7 @@ class VocoderMelConfig:
     power: float = 1.0
     log_clip: float = 1e-5
     window: str = "hann"
+    decoder_mel: bool = False
 
     def __post_init__(self) -> None:
         if self.mel_scale not in ("slaney", "htk"):
@@ -65,6 +71,7 @@ class VocoderMelConfig:
             norm=config.get("mel_norm", "slaney"),
             power=float(config.get("mel_power", 1.0)),
             log_clip=float(config.get("log_clip", 1e-5)),
+            decoder_mel=bool(config.get("decoder_mel", False)),
         )
 
     @classmethod
@@ -83,6 +90,7 @@ class VocoderMelConfig:
             power=float(manifest["power"]),
             log_clip=float(manifest["log_clip"]),
             window=str(manifest.get("window", "hann")),
+            decoder_mel=bool(manifest.get("decoder_mel", False)),
         )
 
     def to_manifest(self) -> dict[str, Any]:
@@ -100,9 +108,23 @@ class VocoderMelConfig:
             "norm": self.norm,
             "power": self.power,
             "log_clip": self.log_clip,
-            "normalisation": f"log(clamp({kind}_mel, {self.log_clip:g}))",
-            "frame_centre": "j * hop + hop / 2 (reflect pad (n_fft - hop) / 2, center=False)",
+            "decoder_mel": self.decoder_mel,
+            "normalisation": (
+                f"log1p({kind}_mel)"
+                if self.decoder_mel
+                else f"log(clamp({kind}_mel, {self.log_clip:g}))"
+            ),
+            "frame_centre": (
+                "j * hop (center=True, the decoder's own frames)"
+                if self.decoder_mel
+                else "j * hop + hop / 2 (reflect pad (n_fft - hop) / 2, center=False)"
+            ),
         }
+
+    @property
+    def frame_centre(self) -> float:
+        """Where frame ``j`` is centred, in hops after sample ``j * hop``."""
+        return 0.0 if self.decoder_mel else 0.5
 
 
 def htk_filterbank(spec: SpectrogramConfig) -> np.ndarray:
@@ -288,3 +310,23 @@ class MelBridge(nn.Module):
             linear = torch.sqrt(linear + 1e-9)
         mel = torch.log(torch.clamp(torch.matmul(self.filterbank, linear), min=self.log_clip))
         return self.refiner(mel)
+
+
+class DecoderMelPassThrough(nn.Module):
+    """The bridge of a vocoder trained on the decoder's own mel (``VocoderMelConfig.
+    decoder_mel``): ``(B, n_mels, T_dec)`` log1p mels + ``positions (T_voc,)`` -> the frames
+    at those positions, as they are (no filterbank, no rescaling, no change of compression).
+    The positions of such a vocoder lie on the decoder's own grid, so every output frame is a
+    decoder frame; between frames it would interpolate linearly, as :class:`MelBridge` does.
+    """
+
+    def forward(self, mel_dec: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        n = mel_dec.shape[-1]
+        base = torch.floor(positions)
+        frac = positions - base
+        i0 = base.long().clamp(0, n - 1)
+        i1 = (i0 + 1).clamp(max=n - 1)
+        return (
+            torch.index_select(mel_dec, 2, i0) * (1.0 - frac)
+            + torch.index_select(mel_dec, 2, i1) * frac
+        )

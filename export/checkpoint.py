@@ -1,10 +1,10 @@
-"""Safe loading and validation of ``.distill`` checkpoints (DESIGN section 1)."""
+"""Validation of Distill model files (``.distillgan``, ``.distill``, ``.sda``; DESIGN section
+1, ``shared/DISTILL.md``): the decoder, its mel space, sliders and metadata. Reading the file
+safely and recognising its format is ``distill_file.py``."""
 
 from __future__ import annotations
 
 import math
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,14 +13,20 @@ import numpy as np
 import torch
 
 from distill_serve.export.decoder import DistillDecoder, decoder_key_shapes
+from distill_serve.export.distill_file import (
+    FORMATS,
+    SUPPORTED_VERSION,
+    CheckpointError,
+    DistillFormat,
+    check_format,
+    read_file,
+)
 
+__all__ = ["FORMAT_MARKER", "SUPPORTED_VERSION", "CheckpointError", "DistillCheckpoint"]
+
+#: The demo's files are v1.0 ``.distill`` files.
 FORMAT_MARKER = "distill_model"
-SUPPORTED_VERSION = 1
 REQUIRED_SPEC_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "power")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be exported; the message says what is wrong and what to do."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,9 @@ class DistillCheckpoint:
     sliders: SliderAnalysis | None
     training_config: dict[str, Any]
     metadata: dict[str, Any]
+    format: DistillFormat = FORMATS[FORMAT_MARKER]
+    #: the app's per-model vocoder (``shared/DISTILL.md`` section 2), as stored; None: none
+    vocoder_state: dict[str, Any] | None = None
 
     @property
     def chunk_frames(self) -> int:
@@ -111,16 +120,6 @@ class DistillCheckpoint:
         return decoder.eval()
 
 
-def _numpy_safe_globals() -> list[Any]:
-    """numpy's pickle helpers that plain arrays need, allow-listed for weights_only loading."""
-    from numpy._core import multiarray  # numpy >= 2
-
-    globals_: list[Any] = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
-    for dt in (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_, np.str_):
-        globals_.append(type(np.dtype(dt)))
-    return globals_
-
-
 def _as_numpy(value: Any, what: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
@@ -128,27 +127,6 @@ def _as_numpy(value: Any, what: str) -> np.ndarray:
         return np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"latent_analysis.{what} is not numeric: {exc}") from exc
-
-
-def _load_raw(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused to unpickle objects that are not plain data "
-            f"(weights_only=True): {str(exc).splitlines()[0]}. Re-save the checkpoint with "
-            "only tensors, numpy arrays, numbers, strings, lists and dicts."
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(
-            f"{path}: not a readable torch.save file (truncated or corrupt?): {exc}"
-        ) from exc
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: expected a dict, found {type(raw).__name__}")
-    return raw
 
 
 def _spectrogram(raw: dict[str, Any], path: Path) -> SpectrogramConfig:
@@ -194,27 +172,18 @@ def _sliders(raw: dict[str, Any], latent_dim: int, path: Path) -> SliderAnalysis
 
 
 def load_checkpoint(path: str | Path) -> DistillCheckpoint:
-    """Load and validate a ``.distill`` checkpoint with ``torch.load(weights_only=True)``.
+    """Load and validate a Distill model file (``torch.load(weights_only=True)`` with the
+    app's one pickled enum allowed: ``distill_file.py``).
 
     Raises:
-        CheckpointError: wrong format marker, newer version, missing or mis-shaped decoder
-            keys, a truncated file, or a pickle that holds more than plain data.
+        CheckpointError: an unknown format marker or an unreleased branch's format, a newer
+            version, missing or mis-shaped decoder keys, a truncated file, or a pickle that
+            holds more than plain data.
     """
     path = Path(path)
-    raw = _load_raw(path)
-    if raw.get("format") != FORMAT_MARKER:
-        raise CheckpointError(
-            f"{path}: format marker is {raw.get('format')!r}, expected {FORMAT_MARKER!r}; "
-            "is this a Distill model file?"
-        )
-    version = raw.get("version")
-    if not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{path}: version {version!r} is not a positive integer")
-    if version > SUPPORTED_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint version {version} is newer than this exporter supports "
-            f"({SUPPORTED_VERSION}); upgrade distill-serve"
-        )
+    raw = read_file(path)
+    found = check_format(raw, path)
+    version = int(raw["version"])
     state = raw.get("model_state_dict")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: missing model_state_dict")
@@ -258,6 +227,8 @@ def load_checkpoint(path: str | Path) -> DistillCheckpoint:
         sliders=_sliders(raw, latent_dim, path),
         training_config=training if isinstance(training, dict) else {},
         metadata=raw.get("metadata") or {},
+        format=found,
+        vocoder_state=raw.get("vocoder_state"),
     )
     if ckpt.chunk_frames > 16 * width:
         raise CheckpointError(

@@ -20,11 +20,17 @@ def _rates(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", type=Path, help="Distill .distill checkpoint")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="the Distill model file (.distillgan from Distill v1.1, .distill, .sda)",
+    )
     p.add_argument(
         "--vocoder",
-        help="hifigan-universal, a HiFi-GAN checkpoint (config.json beside it) or dir, "
-        "or a BigVGAN Hugging Face id or local dir",
+        default="auto",
+        help="auto (default, as the app chooses: the model file's own per-model vocoder), "
+        "bundled (the same, by name), hifigan-universal, a HiFi-GAN checkpoint (config.json "
+        "beside it) or dir, or a BigVGAN Hugging Face id or local dir",
     )
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     p.add_argument("--format", choices=["onnx", "torchscript", "both"], default="onnx")
@@ -91,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
                 args.out, fmt=args.format, rates=args.rates, progress=not args.quiet
             )  # the stand-in always carries the int8 and fp16 vocoders
         else:
-            if args.checkpoint is None or args.vocoder is None:
+            if args.checkpoint is None:
                 print(
-                    "distill-serve export: give --checkpoint and --vocoder, --demo or --stand-in",
+                    "distill-serve export: give --checkpoint (and --vocoder), --demo or --stand-in",
                     file=sys.stderr,
                 )
                 return 2

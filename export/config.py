@@ -24,9 +24,11 @@ class ExportConfig:
     """Options of ``distill-serve export``.
 
     Attributes:
-        checkpoint: the ``.distill`` file.
-        vocoder: what :func:`distill_serve.export.vocoder.load_vocoder` takes: a BigVGAN
-            Hugging Face id or local dir, ``hifigan-universal``, or a HiFi-GAN checkpoint.
+        checkpoint: the Distill model file (``.distillgan``, ``.distill`` or ``.sda``).
+        vocoder: ``auto`` (the model file's own vocoder, as the app chooses; an error if it
+            has none), ``bundled`` (the same, by name), or what
+            :func:`distill_serve.export.vocoder.load_vocoder` takes: a BigVGAN Hugging Face
+            id or local dir, ``hifigan-universal``, or a HiFi-GAN checkpoint.
         out: the bundle directory to write.
         format: "onnx", "torchscript" or "both" (ONNX is always written: the server runs it).
         rates: output sample rates to offer (a resampler graph each).

@@ -14,12 +14,12 @@ import numpy as np
 from distill_serve.bundle import write_manifest
 from distill_serve.export import stages
 from distill_serve.export.bridge import default_ridge
+from distill_serve.export.bundled_vocoder import choose_vocoder
 from distill_serve.export.checkpoint import load_checkpoint
 from distill_serve.export.config import DEFAULT_RATES, ExportConfig, ExportError
 from distill_serve.export.manifest import build_manifest
 from distill_serve.export.refiner import choose_refiner
 from distill_serve.export.run import ExportRun, Progress
-from distill_serve.export.vocoder import load_vocoder
 from distill_serve.geometry import FrameGeometry
 from distill_serve.isa import cpu_kind
 
@@ -38,13 +38,24 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
     """
     started = time.perf_counter()
     ckpt = load_checkpoint(config.checkpoint)
-    vocoder = load_vocoder(config.vocoder)
+    vocoder, chosen = choose_vocoder(config.vocoder, ckpt)
     config.out.mkdir(parents=True, exist_ok=True)
     vmel = vocoder.mel
     ridge = default_ridge(ckpt.spectrogram, vmel)
-    refiner = choose_refiner(config.refiner, ckpt.spectrogram, vmel, ridge)
+    refiner = (
+        None if vmel.decoder_mel else choose_refiner(config.refiner, ckpt.spectrogram, vmel, ridge)
+    )
+    if vmel.decoder_mel and config.refiner not in ("auto", "none"):
+        raise ExportError(
+            "--refiner corrects the bridge's mapping into a vocoder's mel; this vocoder takes "
+            "the decoder's own mel (no bridge): leave --refiner out"
+        )
     geometry = FrameGeometry(
-        ckpt.spectrogram.sample_rate, ckpt.spectrogram.hop_length, vmel.sample_rate, vmel.hop_size
+        ckpt.spectrogram.sample_rate,
+        ckpt.spectrogram.hop_length,
+        vmel.sample_rate,
+        vmel.hop_size,
+        vmel.frame_centre,
     )
     rates = tuple(sorted(set(config.rates)))
     resample_rates = [r for r in rates if r != vmel.sample_rate]
@@ -77,6 +88,7 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
         refiner,
     )  # fmt: skip
     voc = manifest["vocoder"]
+    voc["chosen"] = chosen
     voc["graph_rewrites"] = {"polyphase_activations": parts.rewritten}
     voc["int8"] = int8.to_dict() if int8 else None
     voc["stream"] = stream

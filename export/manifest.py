@@ -90,11 +90,16 @@ def build_manifest(
             "decoder_hop": geometry.decoder_hop,
             "vocoder_rate": geometry.vocoder_rate,
             "vocoder_hop": geometry.vocoder_hop,
+            "vocoder_centre": geometry.vocoder_centre,
         },
         "bridge": {
-            "method": "ridge-lstsq inverse of the HTK triangles at the vocoder bins, window gain, "
-            "vocoder filterbank, log-clamp"
-            + (", learned per-frame refiner" if refiner is not None else ""),
+            "method": (
+                "pass-through: the vocoder takes the decoder's own mel frames (log1p)"
+                if vocoder.mel.decoder_mel
+                else "ridge-lstsq inverse of the HTK triangles at the vocoder bins, window gain, "
+                "vocoder filterbank, log-clamp"
+                + (", learned per-frame refiner" if refiner is not None else "")
+            ),
             "ridge": bridge_ridge,
             "refiner": (
                 {**refiner.describe(), "sha256": sha256_file(refiner.path)}

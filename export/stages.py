@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from distill_serve.export.antialias import polyphase_activations
-from distill_serve.export.bridge import MelBridge
+from distill_serve.export.bridge import DecoderMelPassThrough, MelBridge
 from distill_serve.export.checkpoint import DistillCheckpoint
 from distill_serve.export.config import MAX_FRAMES, STEP_FRAMES
 from distill_serve.export.graphs import export_onnx, export_torchscript
@@ -75,8 +75,12 @@ def bridge(
     """``bridge.onnx`` (decoder mel -> vocoder mel); returns 480 vocoder frames bridged from
     ``dec_mel`` (``(8, n_mels, T)`` decoded chunks, repeated), ``(1, n_mels_voc, 480)``,
     that the vocoder's stages test on."""
-    module = MelBridge(
-        ckpt.spectrogram, vocoder.mel, ridge, refiner.build() if refiner is not None else None
+    module: torch.nn.Module = (
+        DecoderMelPassThrough()
+        if vocoder.mel.decoder_mel
+        else MelBridge(
+            ckpt.spectrogram, vocoder.mel, ridge, refiner.build() if refiner is not None else None
+        )
     ).eval()
 
     def case(name: str, mel: np.ndarray, t_voc: int) -> tuple[str, list[np.ndarray]]:

@@ -145,6 +145,7 @@ class ModelSpec:
                 int(geo["decoder_hop"]),
                 int(geo["vocoder_rate"]),
                 int(geo["vocoder_hop"]),
+                float(geo.get("vocoder_centre", 0.5)),  # bundles before 2026-12-06: 0.5
             ),
             n_mels_voc=int(m["vocoder_mel"]["num_mels"]),
             context_frames=context,

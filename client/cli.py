@@ -169,6 +169,20 @@ def run_info(args: argparse.Namespace) -> int:
         return _fail(_describe(exc, args.server))
     if info.model:
         print(f"model: {info.model} (version {info.model_version})")
+    card = info.card
+    if card.get("name"):
+        made = f" from {card['file_format']}" if card.get("file_format") else ""
+        print(f"distill model: {card['name']}{made}, {card['training_epochs']} training epochs")
+        if card.get("description"):
+            print(f"  {card['description']}")
+        if card.get("dataset_name"):
+            print(
+                f"  dataset {card['dataset_name']}: {card['dataset_file_count']} files, "
+                f"{card['dataset_duration_s']:g} s"
+            )
+    if info.vocoder:
+        why = f" ({info.vocoder_choice})" if info.vocoder_choice else ""
+        print(f"vocoder: {info.vocoder}{why}")
     print(f"latent_dim: {info.latent_dim}")
     print(f"execution provider: {info.execution_provider}, vocoder {info.vocoder_precision}")
     capacity = f", live capacity {info.live_capacity} sessions" if info.live_capacity else ""

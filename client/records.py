@@ -161,6 +161,12 @@ class ModelInfo:
     #: the model described (its name on the server) and its version (bundle_id)
     model: str = ""
     model_version: str = ""
+    #: what the Distill file said of its model: name, description, training epochs, dataset
+    #: name, file count and duration, and the file's format (".distillgan", ...)
+    card: dict[str, Any] = field(default_factory=dict)
+    #: the vocoder the bundle runs and why the export chose it
+    vocoder: str = ""
+    vocoder_choice: str = ""
 
     @classmethod
     def from_pb(cls, r: pb.GetModelInfoResponse) -> ModelInfo:
@@ -183,6 +189,17 @@ class ModelInfo:
             live_capacity=r.live_capacity,
             model=r.model,
             model_version=r.model_version,
+            card={
+                "name": r.card.display_name,
+                "description": r.card.description,
+                "training_epochs": r.card.training_epochs,
+                "dataset_name": r.card.dataset_name,
+                "dataset_file_count": r.card.dataset_file_count,
+                "dataset_duration_s": r.card.dataset_duration_s,
+                "file_format": r.card.file_format,
+            },
+            vocoder=r.vocoder,
+            vocoder_choice=r.vocoder_choice,
         )
 
 

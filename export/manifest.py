@@ -60,6 +60,7 @@ def build_manifest(
             "checkpoint": ckpt.path.name,
             "checkpoint_sha256": sha256_file(ckpt.path),
             "checkpoint_version": ckpt.version,
+            "checkpoint_format": ckpt.format.extension,
             "checkpoint_metadata": jsonable(ckpt.metadata),
             "vocoder": vocoder.source,
             **config.extra_metadata,

@@ -854,6 +854,9 @@ class GetModelInfoResponse(_message.Message):
     LIVE_CAPACITY_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    CARD_FIELD_NUMBER: _builtins.int
+    VOCODER_FIELD_NUMBER: _builtins.int
+    VOCODER_CHOICE_FIELD_NUMBER: _builtins.int
     latent_dim: _builtins.int
     default_sample_rate: _builtins.int
     execution_provider: _builtins.str
@@ -878,6 +881,11 @@ class GetModelInfoResponse(_message.Message):
     model: _builtins.str
     """The model described and its version (the bundle's bundle_id)."""
     model_version: _builtins.str
+    vocoder: _builtins.str
+    """The vocoder the bundle runs ("hifigan", "bigvgan") and why the export chose it (for
+    example "the model file's own vocoder (chosen automatically)"; empty for older bundles).
+    """
+    vocoder_choice: _builtins.str
     @_builtins.property
     def sliders(self) -> _containers.RepeatedCompositeFieldContainer[Global___Slider]: ...
     @_builtins.property
@@ -890,6 +898,10 @@ class GetModelInfoResponse(_message.Message):
     def limits(self) -> Global___Limits: ...
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___BundleFile]: ...
+    @_builtins.property
+    def card(self) -> Global___ModelCard:
+        """What the model is, from the metadata of the Distill file it was exported from."""
+
     def __init__(
         self,
         *,
@@ -910,14 +922,62 @@ class GetModelInfoResponse(_message.Message):
         live_capacity: _builtins.int = ...,
         model: _builtins.str = ...,
         model_version: _builtins.str = ...,
+        card: Global___ModelCard | None = ...,
+        vocoder: _builtins.str = ...,
+        vocoder_choice: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_format_version", b"bundle_format_version", "containers", b"containers", "default_sample_rate", b"default_sample_rate", "encodings", b"encodings", "execution_provider", b"execution_provider", "files", b"files", "latent_dim", b"latent_dim", "limits", b"limits", "live_capacity", b"live_capacity", "model", b"model", "model_version", b"model_version", "native_chunk_duration_s", b"native_chunk_duration_s", "provider_note", b"provider_note", "sample_rates", b"sample_rates", "sliders", b"sliders", "vocoder_path", b"vocoder_path", "vocoder_precision", b"vocoder_precision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_format_version", b"bundle_format_version", "card", b"card", "containers", b"containers", "default_sample_rate", b"default_sample_rate", "encodings", b"encodings", "execution_provider", b"execution_provider", "files", b"files", "latent_dim", b"latent_dim", "limits", b"limits", "live_capacity", b"live_capacity", "model", b"model", "model_version", b"model_version", "native_chunk_duration_s", b"native_chunk_duration_s", "provider_note", b"provider_note", "sample_rates", b"sample_rates", "sliders", b"sliders", "vocoder", b"vocoder", "vocoder_choice", b"vocoder_choice", "vocoder_path", b"vocoder_path", "vocoder_precision", b"vocoder_precision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetModelInfoResponse: _TypeAlias = GetModelInfoResponse  # noqa: Y015
+
+@_typing.final
+class ModelCard(_message.Message):
+    """ModelCard is what a Distill model file says of itself (its metadata); fields the file
+    lacks stay empty.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TRAINING_EPOCHS_FIELD_NUMBER: _builtins.int
+    DATASET_NAME_FIELD_NUMBER: _builtins.int
+    DATASET_FILE_COUNT_FIELD_NUMBER: _builtins.int
+    DATASET_DURATION_S_FIELD_NUMBER: _builtins.int
+    FILE_FORMAT_FIELD_NUMBER: _builtins.int
+    display_name: _builtins.str
+    """The name the model was given in the Distill app (the server's model name is its
+    directory's).
+    """
+    description: _builtins.str
+    training_epochs: _builtins.int
+    dataset_name: _builtins.str
+    dataset_file_count: _builtins.int
+    dataset_duration_s: _builtins.float
+    file_format: _builtins.str
+    """The file it was exported from: ".distillgan" (Distill v1.1), ".distill" or ".sda"."""
+    def __init__(
+        self,
+        *,
+        display_name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        training_epochs: _builtins.int = ...,
+        dataset_name: _builtins.str = ...,
+        dataset_file_count: _builtins.int = ...,
+        dataset_duration_s: _builtins.float = ...,
+        file_format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_duration_s", b"dataset_duration_s", "dataset_file_count", b"dataset_file_count", "dataset_name", b"dataset_name", "description", b"description", "display_name", b"display_name", "file_format", b"file_format", "training_epochs", b"training_epochs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelCard: _TypeAlias = ModelCard  # noqa: Y015
 
 @_typing.final
 class ModelStatus(_message.Message):

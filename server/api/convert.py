@@ -200,6 +200,26 @@ def sliders(model: ModelSpec) -> list[pb.Slider]:
     ]
 
 
+def model_card(manifest: dict[str, Any]) -> pb.ModelCard:
+    """What the Distill file said of its model (manifest ``source``), as far as it said it."""
+    source = manifest.get("source", {})
+    meta = source.get("checkpoint_metadata") or {}
+
+    def number(key: str) -> float:
+        value = meta.get(key)
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    return pb.ModelCard(
+        display_name=str(meta.get("name", "")),
+        description=str(meta.get("description", "")),
+        training_epochs=int(number("training_epochs")),
+        dataset_name=str(meta.get("dataset_name", "")),
+        dataset_file_count=int(number("dataset_file_count")),
+        dataset_duration_s=number("dataset_total_duration_s"),
+        file_format=str(source.get("checkpoint_format", "")),
+    )
+
+
 def model_status(entry: ModelEntry, default_name: str) -> pb.ModelStatus:
     spec = entry.spec
     return pb.ModelStatus(

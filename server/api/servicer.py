@@ -26,6 +26,7 @@ from distill_serve.server.api.convert import (
     audio_chunk,
     container_of,
     mode_label,
+    model_card,
     model_status,
     sliders,
 )
@@ -159,6 +160,9 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             live_capacity=engine.live_capacity,
             model=name,
             model_version=bundle.bundle_id,
+            card=model_card(bundle.manifest),
+            vocoder=str(bundle.manifest["vocoder"].get("family", "")),
+            vocoder_choice=str(bundle.manifest["vocoder"].get("chosen", "")),
         )
 
     async def ListModels(

@@ -16,7 +16,7 @@ from distill_serve.server.pipeline.dsp import chunk_window
 from distill_serve.server.pipeline.model import ModelSpec
 from distill_serve.server.pipeline.request import GenerationParams, Spatial
 from distill_serve.server.pipeline.runner import PipelineStats, Runner
-from distill_serve.server.pipeline.trajectory import LatentPath
+from distill_serve.server.pipeline.trajectory import ANCHOR_S, LatentPath
 
 DECODER_BATCH = 256
 #: log1p mel ceiling (a power of ~1e13): extreme latents can overflow expm1 in the bridge.
@@ -177,6 +177,9 @@ def mel_source(
     max_chunks: int | None = None,
 ) -> MelSource:
     """The mel of ``params``' trajectory for ``seed`` (``max_chunks`` None: open-ended)."""
+    chunk_frames = model.chunk_frames_for(params.chunk_duration_s)
+    geo = model.geometry
+    chunk_hop_s = (chunk_frames // 2) * geo.decoder_hop / geo.decoder_rate
     path = LatentPath(
         params.mode,
         seed,
@@ -184,8 +187,8 @@ def mel_source(
         params.latent,
         params.evolution_amount,
         params.steps_between,
+        anchor_chunks=max(1, round(ANCHOR_S / chunk_hop_s)),
     )
-    chunk_frames = model.chunk_frames_for(params.chunk_duration_s)
     return MelSource(
         runner, model, path, chunk_frames, params.steps_between, stats, max_chunks=max_chunks
     )

@@ -33,6 +33,9 @@ class Spatial(enum.Enum):
 
 DEFAULT_STEPS_BETWEEN = 3
 DEFAULT_STEREO_WIDTH = 1.0
+#: How far slider mode's anchors stray from the slider setting when a request says nothing
+#: (the Distill app's default).
+DEFAULT_EVOLUTION = 0.5
 
 
 class InvalidRequest(ValueError):
@@ -163,7 +166,10 @@ def validate(
         raise InvalidRequest(
             "steps_between", f"must be in [0, {limits.max_steps_between}], got {steps}"
         )
-    evolution = _finite("evolution_amount", raw.evolution_amount or 0.0)
+    evolution = _finite(
+        "evolution_amount",
+        DEFAULT_EVOLUTION if raw.evolution_amount is None else raw.evolution_amount,
+    )
     if not 0.0 <= evolution <= 1.0:
         raise InvalidRequest("evolution_amount", f"must be in [0, 1], got {evolution:g}")
     chunk_s = _finite(
@@ -274,8 +280,11 @@ def _slider_latent(raw: RawRequest, model: ModelSpec) -> np.ndarray | None:
     if raw.latent is not None:
         return check_latent(raw.latent, model)
     if raw.slider_positions is None:
-        need = "a latent vector" if model.sliders is None else "a latent vector or slider positions"
-        raise InvalidRequest("slider_input", f"mode slider needs {need}")
+        if model.sliders is None:
+            raise InvalidRequest(
+                "slider_input", "mode slider needs a latent vector (this model has no sliders)"
+            )
+        return model.sliders.latent({})  # every slider at 0: the app's starting point
     positions = check_slider_positions(raw.slider_positions, model)  # refuses a model without
     assert model.sliders is not None
     return model.sliders.latent(positions)

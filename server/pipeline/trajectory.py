@@ -4,6 +4,13 @@
 while it runs (live sessions). A fixed-length request takes the first ``plan.steps`` latents
 of the same path (:func:`trajectory`), so a live session that is never steered follows exactly
 the trajectory of a request of any length with the same settings.
+
+Slider mode means what it means in the Distill app (``shared/DISTILL.md`` section 3): the
+sound circles the slider latent ``z0``. Anchor 0 is ``z0``; every further anchor is
+``slerp(z0, random_k, evolution)``, drawn from ``z0`` (not from the previous anchor), so the
+distance to the slider setting stays bounded however long it plays; anchors lie about
+:data:`ANCHOR_S` of audio apart with SLERP between them. ``random_k`` is a pure function of
+the seed and ``k``, not the k-th draw of a sequence.
 """
 
 from __future__ import annotations
@@ -14,6 +21,10 @@ from distill_serve.geometry import ChunkPlan
 from distill_serve.server.pipeline.request import ChunkMode
 
 LERP_DOT = 0.9995
+#: Audio between two slider anchors, as the app spaces them (~1.5 s); in chunks: 3 of the
+#: native 1 s chunks (each starts half a chunk after the last).
+ANCHOR_S = 1.5
+ANCHOR_CHUNKS = 3
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
@@ -34,24 +45,38 @@ def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     return (np.sin((1 - t) * omega) / so * a64 + np.sin(t * omega) / so * b64).astype(np.float32)
 
 
-class _Drift:
-    """Slider-mode anchors: ``start``, then each one moves toward a random target (with the
-    start's norm) by ``evolution``. Anchor ``k`` comes from the ``k``-th call of :meth:`next`."""
+class _Circle:
+    """Slider-mode latents around ``centre``: anchor 0 is the centre, anchor ``k`` >= 1 is
+    ``slerp(centre, random_k, evolution)`` with ``random_k`` standard normal from the
+    generator keyed ``(*key, k)``; ``spacing`` chunks from one anchor to the next, SLERP in
+    between. An anchor keeps the evolution it was made with (a change moves later ones)."""
 
-    def __init__(self, start: np.ndarray, rng: np.random.Generator, evolution: float) -> None:
-        self.anchor = start.astype(np.float32)
+    def __init__(
+        self, centre: np.ndarray, key: tuple[int, ...], evolution: float, spacing: int
+    ) -> None:
+        self.centre = centre.astype(np.float32)
         self.evolution = evolution
-        self._rng = rng
-        self._norm = float(np.linalg.norm(start)) or float(np.sqrt(start.size))
-        self._started = False
+        self._key = key
+        self._spacing = max(1, spacing)
+        self._anchors: dict[int, np.ndarray] = {}
+        self._k = 0
+
+    def anchor(self, k: int) -> np.ndarray:
+        if k == 0:
+            return self.centre
+        if k not in self._anchors:
+            rng = np.random.default_rng([*self._key, k])
+            target = rng.standard_normal(self.centre.size).astype(np.float32)
+            self._anchors = {i: a for i, a in self._anchors.items() if i >= k - 1}
+            self._anchors[k] = slerp(self.centre, target, self.evolution)
+        return self._anchors[k]
 
     def next(self) -> np.ndarray:
-        if self._started:
-            target = self._rng.standard_normal(self.anchor.size)
-            target *= self._norm / np.linalg.norm(target)
-            self.anchor = slerp(self.anchor, target.astype(np.float32), self.evolution)
-        self._started = True
-        return self.anchor
+        i, r = divmod(self._k, self._spacing)
+        self._k += 1
+        if r == 0:
+            return self.anchor(i)
+        return slerp(self.anchor(i), self.anchor(i + 1), r / self._spacing)
 
 
 class LatentPath:
@@ -59,10 +84,11 @@ class LatentPath:
 
     - crossfade: one standard-normal anchor per chunk;
     - latent_interp: anchors every ``steps_between + 1`` chunks, SLERP points in between;
-    - slider: :class:`_Drift` from ``start`` by ``evolution``.
+    - slider: :class:`_Circle` around ``start`` at ``evolution``, an anchor every
+      ``anchor_chunks`` chunks.
 
     :meth:`steer` bends the path toward a new target (any mode): the next ``glide_chunks``
-    latents SLERP from where the path is toward a drift that starts at the target.
+    latents SLERP from where the path is toward a circle around the target.
     """
 
     def __init__(
@@ -73,6 +99,7 @@ class LatentPath:
         start: np.ndarray | None = None,
         evolution: float = 0.0,
         steps_between: int = 0,
+        anchor_chunks: int = ANCHOR_CHUNKS,
     ) -> None:
         self.seed = seed
         self.evolution = evolution
@@ -82,14 +109,15 @@ class LatentPath:
         self._rng = np.random.default_rng(seed)
         self._k = 0
         self._pair: list[np.ndarray] = []
-        self._drift: _Drift | None = None
+        self._anchor_chunks = anchor_chunks
+        self._circle: _Circle | None = None
         self._glide: tuple[np.ndarray, int, int] | None = None  # (from, chunks, done)
         #: the last latent :meth:`next` returned (None before the first)
         self.current: np.ndarray | None = None
         if mode is ChunkMode.SLIDER:
             if start is None:
                 raise ValueError("slider mode needs a start latent")
-            self._drift = _Drift(start, self._rng, evolution)
+            self._circle = _Circle(start, (seed,), evolution, anchor_chunks)
 
     def _anchor(self) -> np.ndarray:
         return self._rng.standard_normal(self._dim).astype(np.float32)
@@ -108,7 +136,7 @@ class LatentPath:
 
     def next(self) -> np.ndarray:
         """The next chunk's latent, ``(D,)`` float32."""
-        z = self._drift.next() if self._drift is not None else self._unsteered()
+        z = self._circle.next() if self._circle is not None else self._unsteered()
         if self._glide is not None:
             origin, chunks, done = self._glide
             done += 1
@@ -126,32 +154,31 @@ class LatentPath:
         self, target: np.ndarray | None, evolution: float, glide_chunks: int, salt: int
     ) -> None:
         """Bend the path: from the next chunk on, glide over ``glide_chunks`` chunks (>= 1;
-        1 = arrive at once) toward a drift that starts at ``target`` and moves by
-        ``evolution``; its random targets come from ``(seed, salt)``.
+        1 = arrive at once) toward a circle around ``target`` at ``evolution``; its random
+        anchors come from ``(seed, salt, k)``.
 
         ``target`` None changes only the evolution of an already steered (or slider) path.
         """
         self.evolution = evolution
         if target is None:
-            if self._drift is not None:
-                self._drift.evolution = evolution
+            if self._circle is not None:
+                self._circle.evolution = evolution
             return
         if self.current is not None:
             self._glide = (self.current, max(1, glide_chunks), 0)
-        rng = np.random.default_rng([self.seed, salt])
-        self._drift = _Drift(target, rng, evolution)
+        self._circle = _Circle(target, (self.seed, salt), evolution, self._anchor_chunks)
 
     @property
     def steered(self) -> bool:
-        """Whether the path follows a drift (slider mode, or steered once)."""
-        return self._drift is not None
+        """Whether the path circles a latent (slider mode, or steered once)."""
+        return self._circle is not None
 
 
-def drifting_anchors(start: np.ndarray, seed: int, count: int, evolution: float) -> np.ndarray:
-    """Slider mode: anchor 0 is ``start``; each next one moves toward a random target by
-    ``evolution`` (0 keeps it static). Targets have the start's norm. Shape ``(N, D)``."""
-    drift = _Drift(start, np.random.default_rng(seed), evolution)
-    return np.stack([drift.next() for _ in range(max(1, count))])
+def circling_anchors(start: np.ndarray, seed: int, count: int, evolution: float) -> np.ndarray:
+    """Slider mode's anchors: anchor 0 is ``start``; anchor ``k`` is ``slerp(start, random_k,
+    evolution)`` (0 keeps it static). Shape ``(N, D)``."""
+    circle = _Circle(start, (seed,), evolution, 1)
+    return np.stack([circle.next() for _ in range(max(1, count))])
 
 
 def trajectory(

@@ -168,7 +168,6 @@ BAD_SPECS = {
     ),
     "unknown encoding": (pb.GenerationSpec(mode=CROSSFADE, duration_s=1, encoding=42), "encoding"),
     "empty request": (pb.GenerationSpec(), "mode"),
-    "slider without input": (pb.GenerationSpec(mode=SLIDER, duration_s=1), "slider_input"),
     "latent in crossfade": (
         pb.GenerationSpec(mode=CROSSFADE, duration_s=1, latent=pb.LatentVector(values=[0.0] * 64)),
         "need mode slider",

@@ -18,7 +18,12 @@ from distill_serve.server.pipeline.dsp import (
     plan_blocks,
 )
 from distill_serve.server.pipeline.request import ChunkMode
-from distill_serve.server.pipeline.trajectory import drifting_anchors, slerp, trajectory
+from distill_serve.server.pipeline.trajectory import (
+    LatentPath,
+    circling_anchors,
+    slerp,
+    trajectory,
+)
 
 GEO = FrameGeometry(48000, 512, 44100, 512)
 
@@ -89,10 +94,32 @@ def test_latent_interp_passes_through_anchors_smoothly() -> None:
 
 def test_slider_drift_static_at_zero() -> None:
     start = np.linspace(-1, 1, 64).astype(np.float32)
-    static = drifting_anchors(start, 1, 5, 0.0)
+    static = circling_anchors(start, 1, 5, 0.0)
     np.testing.assert_allclose(static, np.tile(start, (5, 1)), atol=1e-6)
-    moving = drifting_anchors(start, 1, 5, 0.5)
+    moving = circling_anchors(start, 1, 5, 0.5)
     assert np.linalg.norm(moving[-1] - start) > 0.5
+
+
+def test_slider_mode_circles_its_setting_and_never_wanders_off() -> None:
+    """The app's meaning: anchor k is slerp(z0, random_k, evolution) from z0 itself, every
+    ~1.5 s (3 chunks), so over 60 s (120 chunks) the distance to z0 stays bounded; a random
+    walk's (each anchor from the last) would grow."""
+    rng = np.random.default_rng(3)
+    z0 = rng.standard_normal(64).astype(np.float32)
+    path = LatentPath(ChunkMode.SLIDER, 21, 64, z0, evolution=0.5, anchor_chunks=3)
+    z = path.take(120)
+    distance = np.linalg.norm(z - z0, axis=1)
+    np.testing.assert_allclose(z[0], z0)
+    for k in (1, 7, 39):  # each anchor is a pure function of (seed, k), three chunks apart
+        target = np.random.default_rng([21, k]).standard_normal(64).astype(np.float32)
+        np.testing.assert_allclose(z[3 * k], slerp(z0, target, 0.5), atol=1e-6)
+    bound = max(np.linalg.norm(slerp(z0, t, 0.5) - z0) for t in rng.standard_normal((200, 64)))
+    assert distance.max() <= 1.1 * bound
+    assert distance[80:].mean() < 1.3 * distance[3:40].mean()  # no drift away over time
+    walk = [z0]
+    for _ in range(40):  # the old meaning, for scale: each anchor from the previous one
+        walk.append(slerp(walk[-1], rng.standard_normal(64).astype(np.float32), 0.5))
+    assert np.linalg.norm(walk[-1] - z0) > distance[3:].mean()
 
 
 def _in_blocks(process, x: np.ndarray, cuts: list[int]) -> np.ndarray:  # type: ignore[no-untyped-def]

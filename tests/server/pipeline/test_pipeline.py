@@ -114,7 +114,6 @@ def test_validation_names_the_field(engine: Engine, change: dict, field: str) ->
         ({"slider_positions": [(99, 1)]}, "sliders"),
         ({"slider_positions": None, "latent": [float("nan")] * 64}, "latent"),
         ({"slider_positions": None, "latent": [0.0] * 3}, "latent"),
-        ({"slider_positions": None}, "slider_input"),
         ({"evolution_amount": 2.0}, "evolution_amount"),
     ],
 )
@@ -122,3 +121,13 @@ def test_slider_validation(engine: Engine, change: dict, field: str) -> None:  #
     with pytest.raises(InvalidRequest) as info:
         params(engine, ChunkMode.SLIDER, **change)
     assert info.value.field == field
+
+
+def test_slider_mode_without_positions_starts_where_the_app_starts(engine: Engine) -> None:
+    """No positions: every slider at 0 (the model's pca_mean), evolution 0.5, as in the app
+    (it was an error before issue 39)."""
+    p = params(engine, ChunkMode.SLIDER, slider_positions=None)
+    assert engine.model.sliders is not None and p.latent is not None
+    np.testing.assert_allclose(p.latent, engine.model.sliders.mean, atol=1e-6)
+    assert p.evolution_amount == 0.5
+    assert params(engine, ChunkMode.SLIDER, evolution_amount=0.0).evolution_amount == 0.0

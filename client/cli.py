@@ -47,7 +47,12 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--latent", type=Path, default=None, help="latent vector .npy (slider mode)")
     p.add_argument("--steps-between", type=int, default=None, help="latent_interp density")
-    p.add_argument("--evolution", type=float, default=None, help="slider drift in [0, 1]")
+    p.add_argument(
+        "--evolution",
+        type=float,
+        default=None,
+        help="how far slider mode strays from the slider setting, in [0, 1] (default 0.5)",
+    )
     p.add_argument("--chunk-duration", type=float, default=None, help="decoder chunk seconds")
     p.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
     p.add_argument("--token", default=None, help="bearer token")

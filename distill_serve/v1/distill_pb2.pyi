@@ -43,7 +43,9 @@ class _ChunkModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChunkMode.V
     CHUNK_MODE_LATENT_INTERP: _ChunkMode.ValueType  # 2
     """SLERP between random anchors with steps_between extra decoded points per hop."""
     CHUNK_MODE_SLIDER: _ChunkMode.ValueType  # 3
-    """Start at a user latent (vector or slider positions), drift by evolution_amount."""
+    """Circle a user latent (vector or slider positions; none: every slider at 0): every ~1.5 s
+    an anchor slerp(z0, random_k, evolution_amount) from it, as the Distill app does.
+    """
 
 class ChunkMode(_ChunkMode, metaclass=_ChunkModeEnumTypeWrapper):
     """ChunkMode picks how the latent trajectory is built."""
@@ -54,7 +56,9 @@ CHUNK_MODE_CROSSFADE: ChunkMode.ValueType  # 1
 CHUNK_MODE_LATENT_INTERP: ChunkMode.ValueType  # 2
 """SLERP between random anchors with steps_between extra decoded points per hop."""
 CHUNK_MODE_SLIDER: ChunkMode.ValueType  # 3
-"""Start at a user latent (vector or slider positions), drift by evolution_amount."""
+"""Circle a user latent (vector or slider positions; none: every slider at 0): every ~1.5 s
+an anchor slerp(z0, random_k, evolution_amount) from it, as the Distill app does.
+"""
 Global___ChunkMode: _TypeAlias = ChunkMode  # noqa: Y015
 
 class _AudioEncoding:

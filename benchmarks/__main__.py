@@ -34,6 +34,21 @@ def table(rows: list[dict[str, Any]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_model_v2_bundle() -> Path:
+    """A Distill user's bundle: an app-shaped ``.distillgan`` with its full-size per-model
+    HiFi-GAN V2 vocoder (``benchmarks/app_model.py``), cached beside the demo bundle and
+    built by a child process if missing."""
+    from distill_serve.bundle import BundleError, load_bundle
+    from distill_serve.server.models.demo import demo_bundle_dir
+
+    path = demo_bundle_dir().parent / "per-model-v2-bundle"
+    try:
+        load_bundle(path)
+    except BundleError:
+        subprocess.run([sys.executable, "-m", "benchmarks.app_model", str(path)], check=True)
+    return path
+
+
 def stand_in_bundle() -> Path:
     """The stand-in bundle (random small BigVGAN, what the published serving figures used),
     cached next to the demo bundle and built by a child process if missing (torch stays out

@@ -1,6 +1,7 @@
 """``python -m benchmarks.stream``: the streaming vocoder path against the block path, side by
-side in one run, on the demo bundle and the stand-in (issue: streaming vocoder and step
-scheduler).
+side in one run, on the demo bundle, a Distill user's bundle (a ``.distillgan`` with its
+full-size per-model HiFi-GAN V2, ``benchmarks/app_model.py``) and the stand-in (issues:
+streaming vocoder and step scheduler; Distill models).
 
 Per bundle, first the streaming graph alone (its own seconds per audio second at the live step
 of 8 frames, batch 1 and batch 8, on this process's cores: the vocoder-bound limit of live
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import e2e, live, machine
-from benchmarks.__main__ import stand_in_bundle, table, write_result
+from benchmarks.__main__ import per_model_v2_bundle, stand_in_bundle, table, write_result
 from distill_serve.bundle import STREAM_OPEN_END
 from distill_serve.client import Client
 
@@ -261,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     from distill_serve.server.models.demo import ensure_demo_bundle
 
     bundles = (
-        [Path(b) for b in args.bundle] if args.bundle else [ensure_demo_bundle(), stand_in_bundle()]
+        [Path(b) for b in args.bundle]
+        if args.bundle
+        else [ensure_demo_bundle(), per_model_v2_bundle(), stand_in_bundle()]
     )
     result: dict[str, Any] = {"machine": machine.describe(peak=False), "bundles": {}}
     for bundle in bundles:

@@ -205,7 +205,13 @@ def test_a_distillgan_exports_with_its_own_vocoder_fed_the_decoder_mel(
     with caplog.at_level(logging.WARNING):
         manifest = export_bundle(
             ExportConfig(
-                checkpoint=path, vocoder="auto", out=out, rates=(44100, 48000), progress=False
+                checkpoint=path,
+                vocoder="auto",
+                out=out,
+                rates=(44100, 48000),
+                int8=True,  # the int8 and fp16 variants hold their own thresholds too
+                fp16=True,
+                progress=False,
             )
         )
     assert any("10 epochs" in r.getMessage() for r in caplog.records)  # as the app warns
@@ -218,6 +224,7 @@ def test_a_distillgan_exports_with_its_own_vocoder_fed_the_decoder_mel(
     )
     assert manifest["source"]["checkpoint_metadata"]["name"] == "Rain on Tin"
     assert all(r["passed"] for r in manifest["parity"].values())
+    assert {"vocoder.int8.onnx", "vocoder.fp16.onnx"} <= set(manifest["parity"])
     assert manifest["parity"]["vocoder_stream.onnx"]["min_snr_db"] >= 100.0
     # the bridge hands the vocoder the decoder's frames unchanged
     import onnxruntime as ort

@@ -94,8 +94,10 @@ class VocoderMelConfig:
         )
 
     def to_manifest(self) -> dict[str, Any]:
+        """The manifest's ``vocoder_mel`` (``decoder_mel`` only where true: every other
+        vocoder's entry, and the refiner pairing hashed from it, stay as they were)."""
         kind = "magnitude" if self.power == 1.0 else "power"
-        return {
+        entry = {
             "sample_rate": self.sample_rate,
             "n_fft": self.n_fft,
             "hop_size": self.hop_size,
@@ -108,7 +110,6 @@ class VocoderMelConfig:
             "norm": self.norm,
             "power": self.power,
             "log_clip": self.log_clip,
-            "decoder_mel": self.decoder_mel,
             "normalisation": (
                 f"log1p({kind}_mel)"
                 if self.decoder_mel
@@ -120,6 +121,7 @@ class VocoderMelConfig:
                 else "j * hop + hop / 2 (reflect pad (n_fft - hop) / 2, center=False)"
             ),
         }
+        return {**entry, "decoder_mel": True} if self.decoder_mel else entry
 
     @property
     def frame_centre(self) -> float:

@@ -48,6 +48,8 @@ constexpr uint32_t kStates = kStateCount;
 constexpr uint32_t kStates = 0;
 #endif
 constexpr float kDefaultSeed = 7;
+// Evolution as the Distill app starts it (and the server when a request names none).
+constexpr float kDefaultEvolution = 0.5f;
 constexpr double kLookaheadS = 0.3;
 constexpr double kJitterS = 0.05;
 // Offline: the longest wait for the server in one run() before it plays silence.
@@ -75,7 +77,7 @@ class DistillPlugin : public Plugin {
         model_(EnvOr("DISTILL_MODEL", "")) {
     values_[kParamPlay] = 1;
     values_[kParamSeed] = kDefaultSeed;
-    values_[kParamEvolution] = 0;
+    values_[kParamEvolution] = kDefaultEvolution;
     values_[kParamWidth] = 1;
     for (uint32_t i = 0; i < kMaxSliders; ++i) {
       sliders_[i].label = "Slider " + std::to_string(i + 1);
@@ -113,7 +115,7 @@ class DistillPlugin : public Plugin {
     } else if (index == kParamEvolution) {
       p.name = "Evolution";
       p.symbol = "evolution";
-      p.ranges = ParameterRanges(0, 0, 1);
+      p.ranges = ParameterRanges(kDefaultEvolution, 0, 1);
     } else if (index == kParamWidth) {
       p.name = "Stereo width";
       p.symbol = "stereo_width";

@@ -96,7 +96,8 @@ typedef struct distill_config {
   uint32_t num_sliders;
   const float *latent;
   uint32_t latent_dim;
-  /* Drift per chunk in [0, 1]; negative: the server's default (0). */
+  /* How far slider mode strays from the slider setting, in [0, 1]; negative: the server's
+     default (0.5, as in the Distill app). */
   float evolution_amount;
   /* Stereo width in [0, 2] for two channels; negative: the server's default (1). */
   float stereo_width;

@@ -22,6 +22,7 @@ from distill_serve.server.api.servicer import DistillServicer
 from distill_serve.server.engine.engine import Engine
 from distill_serve.server.models.build import (
     build_repository,
+    engine_factory,
     repository_hooks,
     wire_metrics,
 )
@@ -57,7 +58,7 @@ class DistillServer:
             if engine is None:
                 raise ValueError("give an engine or a model repository")
             models = ModelRepository(
-                self._engine_for,
+                engine_factory(config.engine),
                 bundles={},
                 grace_s=config.grace_s,
                 hooks=repository_hooks(self.metrics),
@@ -87,9 +88,6 @@ class DistillServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         self.port = 0
-
-    def _engine_for(self, root: Path) -> Engine:
-        return Engine.from_dir(root, self.config.engine)
 
     @property
     def engine(self) -> Engine:

@@ -4,6 +4,7 @@ repository's events wired into the server's metrics."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from distill_serve.server.engine.config import EngineConfig
@@ -14,15 +15,21 @@ from distill_serve.server.models.repository import ModelRepository, ModelState, 
 from distill_serve.server.models.source import ModelSource
 
 
+def engine_factory(engine: EngineConfig) -> Callable[[Path], Engine]:
+    """How a repository builds the engine of a bundle directory (in a worker thread)."""
+
+    def factory(root: Path) -> Engine:
+        return Engine.from_dir(root, engine)
+
+    return factory
+
+
 def build_repository(
     source: ModelSource, engine: EngineConfig, metrics: Metrics | None = None
 ) -> ModelRepository:
     """The repository ``source`` names, its engines built with ``engine``, its events in
     ``metrics`` (when given). Exports the demo bundle first if it is asked for and not cached."""
-
-    def factory(root: Path) -> Engine:
-        return Engine.from_dir(root, engine)
-
+    factory = engine_factory(engine)
     if source.models_dir is not None:
         models = ModelRepository(
             factory,

@@ -45,6 +45,9 @@ APP_VOCODER_CONFIG: dict[str, Any] = {
     "batch_size": 8,
     "mpd_periods": [2, 3, 5, 7, 11],
 }
+#: The app's V2 layout with fewer channels, for tests (the full one is the benchmark's): the
+#: same rates, kernels, resblocks and mel count, so the same shapes of mistakes.
+SMALL_V2 = {**APP_VOCODER_CONFIG, "upsample_initial_channel": 32}
 #: The package each release's enum lives in.
 ENUM_MODULES = {
     "distillgan_model": "distill.training.config",
@@ -209,4 +212,10 @@ def write_app_model(path: Path, saved: dict[str, Any]) -> Path:
     return path
 
 
-__all__ = ["APP_VOCODER_CONFIG", "app_model_dict", "app_vocoder_state", "write_app_model"]
+__all__ = [
+    "APP_VOCODER_CONFIG",
+    "SMALL_V2",
+    "app_model_dict",
+    "app_vocoder_state",
+    "write_app_model",
+]

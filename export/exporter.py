@@ -39,17 +39,17 @@ def export_bundle(config: ExportConfig) -> dict[str, Any]:
     started = time.perf_counter()
     ckpt = load_checkpoint(config.checkpoint)
     vocoder, chosen = choose_vocoder(config.vocoder, ckpt)
-    config.out.mkdir(parents=True, exist_ok=True)
     vmel = vocoder.mel
-    ridge = default_ridge(ckpt.spectrogram, vmel)
-    refiner = (
-        None if vmel.decoder_mel else choose_refiner(config.refiner, ckpt.spectrogram, vmel, ridge)
-    )
     if vmel.decoder_mel and config.refiner not in ("auto", "none"):
         raise ExportError(
             "--refiner corrects the bridge's mapping into a vocoder's mel; this vocoder takes "
             "the decoder's own mel (no bridge): leave --refiner out"
         )
+    ridge = default_ridge(ckpt.spectrogram, vmel)
+    refiner = (
+        None if vmel.decoder_mel else choose_refiner(config.refiner, ckpt.spectrogram, vmel, ridge)
+    )
+    config.out.mkdir(parents=True, exist_ok=True)  # the inputs are checked: now write
     geometry = FrameGeometry(
         ckpt.spectrogram.sample_rate,
         ckpt.spectrogram.hop_length,

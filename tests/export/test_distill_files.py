@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from distill_serve.export.app_files import (
-    APP_VOCODER_CONFIG,
+    SMALL_V2,
     app_model_dict,
     app_vocoder_state,
     write_app_model,
@@ -26,12 +26,8 @@ from distill_serve.export.app_files import (
 from distill_serve.export.bundled_vocoder import bundled_vocoder, choose_vocoder
 from distill_serve.export.checkpoint import CheckpointError, load_checkpoint
 from distill_serve.export.distill_file import read_file
-from distill_serve.export.exporter import ExportConfig, export_bundle
+from distill_serve.export.exporter import ExportConfig, ExportError, export_bundle
 from distill_serve.export.vocoder import VocoderError
-
-#: The app's V2 layout with fewer channels (the full one is the benchmark's): same rates,
-#: kernels, resblocks and mel count, so the same shapes of mistakes.
-SMALL_V2 = {**APP_VOCODER_CONFIG, "upsample_initial_channel": 32}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -193,6 +189,15 @@ def test_an_export_that_fails_on_its_input_writes_nothing(tmp_path: Path) -> Non
     out = tmp_path / "bundle"
     with pytest.raises(VocoderError):
         export_bundle(ExportConfig(checkpoint=path, vocoder="auto", out=out, progress=False))
+    assert not out.exists()
+    (tmp_path / "fits").mkdir()
+    fits = _with_vocoder(tmp_path / "fits")  # a refiner has no bridge to correct here
+    with pytest.raises(ExportError, match="leave --refiner out"):
+        export_bundle(
+            ExportConfig(
+                checkpoint=fits, vocoder="auto", out=out, refiner=str(fits), progress=False
+            )
+        )
     assert not out.exists()
 
 

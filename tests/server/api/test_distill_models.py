@@ -15,7 +15,7 @@ import pytest
 
 from distill_serve.client import Client
 from distill_serve.export.app_files import (
-    APP_VOCODER_CONFIG,
+    SMALL_V2,
     app_model_dict,
     app_vocoder_state,
     write_app_model,
@@ -26,8 +26,6 @@ from distill_serve.server.engine.engine import Engine, EngineConfig
 from distill_serve.server.pipeline.live import LiveSession
 from distill_serve.server.pipeline.request import ChunkMode
 from tests.conftest import ServerThread, generate, params, start_server
-
-SMALL_V2 = {**APP_VOCODER_CONFIG, "upsample_initial_channel": 32}
 
 
 @pytest.fixture(scope="module")

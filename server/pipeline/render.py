@@ -14,7 +14,6 @@ from distill_serve.server.pipeline.dsp import (
     AntiAlias,
     Block,
     CausalPeakNormaliser,
-    MidSide,
     fit_window,
 )
 from distill_serve.server.pipeline.mel import MelSource
@@ -22,6 +21,7 @@ from distill_serve.server.pipeline.model import ModelSpec
 from distill_serve.server.pipeline.request import GenerationParams, Spatial
 from distill_serve.server.pipeline.resample import StreamingResampler
 from distill_serve.server.pipeline.runner import REST, PipelineStats, RenderedBlock, Runner
+from distill_serve.server.pipeline.spatial import MidSide
 from distill_serve.server.pipeline.vocoder_stream import StreamVocoder
 
 NORMALISER_RAMP_S = 0.02

@@ -12,12 +12,12 @@ from distill_serve.geometry import FrameGeometry, plan_chunks
 from distill_serve.server.pipeline.dsp import (
     AntiAlias,
     CausalPeakNormaliser,
-    MidSide,
     chunk_window,
     overlap_add,
     plan_blocks,
 )
 from distill_serve.server.pipeline.request import ChunkMode
+from distill_serve.server.pipeline.spatial import MidSide
 from distill_serve.server.pipeline.trajectory import (
     LatentPath,
     circling_anchors,

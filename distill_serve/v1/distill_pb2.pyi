@@ -146,6 +146,11 @@ class _SpatialModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SpatialMo
     """Two channels: mid = the mono signal, side = a decorrelated copy scaled by stereo_width."""
     SPATIAL_MODE_DUAL_SEED: _SpatialMode.ValueType  # 3
     """Two channels: left from seed, right from seed + 1."""
+    SPATIAL_MODE_STEREO_HAAS: _SpatialMode.ValueType  # 4
+    """Two channels as the Distill app makes its stereo: the right channel delayed 15 ms (Haas),
+    then mid/side with stereo_width in [0, 1.5] (absent: 0.7), then stereo_depth in [0, 1]
+    (absent: 0.5) mixes in a copy delayed 40 * depth ms at gain 0.15 * depth.
+    """
 
 class SpatialMode(_SpatialMode, metaclass=_SpatialModeEnumTypeWrapper):
     """SpatialMode picks the channel layout."""
@@ -157,6 +162,11 @@ SPATIAL_MODE_STEREO_MID_SIDE: SpatialMode.ValueType  # 2
 """Two channels: mid = the mono signal, side = a decorrelated copy scaled by stereo_width."""
 SPATIAL_MODE_DUAL_SEED: SpatialMode.ValueType  # 3
 """Two channels: left from seed, right from seed + 1."""
+SPATIAL_MODE_STEREO_HAAS: SpatialMode.ValueType  # 4
+"""Two channels as the Distill app makes its stereo: the right channel delayed 15 ms (Haas),
+then mid/side with stereo_width in [0, 1.5] (absent: 0.7), then stereo_depth in [0, 1]
+(absent: 0.5) mixes in a copy delayed 40 * depth ms at gain 0.15 * depth.
+"""
 Global___SpatialMode: _TypeAlias = SpatialMode  # noqa: Y015
 
 class _ModelState:
@@ -284,21 +294,29 @@ class GenerationSpec(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     BITRATE_BPS_FIELD_NUMBER: _builtins.int
     BITS_PER_SAMPLE_FIELD_NUMBER: _builtins.int
+    STEREO_DEPTH_FIELD_NUMBER: _builtins.int
     mode: Global___ChunkMode.ValueType
     duration_s: _builtins.float
     """Length of the result in seconds, in (0, max_duration_s]."""
     seed: _builtins.int
     """Seed of the random trajectory; absent means the server picks one and echoes it."""
     sample_rate: _builtins.int
-    """Output rate in Hz; 0 means the bundle's default rate (48000 with AUDIO_ENCODING_OPUS)."""
+    """Output rate in Hz; 0 means 44100 (the Distill app's default) where the bundle offers it,
+    else the vocoder's own rate (GetModelInfoResponse.default_sample_rate says which); 48000
+    with AUDIO_ENCODING_OPUS.
+    """
     encoding: Global___AudioEncoding.ValueType
     spatial: Global___SpatialMode.ValueType
     stereo_width: _builtins.float
-    """Stereo width for SPATIAL_MODE_STEREO_MID_SIDE, in [0, 2]; absent means 1."""
+    """Stereo width: SPATIAL_MODE_STEREO_MID_SIDE in [0, 2], absent means 1;
+    SPATIAL_MODE_STEREO_HAAS in [0, 1.5], absent means 0.7 (the Distill app's default).
+    """
     steps_between: _builtins.int
     """Extra decoded latents per chunk hop in CHUNK_MODE_LATENT_INTERP; absent means 3."""
     evolution_amount: _builtins.float
-    """Drift per chunk in CHUNK_MODE_SLIDER, in [0, 1]; absent means 0 (static)."""
+    """How far CHUNK_MODE_SLIDER's anchors stray from the slider latent, in [0, 1] (0: static);
+    absent means 0.5, as in the Distill app.
+    """
     chunk_duration_s: _builtins.float
     """Decoder chunk length in seconds; absent means the model's native chunk."""
     model: _builtins.str
@@ -307,6 +325,8 @@ class GenerationSpec(_message.Message):
     """AUDIO_ENCODING_OPUS: target bitrate in bits per second, [6000, 510000]; absent: 128000."""
     bits_per_sample: _builtins.int
     """AUDIO_ENCODING_FLAC: 16 or 24; absent: 16."""
+    stereo_depth: _builtins.float
+    """Depth of SPATIAL_MODE_STEREO_HAAS (refused elsewhere), in [0, 1]; absent means 0.5."""
     @_builtins.property
     def latent(self) -> Global___LatentVector: ...
     @_builtins.property
@@ -329,10 +349,11 @@ class GenerationSpec(_message.Message):
         model: _builtins.str = ...,
         bitrate_bps: _builtins.int | None = ...,
         bits_per_sample: _builtins.int | None = ...,
+        stereo_depth: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_bitrate_bps", b"_bitrate_bps", "_bits_per_sample", b"_bits_per_sample", "_chunk_duration_s", b"_chunk_duration_s", "_evolution_amount", b"_evolution_amount", "_seed", b"_seed", "_steps_between", b"_steps_between", "_stereo_width", b"_stereo_width", "bitrate_bps", b"bitrate_bps", "bits_per_sample", b"bits_per_sample", "chunk_duration_s", b"chunk_duration_s", "evolution_amount", b"evolution_amount", "latent", b"latent", "seed", b"seed", "slider_input", b"slider_input", "sliders", b"sliders", "steps_between", b"steps_between", "stereo_width", b"stereo_width"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bitrate_bps", b"_bitrate_bps", "_bits_per_sample", b"_bits_per_sample", "_chunk_duration_s", b"_chunk_duration_s", "_evolution_amount", b"_evolution_amount", "_seed", b"_seed", "_steps_between", b"_steps_between", "_stereo_depth", b"_stereo_depth", "_stereo_width", b"_stereo_width", "bitrate_bps", b"bitrate_bps", "bits_per_sample", b"bits_per_sample", "chunk_duration_s", b"chunk_duration_s", "evolution_amount", b"evolution_amount", "latent", b"latent", "seed", b"seed", "slider_input", b"slider_input", "sliders", b"sliders", "steps_between", b"steps_between", "stereo_depth", b"stereo_depth", "stereo_width", b"stereo_width"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bitrate_bps", b"_bitrate_bps", "_bits_per_sample", b"_bits_per_sample", "_chunk_duration_s", b"_chunk_duration_s", "_evolution_amount", b"_evolution_amount", "_seed", b"_seed", "_steps_between", b"_steps_between", "_stereo_width", b"_stereo_width", "bitrate_bps", b"bitrate_bps", "bits_per_sample", b"bits_per_sample", "chunk_duration_s", b"chunk_duration_s", "duration_s", b"duration_s", "encoding", b"encoding", "evolution_amount", b"evolution_amount", "latent", b"latent", "mode", b"mode", "model", b"model", "sample_rate", b"sample_rate", "seed", b"seed", "slider_input", b"slider_input", "sliders", b"sliders", "spatial", b"spatial", "steps_between", b"steps_between", "stereo_width", b"stereo_width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bitrate_bps", b"_bitrate_bps", "_bits_per_sample", b"_bits_per_sample", "_chunk_duration_s", b"_chunk_duration_s", "_evolution_amount", b"_evolution_amount", "_seed", b"_seed", "_steps_between", b"_steps_between", "_stereo_depth", b"_stereo_depth", "_stereo_width", b"_stereo_width", "bitrate_bps", b"bitrate_bps", "bits_per_sample", b"bits_per_sample", "chunk_duration_s", b"chunk_duration_s", "duration_s", b"duration_s", "encoding", b"encoding", "evolution_amount", b"evolution_amount", "latent", b"latent", "mode", b"mode", "model", b"model", "sample_rate", b"sample_rate", "seed", b"seed", "slider_input", b"slider_input", "sliders", b"sliders", "spatial", b"spatial", "steps_between", b"steps_between", "stereo_depth", b"stereo_depth", "stereo_width", b"stereo_width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__bitrate_bps: _TypeAlias = _typing.Literal["bitrate_bps"]  # noqa: Y015
     _WhichOneofArgType__bitrate_bps: _TypeAlias = _typing.Literal["_bitrate_bps", b"_bitrate_bps"]  # noqa: Y015
@@ -346,6 +367,8 @@ class GenerationSpec(_message.Message):
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__steps_between: _TypeAlias = _typing.Literal["steps_between"]  # noqa: Y015
     _WhichOneofArgType__steps_between: _TypeAlias = _typing.Literal["_steps_between", b"_steps_between"]  # noqa: Y015
+    _WhichOneofReturnType__stereo_depth: _TypeAlias = _typing.Literal["stereo_depth"]  # noqa: Y015
+    _WhichOneofArgType__stereo_depth: _TypeAlias = _typing.Literal["_stereo_depth", b"_stereo_depth"]  # noqa: Y015
     _WhichOneofReturnType__stereo_width: _TypeAlias = _typing.Literal["stereo_width"]  # noqa: Y015
     _WhichOneofArgType__stereo_width: _TypeAlias = _typing.Literal["_stereo_width", b"_stereo_width"]  # noqa: Y015
     _WhichOneofReturnType_slider_input: _TypeAlias = _typing.Literal["latent", "sliders"]  # noqa: Y015
@@ -362,6 +385,8 @@ class GenerationSpec(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__steps_between) -> _WhichOneofReturnType__steps_between | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stereo_depth) -> _WhichOneofReturnType__stereo_depth | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__stereo_width) -> _WhichOneofReturnType__stereo_width | None: ...
     @_typing.overload
@@ -863,6 +888,7 @@ class GetModelInfoResponse(_message.Message):
     VOCODER_CHOICE_FIELD_NUMBER: _builtins.int
     latent_dim: _builtins.int
     default_sample_rate: _builtins.int
+    """The rate of a request that names none: 44100 where offered, else the vocoder's rate."""
     execution_provider: _builtins.str
     """The execution provider onnxruntime really uses (from get_providers())."""
     native_chunk_duration_s: _builtins.float
@@ -1228,7 +1254,9 @@ class LiveControl(_message.Message):
     evolution_amount: _builtins.float
     """Drift per chunk around the target, in [0, 1] (slider mode, or after a target was set)."""
     stereo_width: _builtins.float
-    """Stereo width of a SPATIAL_MODE_STEREO_MID_SIDE session, in [0, 2]."""
+    """Stereo width of a SPATIAL_MODE_STEREO_MID_SIDE session, in [0, 2], or of a
+    SPATIAL_MODE_STEREO_HAAS session, in [0, 1.5]. (Depth is fixed for a session.)
+    """
     transition_s: _builtins.float
     """Glide time to the new target or width, seconds in [0, 60]; absent means 0 (the target
     then fades in over the decoder's chunk crossfade, about half a chunk).

@@ -229,7 +229,7 @@ def model_status(entry: ModelEntry, default_name: str) -> pb.ModelStatus:
         reason=entry.reason,
         vocoder=entry.vocoder,
         sample_rates=list(spec.sample_rates) if spec else [],
-        default_sample_rate=spec.vocoder_rate if spec else 0,
+        default_sample_rate=spec.default_sample_rate if spec else 0,
         sliders=sliders(spec) if spec else [],
         in_flight=entry.in_flight,
         is_default=entry.name == default_name,

@@ -136,7 +136,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             latent_dim=model.latent_dim,
             sliders=sliders(model),
             sample_rates=list(model.sample_rates),
-            default_sample_rate=model.vocoder_rate,
+            default_sample_rate=model.default_sample_rate,
             encodings=list(ENCODING_ENUM.values()),
             containers=list(CONTAINER_ENUM.values()),
             limits=pb.Limits(

@@ -72,6 +72,10 @@ class StreamSpec:
         )
 
 
+#: The output rate when a request names none (the Distill app's default).
+DEFAULT_OUTPUT_RATE = 44_100
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """The served model: latent size, chunk geometry, rates, sliders and post-processing."""
@@ -95,6 +99,14 @@ class ModelSpec:
     @property
     def vocoder_rate(self) -> int:
         return self.geometry.vocoder_rate
+
+    @property
+    def default_sample_rate(self) -> int:
+        """The rate of a request that names none: 44 100 Hz, as in the Distill app, where the
+        bundle offers it; else the vocoder's own rate."""
+        return (
+            DEFAULT_OUTPUT_RATE if DEFAULT_OUTPUT_RATE in self.sample_rates else self.vocoder_rate
+        )
 
     def chunk_frames_for(self, chunk_duration_s: float) -> int:
         """Decoder frames of a chunk of ``chunk_duration_s`` seconds."""

@@ -148,7 +148,7 @@ def validate(
         raise InvalidRequest(
             "duration_s", f"must be in (0, {limits.max_duration_s:g}] seconds, got {duration:g}"
         )
-    rate = raw.sample_rate or model.vocoder_rate
+    rate = raw.sample_rate or model.default_sample_rate
     if raw.encoding is Encoding.OPUS and not raw.sample_rate:
         rate = max(OPUS_RATES)  # the model's own rate is rarely an Opus rate
     if rate not in model.sample_rates:

@@ -93,8 +93,8 @@ def test_generate_from_latent_file(cli_server: ServeProcess, tmp_path: Path) -> 
         str(wav),
     )
     assert out.returncode == 0, out.stderr
-    info = sf.info(str(wav))  # the demo vocoder's own rate (HiFi-GAN, 22.05 kHz)
-    assert (info.samplerate, info.frames) == (22050, round(0.5 * 22050))
+    info = sf.info(str(wav))  # no rate named: 44.1 kHz, as in the Distill app (vocoder: 22.05)
+    assert (info.samplerate, info.frames) == (44100, round(0.5 * 44100))
 
 
 def test_clear_one_line_errors(cli_server: ServeProcess, tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_sigterm_drains_inflight_stream(cli_server: ServeProcess, tmp_path: Path
     t.join(timeout=120)
     assert server.proc.wait(timeout=60) == 0
     assert "error" not in got, got.get("error")
-    assert got["samples"] == 8 * 22050  # the in-flight stream finished whole (demo: 22.05 kHz)
+    assert got["samples"] == 8 * 44100  # the in-flight stream finished whole (default 44.1 kHz)
     assert any("draining" in line for line in server.lines)
     with pytest.raises(DistillError), Client(server.target, timeout=2) as c:
         c.info()  # the server is gone

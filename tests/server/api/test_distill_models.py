@@ -5,6 +5,7 @@ controls plays the fixed-length request's audio."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -63,7 +64,7 @@ def test_info_says_what_the_model_is_and_which_vocoder_runs(app_server: ServerTh
     assert info.card["training_epochs"] == 200 and info.card["dataset_file_count"] == 23
     assert "tin roof" in info.card["description"]
     assert info.vocoder == "hifigan" and "own vocoder" in info.vocoder_choice
-    assert info.default_sample_rate == 48000 and info.vocoder_path == "stream"
+    assert info.default_sample_rate == 44100 and info.vocoder_path == "stream"  # vocoder: 48k
     assert len(info.sliders) == 8
 
 
@@ -87,6 +88,20 @@ def test_unary_equals_stream_bit_for_bit(app_server: ServerThread, rate: int) ->
     assert unary.audio.shape == (1, 2 * rate)
     np.testing.assert_array_equal(unary.audio, streamed.audio)
     assert float(np.abs(unary.audio).max()) > 0.1
+
+
+def test_a_request_that_names_no_rate_gets_44_1_khz(app_server: ServerThread) -> None:
+    with Client(app_server.target, timeout=60) as c:
+        plain = c.generate("slider", 1.0, seed=5)
+        listed = c.list_models()[0]
+    assert (plain.sample_rate, plain.audio.shape) == (44100, (1, 44100))
+    assert listed.default_sample_rate == 44100
+
+
+def test_without_44_1_khz_the_default_is_the_vocoders_own_rate(app_engine: Engine) -> None:
+    only_native = dataclasses.replace(app_engine.model, sample_rates=(48000, 96000))
+    assert only_native.default_sample_rate == 48000
+    assert app_engine.model.default_sample_rate == 44100
 
 
 def test_the_stream_path_equals_the_block_path(app_bundle: Path, app_engine: Engine) -> None:

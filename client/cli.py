@@ -35,9 +35,21 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--bitrate", type=int, default=None, help="opus: bit/s (default 128000)")
     p.add_argument("--bits", type=int, default=None, choices=[16, 24], help="flac: bit depth")
-    p.add_argument("--stereo", action="store_true", help="mid-side stereo")
-    p.add_argument("--width", type=float, default=None, help="stereo width in [0, 2]")
-    p.add_argument("--dual-seed", action="store_true", help="stereo from seed and seed+1")
+    stereo = p.add_mutually_exclusive_group()
+    stereo.add_argument("--stereo", action="store_true", help="mid-side stereo (decorrelated)")
+    stereo.add_argument(
+        "--haas",
+        action="store_true",
+        help="stereo as the Distill app makes it (15 ms Haas delay, width, depth)",
+    )
+    stereo.add_argument("--dual-seed", action="store_true", help="stereo from seed and seed+1")
+    p.add_argument(
+        "--width",
+        type=float,
+        default=None,
+        help="stereo width: --stereo [0, 2] (default 1), --haas [0, 1.5] (default 0.7)",
+    )
+    p.add_argument("--depth", type=float, default=None, help="--haas depth in [0, 1] (0.5)")
     p.add_argument(
         "--slider",
         action="append",
@@ -60,13 +72,22 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
 
 def _spec_options(args: argparse.Namespace) -> dict[str, Any]:
     """:func:`build_spec` keywords from :func:`_add_spec_args`' arguments."""
-    spatial = "dual_seed" if args.dual_seed else "stereo" if args.stereo else "mono"
+    spatial = (
+        "dual_seed"
+        if args.dual_seed
+        else "stereo"
+        if args.stereo
+        else "haas"
+        if args.haas
+        else "mono"
+    )
     return dict(
         seed=args.seed,
         sample_rate=args.rate,
         encoding=args.encoding,
         spatial=spatial,
         stereo_width=args.width,
+        stereo_depth=args.depth,
         steps_between=args.steps_between,
         evolution_amount=args.evolution,
         chunk_duration_s=args.chunk_duration,

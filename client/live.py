@@ -106,7 +106,7 @@ class _Controls:
         return self.send(control_fields(evolution_amount=amount))
 
     def set_stereo_width(self, width: float, transition_s: float | None = None) -> int:
-        """Stereo width of a mid-side stereo session, in [0, 2]."""
+        """Stereo width of a stereo session: ``stereo`` in [0, 2], ``haas`` in [0, 1.5]."""
         return self.send(control_fields(stereo_width=width, transition_s=transition_s))
 
     def stop(self) -> int:

@@ -5,7 +5,7 @@ Control lines (one per line; ``#`` starts a comment)::
     slider 0=4 2=-3 [over SECONDS]   move sliders (the others stay)
     latent V1,V2,...  [over SECONDS]  steer toward a latent vector
     evolution AMOUNT                  drift per chunk, in [0, 1]
-    width WIDTH [over SECONDS]        stereo width (--stereo sessions)
+    width WIDTH [over SECONDS]        stereo width (--stereo or --haas sessions)
     wait SECONDS                      pause before the next line (for scripts)
     stop                              fade out and end
 

@@ -29,6 +29,7 @@ SPATIAL = {
     "mono": pb.SPATIAL_MODE_MONO,
     "stereo": pb.SPATIAL_MODE_STEREO_MID_SIDE,
     "dual_seed": pb.SPATIAL_MODE_DUAL_SEED,
+    "haas": pb.SPATIAL_MODE_STEREO_HAAS,
 }
 MAX_RECEIVE_BYTES = 256 << 20
 #: Ray Serve's model multiplexing header

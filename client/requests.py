@@ -36,6 +36,7 @@ def build_spec(
     encoding: str = "pcm16",
     spatial: str = "mono",
     stereo_width: float | None = None,
+    stereo_depth: float | None = None,
     steps_between: int | None = None,
     evolution_amount: float | None = None,
     latent: Sequence[float] | np.ndarray | None = None,
@@ -66,6 +67,7 @@ def build_spec(
     optional: dict[str, Any] = {
         "seed": seed,
         "stereo_width": stereo_width,
+        "stereo_depth": stereo_depth,
         "steps_between": steps_between,
         "evolution_amount": evolution_amount,
         "chunk_duration_s": chunk_duration_s,

@@ -48,6 +48,7 @@ SPATIAL = {
     pb.SPATIAL_MODE_MONO: Spatial.MONO,
     pb.SPATIAL_MODE_STEREO_MID_SIDE: Spatial.STEREO_MID_SIDE,
     pb.SPATIAL_MODE_DUAL_SEED: Spatial.DUAL_SEED,
+    pb.SPATIAL_MODE_STEREO_HAAS: Spatial.STEREO_HAAS,
 }
 MODEL_STATES = {
     ModelState.LOADING: pb.MODEL_STATE_LOADING,
@@ -87,6 +88,7 @@ def raw_request(spec: pb.GenerationSpec) -> RawRequest:
         chunk_duration_s=spec.chunk_duration_s if spec.HasField("chunk_duration_s") else None,
         bitrate_bps=spec.bitrate_bps if spec.HasField("bitrate_bps") else None,
         bits_per_sample=spec.bits_per_sample if spec.HasField("bits_per_sample") else None,
+        stereo_depth=spec.stereo_depth if spec.HasField("stereo_depth") else None,
     )
 
 

@@ -23,12 +23,13 @@ from distill_serve.server.pipeline.mel import mel_source, seeds
 from distill_serve.server.pipeline.model import ModelSpec
 from distill_serve.server.pipeline.render import NORMALISER_SEGMENT_FRAMES, BlockRenderer
 from distill_serve.server.pipeline.request import (
+    STEREO_WIDTH,
     GenerationParams,
     InvalidRequest,
     Limits,
-    Spatial,
     check_latent,
     check_slider_positions,
+    check_width,
 )
 from distill_serve.server.pipeline.runner import LIVE, PipelineStats, Runner
 
@@ -107,9 +108,9 @@ def check_control(
         )
     width = raw.stereo_width
     if width is not None:
-        if params.spatial is not Spatial.STEREO_MID_SIDE:
-            raise InvalidRequest("stereo_width", "needs a session with spatial stereo (mid-side)")
-        width = _in_range("stereo_width", width, 0.0, 2.0)
+        if params.spatial not in STEREO_WIDTH:
+            raise InvalidRequest("stereo_width", "needs a stereo session (spatial stereo or haas)")
+        width = check_width(params.spatial, width)
     evolution = raw.evolution_amount
     if evolution is not None:
         evolution = _in_range("evolution_amount", evolution, 0.0, 1.0)
@@ -198,10 +199,10 @@ class LiveSession:
             frames = control.transition_s * geo.decoder_rate / geo.decoder_hop
             for source in self._renderer.sources:
                 source.steer(target, self._evolution, frames, control.sequence)
-        mid_side = self._renderer.mid_side
-        if control.stereo_width is not None and mid_side is not None:
+        stereo = self._renderer.stereo
+        if control.stereo_width is not None and stereo is not None:
             glide = max(control.transition_s, MIN_WIDTH_GLIDE_S)
-            mid_side.set_width(control.stereo_width, round(glide * model.vocoder_rate))
+            stereo.set_width(control.stereo_width, round(glide * model.vocoder_rate))
         self.control_sequence = control.sequence
 
     def _block(self, frames: int) -> Block:

@@ -21,7 +21,7 @@ from distill_serve.server.pipeline.model import ModelSpec
 from distill_serve.server.pipeline.request import GenerationParams, Spatial
 from distill_serve.server.pipeline.resample import StreamingResampler
 from distill_serve.server.pipeline.runner import REST, PipelineStats, RenderedBlock, Runner
-from distill_serve.server.pipeline.spatial import MidSide
+from distill_serve.server.pipeline.spatial import HaasStereo, MidSide
 from distill_serve.server.pipeline.vocoder_stream import StreamVocoder
 
 NORMALISER_RAMP_S = 0.02
@@ -74,9 +74,7 @@ class BlockRenderer:
         self._antialias = AntiAlias(
             rate, model.antialias_cutoff_hz, model.antialias_order, len(sources)
         )
-        self.mid_side = (
-            MidSide(params.stereo_width) if params.spatial is Spatial.STEREO_MID_SIDE else None
-        )
+        self.stereo = stereo_maker(params, rate)
         self._normalise = CausalPeakNormaliser(
             model.peak_target,
             int(NORMALISER_RAMP_S * rate),
@@ -115,8 +113,8 @@ class BlockRenderer:
             s.release(needed_from)
         self._stats.vocoder_blocks += 1
         audio = self._antialias(np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0))
-        if self.mid_side is not None:
-            audio = self.mid_side(audio)
+        if self.stereo is not None:
+            audio = self.stereo(audio)
         audio = self._normalise(audio)
         if fade is not None:
             audio = audio[:, : fade.size] * fade[: audio.shape[1]]
@@ -151,3 +149,12 @@ class BlockRenderer:
         else:
             audio = self._resampler.flush()
         return RenderedBlock(audio, self._runner.provider, self._runner.fallbacks)
+
+
+def stereo_maker(params: GenerationParams, rate: int) -> MidSide | HaasStereo | None:
+    """The stage that makes a mono signal stereo (None: mono, or stereo from two seeds)."""
+    if params.spatial is Spatial.STEREO_MID_SIDE:
+        return MidSide(params.stereo_width)
+    if params.spatial is Spatial.STEREO_HAAS:
+        return HaasStereo(params.stereo_width, params.stereo_depth, rate)
+    return None

@@ -29,10 +29,20 @@ class Spatial(enum.Enum):
     MONO = "mono"
     STEREO_MID_SIDE = "stereo"
     DUAL_SEED = "dual_seed"
+    #: the Distill app's stereo: Haas delay, mid/side width, depth echo
+    STEREO_HAAS = "haas"
 
 
 DEFAULT_STEPS_BETWEEN = 3
-DEFAULT_STEREO_WIDTH = 1.0
+#: (lowest, highest, default) stereo width of each mode; the other modes take [0, 2] and
+#: ignore it.
+STEREO_WIDTH = {
+    Spatial.STEREO_MID_SIDE: (0.0, 2.0, 1.0),
+    Spatial.STEREO_HAAS: (0.0, 1.5, 0.7),  # the Distill app's range and default
+}
+OTHER_WIDTH = (0.0, 2.0, 1.0)
+#: Depth of the Distill app's stereo when a request says nothing (the app's default).
+DEFAULT_STEREO_DEPTH = 0.5
 #: How far slider mode's anchors stray from the slider setting when a request says nothing
 #: (the Distill app's default).
 DEFAULT_EVOLUTION = 0.5
@@ -85,6 +95,8 @@ class GenerationParams:
     #: Opus: the target bitrate (bit/s); FLAC: bits per sample; 0 for the PCM encodings
     bitrate_bps: int = 0
     bits_per_sample: int = 0
+    #: depth of :attr:`Spatial.STEREO_HAAS` (0 elsewhere)
+    stereo_depth: float = 0.0
 
     @property
     def channels(self) -> int:
@@ -114,6 +126,7 @@ class RawRequest:
     chunk_duration_s: float | None = None
     bitrate_bps: int | None = None
     bits_per_sample: int | None = None
+    stereo_depth: float | None = None
 
 
 def _finite(field: str, value: float) -> float:
@@ -156,11 +169,7 @@ def validate(
             "sample_rate", f"{rate} Hz is not offered; choose one of {list(model.sample_rates)}"
         )
     bitrate, bits = _codec_settings(raw, rate, unary)
-    width = _finite(
-        "stereo_width", DEFAULT_STEREO_WIDTH if raw.stereo_width is None else raw.stereo_width
-    )
-    if not 0.0 <= width <= 2.0:
-        raise InvalidRequest("stereo_width", f"must be in [0, 2], got {width:g}")
+    width, depth = _stereo_settings(raw)
     steps = DEFAULT_STEPS_BETWEEN if raw.steps_between is None else raw.steps_between
     if raw.mode is ChunkMode.LATENT_INTERP and not 0 <= steps <= limits.max_steps_between:
         raise InvalidRequest(
@@ -199,7 +208,33 @@ def validate(
         chunk_duration_s=chunk_s,
         bitrate_bps=bitrate,
         bits_per_sample=bits,
+        stereo_depth=depth,
     )
+
+
+def check_width(spatial: Spatial, width: float) -> float:
+    """``width`` if it lies in ``spatial``'s range; else :class:`InvalidRequest`."""
+    lo, hi, _ = STEREO_WIDTH.get(spatial, OTHER_WIDTH)
+    width = _finite("stereo_width", width)
+    if not lo <= width <= hi:
+        raise InvalidRequest("stereo_width", f"must be in [{lo:g}, {hi:g}], got {width:g}")
+    return width
+
+
+def _stereo_settings(raw: RawRequest) -> tuple[float, float]:
+    """``(stereo_width, stereo_depth)`` of the request's spatial mode."""
+    default = STEREO_WIDTH.get(raw.spatial, OTHER_WIDTH)[2]
+    width = check_width(raw.spatial, default if raw.stereo_width is None else raw.stereo_width)
+    if raw.spatial is not Spatial.STEREO_HAAS:
+        if raw.stereo_depth is not None:
+            raise InvalidRequest("stereo_depth", "applies to spatial haas only; leave it unset")
+        return width, 0.0
+    depth = _finite(
+        "stereo_depth", DEFAULT_STEREO_DEPTH if raw.stereo_depth is None else raw.stereo_depth
+    )
+    if not 0.0 <= depth <= 1.0:
+        raise InvalidRequest("stereo_depth", f"must be in [0, 1], got {depth:g}")
+    return width, depth
 
 
 def _codec_settings(raw: RawRequest, rate: int, unary: bool) -> tuple[int, int]:

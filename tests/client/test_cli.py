@@ -62,8 +62,9 @@ def test_generate_writes_wav(
         "-o",
         str(wav),
     ]
-    if mode == "slider":
-        args += ["--slider", "0=3", "--slider", "5=-2"]
+    if mode == "slider":  # the app's main mode, with the app's stereo
+        args[args.index("--stereo")] = "--haas"
+        args += ["--depth", "0.3", "--slider", "0=3", "--slider", "5=-2"]
     if stream:
         args.append("--stream")
     out = run_cli(*args)

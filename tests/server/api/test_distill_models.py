@@ -90,6 +90,16 @@ def test_unary_equals_stream_bit_for_bit(app_server: ServerThread, rate: int) ->
     assert float(np.abs(unary.audio).max()) > 0.1
 
 
+def test_the_apps_stereo_unary_equals_stream(app_server: ServerThread) -> None:
+    kw = dict(seed=5, sliders={0: 3}, spatial="haas", stereo_width=0.9, stereo_depth=0.4)
+    with Client(app_server.target, timeout=60) as c:
+        unary = c.generate("slider", 1.5, **kw)  # type: ignore[arg-type]
+        streamed = c.generate_streamed("slider", 1.5, **kw)  # type: ignore[arg-type]
+    assert unary.audio.shape == (2, round(1.5 * 44100))
+    np.testing.assert_array_equal(unary.audio, streamed.audio)
+    assert not np.array_equal(unary.audio[0], unary.audio[1])
+
+
 def test_a_request_that_names_no_rate_gets_44_1_khz(app_server: ServerThread) -> None:
     with Client(app_server.target, timeout=60) as c:
         plain = c.generate("slider", 1.0, seed=5)

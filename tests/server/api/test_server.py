@@ -166,6 +166,16 @@ BAD_SPECS = {
         pb.GenerationSpec(mode=CROSSFADE, duration_s=1, sample_rate=11025),
         "11025 Hz is not offered",
     ),
+    "haas width over 1.5": (
+        pb.GenerationSpec(
+            mode=CROSSFADE, duration_s=1, spatial=pb.SPATIAL_MODE_STEREO_HAAS, stereo_width=1.6
+        ),
+        "stereo_width: must be in [0, 1.5]",
+    ),
+    "depth without haas": (
+        pb.GenerationSpec(mode=CROSSFADE, duration_s=1, stereo_depth=0.5),
+        "applies to spatial haas only",
+    ),
     "unknown encoding": (pb.GenerationSpec(mode=CROSSFADE, duration_s=1, encoding=42), "encoding"),
     "empty request": (pb.GenerationSpec(), "mode"),
     "latent in crossfade": (

@@ -86,7 +86,7 @@ def run() -> list[dict[str, Any]]:
             p = _params(engine, mode, encoding, **codec)
             container = CODEC_CONTAINER.get(encoding, Container.RAW)
             start = time.process_time()
-            data = whole(audio, p, container)
+            data = whole(audio, p, container, {})
             cpu = time.process_time() - start
             decoded = _decode(data, p)
             error = np.sum((audio - decoded) ** 2)

@@ -10,8 +10,8 @@ from typing import Any
 
 import grpc
 import numpy as np
-import soundfile as sf
 
+from distill_serve.audio import write_wav
 from distill_serve.client.client import AudioResult, Client, DistillError, ModelStatus
 
 WAV_SUBTYPES = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float32": "FLOAT"}
@@ -156,7 +156,7 @@ def run_generate(args: argparse.Namespace) -> int:
         args.output.write_bytes(result.file)  # the server's FLAC or Ogg Opus file as it came
     else:
         subtype = WAV_SUBTYPES.get(args.encoding, "FLOAT")  # decoded Opus: float samples
-        sf.write(args.output, result.audio.T, result.sample_rate, subtype=subtype)
+        write_wav(args.output, result.audio, result.sample_rate, subtype, result.tags)
     provider = result.stats.execution_provider if result.stats else "?"
     print(
         f"wrote {args.output}: {result.duration_s:.3f} s, {result.sample_rate} Hz, "

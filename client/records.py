@@ -98,6 +98,9 @@ class AudioResult:
     client_first_audio_s: float = 0.0
     client_total_s: float = 0.0
     file: bytes = b""
+    #: how the audio was made (``distill_seed``, ``distill_model``, ``distill_bundle``,
+    #: ``distill_settings``; :mod:`distill_serve.tags`), as files written from it carry
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def channels(self) -> int:
@@ -119,6 +122,7 @@ class StreamHeader:
     opus_id_header: bytes = b""
     model: str = ""
     model_version: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,7 @@ def stream_header(h: pb.StreamHeader) -> StreamHeader:
         h.opus.id_header if h.HasField("opus") else b"",
         h.model,
         h.model_version,
+        dict(f.tags),
     )
 
 
@@ -135,7 +136,7 @@ def unary_result(r: pb.GenerateResponse, started: float) -> AudioResult:
     elapsed = time.perf_counter() - started
     stats = GenerationStats.from_pb(r.stats)
     file = r.audio if is_file else b""
-    return AudioResult(audio, f.sample_rate, r.seed, stats, elapsed, elapsed, file)
+    return AudioResult(audio, f.sample_rate, r.seed, stats, elapsed, elapsed, file, dict(f.tags))
 
 
 class Collector:
@@ -198,4 +199,5 @@ class Collector:
             self.stats,
             self.first or 0.0,
             time.perf_counter() - self.started,
+            tags=self.header.tags,
         )

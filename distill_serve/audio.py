@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import enum
 import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
+
+from distill_serve.tags import SOFTWARE, info_comment
 
 
 class Encoding(enum.Enum):
@@ -55,8 +60,29 @@ def decode(data: bytes, encoding: Encoding, channels: int) -> np.ndarray:
     return flat.reshape(-1, channels).T.astype(np.float32)
 
 
-def wav_bytes(audio: np.ndarray, rate: int, encoding: Encoding) -> bytes:
-    """A complete WAV file of ``(channels, n)`` audio."""
+def wav_bytes(
+    audio: np.ndarray, rate: int, encoding: Encoding, tags: Mapping[str, str] | None = None
+) -> bytes:
+    """A complete WAV file of ``(channels, n)`` audio, with ``tags`` in a ``LIST/INFO`` chunk
+    (:mod:`distill_serve.tags`)."""
     buf = io.BytesIO()
-    sf.write(buf, audio.T, rate, subtype=WAV_SUBTYPE[encoding], format="WAV")
+    write_wav(buf, audio, rate, WAV_SUBTYPE[encoding], tags)
     return buf.getvalue()
+
+
+def write_wav(
+    target: str | Path | BinaryIO,
+    audio: np.ndarray,
+    rate: int,
+    subtype: str,
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """Write ``(channels, n)`` audio as a WAV file (libsndfile ``subtype``: PCM_16, PCM_24,
+    FLOAT); ``tags`` go into its ``LIST/INFO`` chunk: the comment holds them, one
+    ``key=value`` per line, and the software names the server."""
+    channels = audio.shape[0]
+    with sf.SoundFile(target, "w", rate, channels, subtype, format="WAV") as f:
+        if tags:
+            f.comment = info_comment(tags)
+            f.software = SOFTWARE
+        f.write(audio.T)

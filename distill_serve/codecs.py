@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -21,6 +21,8 @@ import av
 import numpy as np
 import soundfile as sf
 from av.audio.codeccontext import AudioCodecContext
+
+from distill_serve.tags import parse_info_comment
 
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 OPUS_FRAME_MS = 20
@@ -32,11 +34,39 @@ _FLAC_SUBTYPE = {16: "PCM_16", 24: "PCM_24"}
 _LAYOUT = {1: "mono", 2: "stereo"}
 
 
-def flac_bytes(audio: np.ndarray, rate: int, bits: int) -> bytes:
-    """A complete FLAC file of ``(channels, n)`` float audio in [-1, 1]."""
+def flac_bytes(
+    audio: np.ndarray, rate: int, bits: int, tags: Mapping[str, str] | None = None
+) -> bytes:
+    """A complete FLAC file of ``(channels, n)`` float audio in [-1, 1], coded by libsndfile;
+    ``tags`` become Vorbis comments (the frames copied as they are by FFmpeg's FLAC muxer)."""
     buf = io.BytesIO()
     sf.write(buf, np.clip(audio, -1.0, 1.0).T, rate, subtype=_FLAC_SUBTYPE[bits], format="FLAC")
-    return buf.getvalue()
+    return _retagged(buf.getvalue(), "flac", tags) if tags else buf.getvalue()
+
+
+def _retagged(data: bytes, container: str, tags: Mapping[str, str]) -> bytes:
+    """``data`` (a one-stream file) with ``tags`` as its metadata, its packets copied."""
+    out_buf = io.BytesIO()
+    with av.open(io.BytesIO(data), "r") as src, av.open(out_buf, "w", format=container) as out:
+        audio = src.streams.audio[0]
+        stream = out.add_stream_from_template(audio)
+        out.metadata.update(tags)
+        for packet in src.demux(audio):
+            if packet.dts is None:  # the demuxer's end-of-stream marker
+                continue
+            packet.stream = stream
+            out.mux(packet)
+    return out_buf.getvalue()
+
+
+def file_tags(data: bytes) -> dict[str, str]:
+    """The tags of a FLAC or Ogg file (Vorbis comments; keys as written) or of a WAV file
+    (its ``LIST/INFO`` comment, :mod:`distill_serve.tags`)."""
+    if data[:4] == b"RIFF":
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            return parse_info_comment(f.comment or "")
+    with av.open(io.BytesIO(data)) as src:
+        return {**src.metadata, **src.streams.audio[0].metadata}
 
 
 def read_file(data: bytes) -> tuple[np.ndarray, int]:
@@ -153,13 +183,16 @@ class OpusEncoder:
         return [bytes(p) for p in self._codec.encode(frame)]
 
 
-def ogg_opus_bytes(audio: np.ndarray, settings: OpusSettings) -> bytes:
+def ogg_opus_bytes(
+    audio: np.ndarray, settings: OpusSettings, tags: Mapping[str, str] | None = None
+) -> bytes:
     """A complete Ogg Opus file (RFC 7845) of ``(channels, n)`` float audio: the same packets
     :class:`OpusEncoder` gives, muxed by FFmpeg's Ogg muxer, whose last granule position marks
-    the exact length."""
+    the exact length; ``tags`` go into its Vorbis comments (``OpusTags``)."""
     buf = io.BytesIO()
     n = settings.frame_size
     with av.open(buf, "w", format="ogg") as out:
+        out.metadata.update(tags or {})
         stream = out.add_stream("libopus", rate=settings.rate)
         _open_encoder(stream.codec_context, settings)
         for start in range(0, audio.shape[1], n):

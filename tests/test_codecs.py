@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from distill_serve.audio import Encoding, wav_bytes
 from distill_serve.codecs import (
     OPUS_RATES,
     OpusDecoder,
     OpusEncoder,
     OpusSettings,
+    file_tags,
     flac_bytes,
     ogg_opus_bytes,
     read_file,
@@ -120,3 +122,27 @@ def test_opus_bitrate_buys_quality() -> None:
         snrs.append(_snr_db(audio, decoded))
     assert sizes == sorted(sizes) and snrs == sorted(snrs)
     assert sizes[-1] < 128000 / 8 * 1.2  # about the asked bitrate, container included
+
+
+TAGS = {"distill_seed": "7", "distill_model": "rain", "distill_settings": '{"mode":"slider"}'}
+
+
+@pytest.mark.parametrize("kind", ["flac", "ogg", "wav"])
+def test_files_carry_their_tags_and_the_same_audio(kind: str) -> None:
+    audio = _audio(48000, 4800)
+    make = {
+        "flac": lambda tags: flac_bytes(audio, 48000, 24, tags),
+        "ogg": lambda tags: ogg_opus_bytes(audio, OpusSettings(48000, 2, 96000), tags),
+        "wav": lambda tags: wav_bytes(audio, 48000, Encoding.PCM24, tags),
+    }[kind]
+    tagged, plain = make(TAGS), make(None)
+    got = file_tags(tagged)
+    assert {k: got[k] for k in TAGS} == TAGS
+    assert "distill_seed" not in file_tags(plain)
+    np.testing.assert_array_equal(read_file(tagged)[0], read_file(plain)[0])  # only tags added
+    if kind == "wav":  # a LIST/INFO chunk whose comment other tools show as is
+        assert b"LIST" in tagged and b"INFOICMT" in tagged
+        with sf.SoundFile(io.BytesIO(tagged)) as f:
+            assert "distill_seed=7\n" in f.comment and f.software.startswith("distill-serve")
+    else:  # Vorbis comments, as metaflac / opusinfo list them
+        assert b"distill_seed=7" in tagged

@@ -400,6 +400,26 @@ class AudioFormat(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SAMPLE_RATE_FIELD_NUMBER: _builtins.int
     CHANNELS_FIELD_NUMBER: _builtins.int
     ENCODING_FIELD_NUMBER: _builtins.int
@@ -407,6 +427,7 @@ class AudioFormat(_message.Message):
     TOTAL_SAMPLES_FIELD_NUMBER: _builtins.int
     BITS_PER_SAMPLE_FIELD_NUMBER: _builtins.int
     BITRATE_BPS_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
     sample_rate: _builtins.int
     channels: _builtins.int
     encoding: Global___AudioEncoding.ValueType
@@ -416,6 +437,15 @@ class AudioFormat(_message.Message):
     bits_per_sample: _builtins.int
     """AUDIO_ENCODING_FLAC: bits per sample; AUDIO_ENCODING_OPUS: the target bitrate (bit/s)."""
     bitrate_bps: _builtins.int
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """How the audio was made, as the files the server writes carry it (FLAC and Ogg: Vorbis
+        comments; WAV: the LIST/INFO comment, one key=value per line): distill_seed,
+        distill_model (the served name), distill_bundle (the bundle id, which pins the weights)
+        and distill_settings (the validated settings as compact JSON: mode, duration_s,
+        sample_rate, spatial, sliders or latent, ...).
+        """
+
     def __init__(
         self,
         *,
@@ -426,10 +456,11 @@ class AudioFormat(_message.Message):
         total_samples: _builtins.int = ...,
         bits_per_sample: _builtins.int = ...,
         bitrate_bps: _builtins.int = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bitrate_bps", b"bitrate_bps", "bits_per_sample", b"bits_per_sample", "channels", b"channels", "container", b"container", "encoding", b"encoding", "sample_rate", b"sample_rate", "total_samples", b"total_samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bitrate_bps", b"bitrate_bps", "bits_per_sample", b"bits_per_sample", "channels", b"channels", "container", b"container", "encoding", b"encoding", "sample_rate", b"sample_rate", "tags", b"tags", "total_samples", b"total_samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

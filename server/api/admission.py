@@ -33,6 +33,7 @@ from distill_serve.server.models.repository import (
     RepositoryFull,
     UnknownModel,
 )
+from distill_serve.server.pipeline.provenance import provenance_tags
 from distill_serve.server.pipeline.request import GenerationParams, InvalidRequest, Limits, validate
 from distill_serve.server.pipeline.runner import PipelineStats
 from distill_serve.v1 import distill_pb2 as pb
@@ -86,11 +87,16 @@ class Run:
             self.stats, self.started, self.first_audio, self.provider, self.fallbacks
         )
 
+    def tags(self) -> dict[str, str]:
+        """How the audio is made: seed, model, bundle and settings."""
+        return provenance_tags(self.params, self.model, self.engine.bundle.bundle_id)
+
     def audio_format(self, container: Container) -> pb.AudioFormat:
-        return audio_format(self.params, container)
+        return audio_format(self.params, container, self.tags())
 
     def stream_header(self, coder: PcmChunks | OpusChunks) -> pb.StreamHeader:
-        return stream_header(self.params, coder.opus, self.model, self.engine.bundle.bundle_id)
+        bundle_id = self.engine.bundle.bundle_id
+        return stream_header(self.params, coder.opus, self.model, bundle_id, self.tags())
 
 
 class Admission:

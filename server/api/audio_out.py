@@ -61,15 +61,17 @@ def opus_settings(p: GenerationParams) -> OpusSettings:
     return OpusSettings(p.sample_rate, p.channels, p.bitrate_bps)
 
 
-def whole(audio: np.ndarray, p: GenerationParams, container: Container) -> bytes:
+def whole(
+    audio: np.ndarray, p: GenerationParams, container: Container, tags: dict[str, str]
+) -> bytes:
     """A unary reply's bytes: ``(channels, n)`` audio in ``container`` (from
-    :func:`container_for`)."""
+    :func:`container_for`); a file carries ``tags``."""
     if p.encoding is Encoding.FLAC:
-        return flac_bytes(audio, p.sample_rate, p.bits_per_sample)
+        return flac_bytes(audio, p.sample_rate, p.bits_per_sample, tags)
     if p.encoding is Encoding.OPUS:
-        return ogg_opus_bytes(audio, opus_settings(p))
+        return ogg_opus_bytes(audio, opus_settings(p), tags)
     if container is Container.WAV:
-        return wav_bytes(audio, p.sample_rate, p.encoding)
+        return wav_bytes(audio, p.sample_rate, p.encoding, tags)
     return encode(audio, p.encoding)
 
 

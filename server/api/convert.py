@@ -132,9 +132,12 @@ def container_of(request: pb.GenerateRequest) -> Container:
         raise InvalidRequest("container", str(exc)) from None
 
 
-def audio_format(params: GenerationParams, container: Container) -> pb.AudioFormat:
+def audio_format(
+    params: GenerationParams, container: Container, tags: dict[str, str]
+) -> pb.AudioFormat:
     p = params
     return pb.AudioFormat(
+        tags=tags,
         sample_rate=p.sample_rate,
         channels=p.channels,
         encoding=ENCODING_ENUM[p.encoding],
@@ -146,11 +149,16 @@ def audio_format(params: GenerationParams, container: Container) -> pb.AudioForm
 
 
 def stream_header(
-    params: GenerationParams, opus: OpusStreamHeader | None, model: str, version: str
+    params: GenerationParams,
+    opus: OpusStreamHeader | None,
+    model: str,
+    version: str,
+    tags: dict[str, str],
 ) -> pb.StreamHeader:
-    """A stream's first message: its raw format, seed, model and (Opus) codec header."""
+    """A stream's first message: its raw format and tags, seed, model and (Opus) codec
+    header."""
     header = pb.StreamHeader(
-        format=audio_format(params, Container.RAW),
+        format=audio_format(params, Container.RAW, tags),
         seed=params.seed,
         model=model,
         model_version=version,

@@ -88,7 +88,8 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
                 blocks = [b async for b in self._blocks(run)]
         except Abort as exc:
             await context.abort(exc.code, exc.details)
-        data = await asyncio.to_thread(whole, np.concatenate(blocks, axis=1), run.params, container)
+        audio = np.concatenate(blocks, axis=1)
+        data = await asyncio.to_thread(whole, audio, run.params, container, run.tags())
         return pb.GenerateResponse(
             audio=data,
             format=run.audio_format(container),

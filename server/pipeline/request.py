@@ -97,6 +97,9 @@ class GenerationParams:
     bits_per_sample: int = 0
     #: depth of :attr:`Spatial.STEREO_HAAS` (0 elsewhere)
     stereo_depth: float = 0.0
+    #: slider mode from slider positions: the positions given, ``(index, position)`` (empty:
+    #: every slider at 0); None when a latent was given or in the other modes
+    sliders: tuple[tuple[int, int], ...] | None = None
 
     @property
     def channels(self) -> int:
@@ -209,6 +212,7 @@ def validate(
         bitrate_bps=bitrate,
         bits_per_sample=bits,
         stereo_depth=depth,
+        sliders=_given_sliders(raw, model),
     )
 
 
@@ -304,6 +308,13 @@ def check_slider_positions(pairs: list[tuple[int, int]], model: ModelSpec) -> di
             raise InvalidRequest("sliders", f"slider {index} is set twice")
         positions[index] = position
     return positions
+
+
+def _given_sliders(raw: RawRequest, model: ModelSpec) -> tuple[tuple[int, int], ...] | None:
+    """The slider positions a slider-mode request set (checked by :func:`_slider_latent`)."""
+    if raw.mode is not ChunkMode.SLIDER or raw.latent is not None or model.sliders is None:
+        return None
+    return tuple(sorted(dict(raw.slider_positions or []).items()))
 
 
 def _slider_latent(raw: RawRequest, model: ModelSpec) -> np.ndarray | None:

@@ -107,6 +107,16 @@ class Admission:
         self.models = models
         self.limits = limits
         self.metrics = metrics
+        #: set when the server drains (SIGTERM): new generations are refused, running ones
+        #: finish
+        self.draining = False
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the running generations to end; whether they did."""
+        deadline = time.monotonic() + timeout
+        while self.models.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return not self.models.in_flight
 
     async def refuse(
         self,
@@ -173,6 +183,11 @@ class Admission:
         """Lease the spec's model and check the spec and the limits; the call ends with the
         reason when it may not run."""
         mode = mode_label(spec)
+        if self.draining:
+            await self.refuse(
+                context, self.label(spec.model), rpc, mode, grpc.StatusCode.UNAVAILABLE,
+                "draining", "server is shutting down (draining); retry on another server",
+            )  # fmt: skip
         lease = await self.lease(spec.model, context, rpc, mode, live=open_ended)
         try:
             return await self._check(lease, spec, rpc, mode, context, open_ended)
@@ -235,8 +250,11 @@ class Admission:
         return Run(params, lease, rpc, time.perf_counter(), PipelineStats())
 
     @contextmanager
-    def accounting(self, run: Run) -> Iterator[None]:
-        """Free the slot and record the outcome, however the generation ends."""
+    def accounting(
+        self, run: Run, context: grpc.aio.ServicerContext | None = None
+    ) -> Iterator[None]:
+        """Free the slot and record the outcome, however the generation ends (a call ended
+        by its deadline counts as DEADLINE_EXCEEDED, one the drain cut as UNAVAILABLE)."""
         status = "OK"
         try:
             yield
@@ -244,7 +262,7 @@ class Admission:
             if run.lease.revoked:  # an unload's grace ran out: tell the client why
                 status = "UNAVAILABLE"
                 raise Abort(grpc.StatusCode.UNAVAILABLE, run.lease.revoked) from None
-            status = "CANCELLED"
+            status = self.cancel_status(context)
             raise
         except Abort as exc:
             status = exc.code.name
@@ -261,6 +279,13 @@ class Admission:
                 self.metrics.latency.labels(run.model, run.rpc, mode).observe(
                     time.perf_counter() - run.started
                 )
+
+    def cancel_status(self, context: grpc.aio.ServicerContext | None) -> str:
+        """Why a call was cancelled: its deadline, the drain, or its client."""
+        remaining = context.time_remaining() if context is not None else None
+        if remaining is not None and remaining <= 0:
+            return "DEADLINE_EXCEEDED"
+        return "UNAVAILABLE" if self.draining else "CANCELLED"
 
     def first_audio(self, run: Run) -> None:
         """Record the run's time to first audio, once."""

@@ -180,7 +180,7 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
             return handler._replace(request_deserializer=lenient, unary_unary=unary)
         inner_stream = handler.unary_stream
 
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def stream_gen(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if isinstance(request, _Malformed):
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT, f"{message} ({request.error})"
@@ -188,4 +188,14 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
             async for item in inner_stream(request, context):
                 yield item
 
-        return handler._replace(request_deserializer=lenient, unary_stream=stream)
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Malformed):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"{message} ({request.error})"
+                )
+            return await inner_stream(request, context)
+
+        # As for bidirectional handlers: an async generator, or a coroutine that writes
+        # through the context (grpcio-health-checking's Watch).
+        wrapped_stream = stream_gen if inspect.isasyncgenfunction(inner_stream) else stream
+        return handler._replace(request_deserializer=lenient, unary_stream=wrapped_stream)

@@ -79,16 +79,18 @@ class LiveRpc:
         controls: Controls = asyncio.Queue(CONTROL_QUEUE_SIZE)
         reader = asyncio.create_task(_read_controls(requests, controls))
         try:
-            with admission.accounting(run):  # the end is logged before the slot is freed
+            with admission.accounting(run, context):  # the end is logged before the slot is freed
                 try:
                     reason = await self._play(run, session, Pacer(lookahead), controls, context)
                 except asyncio.CancelledError:
                     if run.lease.revoked:
                         log.info("live session ended: %s", run.lease.revoked)
                         raise  # accounting turns it into UNAVAILABLE
-                    log.info(
-                        "live session ended: cancelled by the client after %.1f s", session.seconds
-                    )
+                    why = {
+                        "DEADLINE_EXCEEDED": "its deadline passed",
+                        "UNAVAILABLE": "the server's drain ended it",
+                    }.get(admission.cancel_status(context), "cancelled by the client")
+                    log.info("live session ended: %s after %.1f s", why, session.seconds)
                     raise
                 except Abort as exc:
                     log.info("live session ended: %s: %s", exc.code.name, exc.details)

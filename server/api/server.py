@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from pathlib import Path
 
 import grpc
@@ -18,6 +19,7 @@ from distill_serve.server.api.interceptors import (
     BearerTokenInterceptor,
     MalformedRequestInterceptor,
 )
+from distill_serve.server.api.logs import ERROR_LOGGERS, limit_error_logs
 from distill_serve.server.api.servicer import DistillServicer
 from distill_serve.server.engine.engine import Engine
 from distill_serve.server.models.build import (
@@ -67,6 +69,7 @@ class DistillServer:
         else:
             wire_metrics(models, self.metrics)
         self.models = models
+        limit_error_logs(ERROR_LOGGERS)
         # grpc-stubs predates health.aio; it is grpcio-health-checking's asyncio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.servicer = DistillServicer(models, config.limits, self.metrics)
@@ -113,9 +116,15 @@ class DistillServer:
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
-        """Report NOT_SERVING, refuse new RPCs, let in-flight ones run for ``grace`` s."""
+        """Drain: report NOT_SERVING (to new health checks and watches alike), refuse new
+        generations with UNAVAILABLE, let running ones go on for up to ``grace`` s; then
+        stop the transport, cancelling what still runs."""
+        grace = self.config.grace_s if grace is None else grace
+        started = time.monotonic()
         await self.health.enter_graceful_shutdown()
-        await self._server.stop(self.config.grace_s if grace is None else grace)
+        if not await self.servicer.drain(grace):
+            log.info("drain: generations still running after %g s; ending them", grace)
+        await self._server.stop(max(0.0, grace - (time.monotonic() - started)))
         self.servicer.close()
 
     async def reload(self, bundle: Path | None = None) -> Engine:

@@ -84,7 +84,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             )
         run = await self._admission.admit(request.spec, "Generate", context)
         try:
-            with self._admission.accounting(run):
+            with self._admission.accounting(run, context):
                 blocks = [b async for b in self._blocks(run)]
         except Abort as exc:
             await context.abort(exc.code, exc.details)
@@ -102,7 +102,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         run = await self._admission.admit(request.spec, "GenerateStream", context)
         try:
-            with self._admission.accounting(run):
+            with self._admission.accounting(run, context):
                 coder = chunk_coder(run.params)
                 yield pb.GenerateStreamResponse(header=run.stream_header(coder))
                 offset = sequence = 0
@@ -208,6 +208,12 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
     @property
     def models(self) -> ModelRepository:
         return self._models
+
+    async def drain(self, grace_s: float) -> bool:
+        """Refuse new generations (UNAVAILABLE) and wait up to ``grace_s`` for the running
+        ones to end; whether they all did."""
+        self._admission.draining = True
+        return await self._admission.drained(grace_s)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

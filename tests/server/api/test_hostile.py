@@ -1,0 +1,117 @@
+"""Careless and hostile clients (issue 40), each test a reproduction of the probe that found
+the problem: health watches, floods of errors, clients that stop reading or read slowly,
+floods of controls, and clients that loop on the retry hint."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from distill_serve.client import Client, DistillError
+from distill_serve.server.api.logs import ERROR_LOGGERS, GRPC_HANDLER_LOGGER, RateLimitedErrors
+from distill_serve.server.engine.engine import Engine
+from tests.conftest import ServerThread, start_server
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _watch(target: str, service: str, into: list[int], done: threading.Event) -> None:
+    with grpc.insecure_channel(target) as ch:
+        replies = health_pb2_grpc.HealthStub(ch).Watch(
+            health_pb2.HealthCheckRequest(service=service), timeout=30
+        )
+        try:
+            for reply in replies:
+                into.append(reply.status)
+                if done.is_set():
+                    replies.cancel()
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                into.append(-1)
+
+
+def test_health_watch_streams_serving_without_a_traceback(server: ServerThread, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.ERROR)
+    for service in ("", "distill_serve.v1.DistillService"):
+        with grpc.insecure_channel(server.target) as ch:
+            replies = health_pb2_grpc.HealthStub(ch).Watch(
+                health_pb2.HealthCheckRequest(service=service), timeout=10
+            )
+            first = next(replies)
+            replies.cancel()
+        assert first.status == SERVING, service
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
+def test_a_drain_is_visible_to_new_health_checks_and_finishes_running_streams(
+    engine: Engine,
+) -> None:
+    s = start_server(engine, max_concurrent=4)
+    watched: list[int] = []
+    done = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(s.target, "", watched, done))
+    watcher.start()
+    with Client(s.target, timeout=60) as c:
+        blocks = c.stream("crossfade", 6.0, seed=2)
+        first = next(blocks)
+        stopping = asyncio.run_coroutine_threadsafe(s.server.stop(grace=30.0), s.loop)
+        time.sleep(0.3)
+        with grpc.insecure_channel(s.target) as ch:
+            check = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert check.status == NOT_SERVING
+        with pytest.raises(DistillError) as refused:
+            c.generate("crossfade", 0.5)
+        assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "draining" in refused.value.details
+        rest = list(blocks)  # the running stream finishes whole
+    frames = first.audio.shape[1] + sum(b.audio.shape[1] for b in rest)
+    assert frames == 6 * first.header.sample_rate
+    stopping.result(timeout=60)
+    done.set()
+    watcher.join(timeout=30)
+    assert watched[:1] == [SERVING] and NOT_SERVING in watched
+    s.loop.call_soon_threadsafe(s.loop.stop)
+
+
+def test_a_flood_of_handler_errors_logs_a_few_tracebacks_and_a_count() -> None:
+    now = [0.0]
+    limit = RateLimitedErrors(burst=3, window_s=60.0, clock=lambda: now[0])
+    records = []
+    for i in range(2000):
+        now[0] = i * 0.01  # 2,000 failures in 20 s
+        try:
+            raise TypeError("boom")
+        except TypeError:
+            record = logging.LogRecord(
+                GRPC_HANDLER_LOGGER, logging.ERROR, __file__, 1, "Unexpected [TypeError]", (),
+                sys.exc_info(),
+            )  # fmt: skip
+        if limit.filter(record):
+            records.append(record)
+    assert len(records) == 3
+    now[0] = 61.0  # the next window: one line says how many were left out
+    late = logging.LogRecord(
+        GRPC_HANDLER_LOGGER, logging.ERROR, "", 1, "Unexpected [TypeError]", (), None
+    )
+    assert limit.filter(late) and "1997 more like it" in late.getMessage()
+    warning = logging.LogRecord("x", logging.WARNING, "", 1, "Unexpected [TypeError]", (), None)
+    assert limit.filter(warning)  # below ERROR: never limited
+
+
+def test_the_server_limits_its_error_loggers(server: ServerThread) -> None:
+    from distill_serve.server.api import live_rpc, servicer
+    from distill_serve.server.engine import scheduler
+
+    for module in (servicer, live_rpc, scheduler):
+        assert module.log.name in ERROR_LOGGERS
+    for name in ERROR_LOGGERS:
+        filters = logging.getLogger(name).filters
+        assert sum(isinstance(f, RateLimitedErrors) for f in filters) == 1, name

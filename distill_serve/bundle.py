@@ -129,6 +129,25 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+def _inside(root: Path, name: str, manifest_path: Path) -> Path:
+    """``root / name`` for a relative ``name`` that stays inside ``root`` once symlinks are
+    resolved; else a :class:`BundleError` naming the path."""
+    relative = Path(name)
+    if relative.is_absolute() or not name or ".." in relative.parts:
+        raise BundleError(
+            f"{manifest_path}: file path {name[:200]!r} must be relative to the bundle folder, "
+            "without '..'; re-export the bundle"
+        )
+    path = root / relative
+    real_root = root.resolve()
+    if not path.resolve().is_relative_to(real_root):
+        raise BundleError(
+            f"{path}: resolves to {path.resolve()}, outside the bundle folder {real_root} "
+            "(a symlink?); bundle files must lie inside it: copy them in"
+        )
+    return path
+
+
 def load_bundle(root: str | Path, verify_hashes: bool = True) -> Bundle:
     """Read ``manifest.json`` and check format version, files and hashes.
 
@@ -160,7 +179,7 @@ def load_bundle(root: str | Path, verify_hashes: bool = True) -> Bundle:
     for f in files:
         if f.role not in ROLES:
             raise BundleError(f"{manifest_path}: unknown role {f.role!r} for {f.path}")
-        path = root / f.path
+        path = _inside(root, f.path, manifest_path)
         if not path.is_file():
             raise BundleError(f"{path}: listed in the manifest but missing")
         if verify_hashes and sha256_file(path) != f.sha256:

@@ -831,6 +831,7 @@ class Limits(_message.Message):
     LIVE_IDLE_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     MIN_LOOKAHEAD_S_FIELD_NUMBER: _builtins.int
     MAX_LOOKAHEAD_S_FIELD_NUMBER: _builtins.int
+    SEND_BUDGET_S_FIELD_NUMBER: _builtins.int
     max_duration_s: _builtins.float
     max_concurrent_generations: _builtins.int
     max_steps_between: _builtins.int
@@ -843,6 +844,11 @@ class Limits(_message.Message):
     min_lookahead_s: _builtins.float
     """The lookahead_s range a live session may ask for."""
     max_lookahead_s: _builtins.float
+    send_budget_s: _builtins.float
+    """A stream or live session whose client falls this many seconds behind reading its audio
+    in real time (counting only time the server's writes wait for the client) is ended with
+    RESOURCE_EXHAUSTED, and its slot freed.
+    """
     def __init__(
         self,
         *,
@@ -855,10 +861,11 @@ class Limits(_message.Message):
         live_idle_timeout_s: _builtins.float = ...,
         min_lookahead_s: _builtins.float = ...,
         max_lookahead_s: _builtins.float = ...,
+        send_budget_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["live_idle_timeout_s", b"live_idle_timeout_s", "max_chunk_duration_s", b"max_chunk_duration_s", "max_concurrent_generations", b"max_concurrent_generations", "max_duration_s", b"max_duration_s", "max_live_s", b"max_live_s", "max_lookahead_s", b"max_lookahead_s", "max_steps_between", b"max_steps_between", "min_chunk_duration_s", b"min_chunk_duration_s", "min_lookahead_s", b"min_lookahead_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["live_idle_timeout_s", b"live_idle_timeout_s", "max_chunk_duration_s", b"max_chunk_duration_s", "max_concurrent_generations", b"max_concurrent_generations", "max_duration_s", b"max_duration_s", "max_live_s", b"max_live_s", "max_lookahead_s", b"max_lookahead_s", "max_steps_between", b"max_steps_between", "min_chunk_duration_s", b"min_chunk_duration_s", "min_lookahead_s", b"min_lookahead_s", "send_budget_s", b"send_budget_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

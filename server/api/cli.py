@@ -93,6 +93,11 @@ def _limits(p: argparse.ArgumentParser) -> None:
         help="drop a live session whose client reads no audio for this long, seconds",
     )  # fmt: skip
     field_option(
+        p, L, "send_budget_s", "--send-budget", type=float,
+        help="end a stream or live session whose client falls this far behind reading its "
+        "audio in real time, seconds",
+    )  # fmt: skip
+    field_option(
         p, L, "max_concurrent_per_model", "--max-concurrent-per-model", type=int,
         help="generations one model may run at once (default 0: only --max-concurrent)",
     )  # fmt: skip

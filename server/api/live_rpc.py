@@ -18,6 +18,7 @@ import grpc
 from distill_serve.server.api.admission import Abort, Admission, Run
 from distill_serve.server.api.audio_out import chunk_coder, code, code_last
 from distill_serve.server.api.convert import audio_chunk, raw_control, raw_request
+from distill_serve.server.api.send_budget import SendBudget
 from distill_serve.server.api.start_gate import StartGate
 from distill_serve.server.pipeline.live import (
     LiveBlock,
@@ -127,7 +128,9 @@ class LiveRpc:
         coder = chunk_coder(p)
         header = run.stream_header(coder)
         header.format.total_samples = 0  # open-ended
-        await self._send(context, pb.GenerateLiveResponse(header=header))
+        limits = self._admission.limits
+        budget = SendBudget(limits.send_budget_s, write_cap_s=limits.live_idle_timeout_s)
+        await self._send(context, budget, pb.GenerateLiveResponse(header=header))
         sequence = last_control = offset = 0
         reason = ""
         ticket = await self._start_gate.enter(session.startup_blocks)
@@ -173,32 +176,31 @@ class LiveRpc:
                 # the last (fade-out) block carries the codec's end too: one block, as with PCM
                 coded = await (code_last if reason else code)(coder, block.audio)
                 chunk = audio_chunk(coded, sequence, offset, block.control_sequence)
-                await self._send(context, pb.GenerateLiveResponse(audio=chunk))
+                audio_s = coded.frames / p.sample_rate
+                await self._send(context, budget, pb.GenerateLiveResponse(audio=chunk), audio_s)
                 pacer.sent(n / p.sample_rate, time.perf_counter())
                 ticket.block_sent()
                 offset += coded.frames
                 sequence += 1
                 if reason:
                     break
-            await self._send(
-                context,
-                pb.GenerateLiveResponse(end=pb.StreamEnd(stats=run.stats_message(), reason=reason)),
-            )
+            end = pb.StreamEnd(stats=run.stats_message(), reason=reason)
+            await self._send(context, budget, pb.GenerateLiveResponse(end=end))
             return reason
         finally:
             ticket.close()
 
-    async def _send(self, context: grpc.aio.ServicerContext, msg: pb.GenerateLiveResponse) -> None:
-        """Write one live message; a client that reads nothing for the idle timeout is
-        dropped (flow control would otherwise hold the session and its slot forever)."""
-        timeout = self._admission.limits.live_idle_timeout_s
-        try:
-            await asyncio.wait_for(context.write(msg), timeout)
-        except TimeoutError:
-            raise Abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"live session idle: the client read no audio for {timeout:g} s",
-            ) from None
+    async def _send(
+        self,
+        context: grpc.aio.ServicerContext,
+        budget: SendBudget,
+        msg: pb.GenerateLiveResponse,
+        audio_s: float = 0.0,
+    ) -> None:
+        """Write one live message within the send budget (flow control would otherwise hold
+        a session whose client stops or slows down reading, and its slot, for as long as
+        the client likes)."""
+        await budget.write(context.write(msg), audio_s)
 
 
 async def abort_unless_gone(context: grpc.aio.ServicerContext, exc: Abort) -> None:

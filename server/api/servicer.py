@@ -30,7 +30,8 @@ from distill_serve.server.api.convert import (
     model_status,
     sliders,
 )
-from distill_serve.server.api.live_rpc import LiveRpc
+from distill_serve.server.api.live_rpc import LiveRpc, abort_unless_gone
+from distill_serve.server.api.send_budget import SendBudget
 from distill_serve.server.api.start_gate import StartGate
 from distill_serve.server.models.metrics import Metrics
 from distill_serve.server.models.repository import ModelRepository, RepositoryFull, UnknownModel
@@ -97,25 +98,36 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             stats=run.stats_message(),
         )
 
-    async def GenerateStream(
+    # Written through the context (grpc.aio takes a coroutine that returns None), so that
+    # each write runs within the send budget.
+    async def GenerateStream(  # type: ignore[override]
         self, request: pb.GenerateStreamRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.GenerateStreamResponse]:
+    ) -> None:
         run = await self._admission.admit(request.spec, "GenerateStream", context)
+        budget = SendBudget(self._admission.limits.send_budget_s)
+        rate = run.params.sample_rate
+
+        async def send(message: pb.GenerateStreamResponse, frames: int = 0) -> None:
+            await budget.write(context.write(message), frames / rate)
+
         try:
             with self._admission.accounting(run, context):
                 coder = chunk_coder(run.params)
-                yield pb.GenerateStreamResponse(header=run.stream_header(coder))
+                await send(pb.GenerateStreamResponse(header=run.stream_header(coder)))
                 offset = sequence = 0
                 async for block in self._blocks(run):
                     coded = await code(coder, block)
-                    yield pb.GenerateStreamResponse(audio=audio_chunk(coded, sequence, offset))
+                    chunk = audio_chunk(coded, sequence, offset)
+                    await send(pb.GenerateStreamResponse(audio=chunk), coded.frames)
                     offset += coded.frames
                     sequence += 1
                 if (coded_end := await code_end(coder)) is not None:
-                    yield pb.GenerateStreamResponse(audio=audio_chunk(coded_end, sequence, offset))
-                yield pb.GenerateStreamResponse(end=pb.StreamEnd(stats=run.stats_message()))
+                    chunk = audio_chunk(coded_end, sequence, offset)
+                    await send(pb.GenerateStreamResponse(audio=chunk), coded_end.frames)
+                await send(pb.GenerateStreamResponse(end=pb.StreamEnd(stats=run.stats_message())))
         except Abort as exc:
-            await context.abort(exc.code, exc.details)
+            log.info("stream ended: %s: %s", exc.code.name, exc.details)
+            await abort_unless_gone(context, exc)
 
     # The stubs type a bidi handler as returning an iterator; grpc.aio also takes one that
     # writes with ``context.write`` and returns None (this one: it paces its writes).
@@ -148,6 +160,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
                 max_chunk_duration_s=model.max_chunk_duration_s,
                 max_live_s=limits.max_live_s,
                 live_idle_timeout_s=limits.live_idle_timeout_s,
+                send_budget_s=limits.send_budget_s,
                 min_lookahead_s=limits.min_lookahead_s,
                 max_lookahead_s=limits.max_lookahead_s,
             ),

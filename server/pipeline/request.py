@@ -70,6 +70,9 @@ class Limits:
     #: that reads no audio, and the lookahead range a client may ask for
     max_live_s: float = 3600.0
     live_idle_timeout_s: float = 30.0
+    #: streams and live sessions: how far (seconds) a client may fall behind reading its
+    #: audio in real time before the call is ended (server/api/send_budget.py)
+    send_budget_s: float = 5.0
     min_lookahead_s: float = 0.05
     max_lookahead_s: float = 2.0
 

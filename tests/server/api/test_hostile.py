@@ -15,8 +15,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from distill_serve.client import Client, DistillError
+from distill_serve.client.live import start_request
 from distill_serve.server.api.logs import ERROR_LOGGERS, GRPC_HANDLER_LOGGER, RateLimitedErrors
 from distill_serve.server.engine.engine import Engine
+from distill_serve.v1 import distill_pb2 as pb
+from distill_serve.v1 import distill_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread, start_server
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -115,3 +118,98 @@ def test_the_server_limits_its_error_loggers(server: ServerThread) -> None:
     for name in ERROR_LOGGERS:
         filters = logging.getLogger(name).filters
         assert sum(isinstance(f, RateLimitedErrors) for f in filters) == 1, name
+
+
+#: A client channel that buffers little: no window growth, a 16 KB lookahead.
+HELD = [("grpc.http2.lookahead_bytes", 16384), ("grpc.http2.bdp_probe", 0)]
+BIG = pb.GenerationSpec(
+    mode=pb.CHUNK_MODE_CROSSFADE, duration_s=60.0, sample_rate=96000,
+    encoding=pb.AUDIO_ENCODING_FLOAT32, spatial=pb.SPATIAL_MODE_DUAL_SEED,
+)  # fmt: skip
+
+
+def test_streams_whose_clients_stop_reading_are_ended_and_free_their_slots(
+    engine: Engine,
+) -> None:
+    s = start_server(engine, max_concurrent=4, send_budget_s=2.0)
+    channels = [grpc.insecure_channel(s.target, HELD) for _ in range(4)]
+    try:
+        squatters = []
+        for ch in channels:  # the probe: four big streams that read only their header
+            call = pb_grpc.DistillServiceStub(ch).GenerateStream(
+                pb.GenerateStreamRequest(spec=BIG), timeout=120
+            )
+            assert next(call).WhichOneof("event") == "header"
+            squatters.append(call)
+        started = time.monotonic()
+        with Client(s.target, timeout=60) as c:
+            while True:  # a fifth client is served once the budget has run out
+                try:
+                    served = c.generate("crossfade", 0.5, seed=1)
+                    break
+                except DistillError as exc:
+                    assert exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                    assert time.monotonic() - started < 30, "the squatters kept their slots"
+                    time.sleep(0.2)
+        assert served.audio.shape[1] > 0
+        for call in squatters:  # each learns why, once it reads on
+            with pytest.raises(grpc.RpcError) as ended:
+                for _ in call:
+                    pass
+            assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "read too slowly" in ended.value.details()
+        assert s.metric("distill_requests_total", {"status": "RESOURCE_EXHAUSTED"}) >= 4
+    finally:
+        for ch in channels:
+            ch.close()
+        s.stop()
+
+
+def test_a_stream_read_in_real_time_keeps_its_budget(engine: Engine) -> None:
+    """A client that reads as the audio plays (here: at real time, through a small window)
+    is never ended, though its writes wait most of the time."""
+    s = start_server(engine, max_concurrent=4, send_budget_s=1.0)
+    try:
+        spec = pb.GenerationSpec(mode=pb.CHUNK_MODE_CROSSFADE, duration_s=4.0, sample_rate=48000,
+                                 encoding=pb.AUDIO_ENCODING_FLOAT32)  # fmt: skip
+        with grpc.insecure_channel(s.target, HELD) as ch:
+            started, heard, kinds = time.monotonic(), 0.0, []
+            for msg in pb_grpc.DistillServiceStub(ch).GenerateStream(
+                pb.GenerateStreamRequest(spec=spec), timeout=60
+            ):
+                kinds.append(msg.WhichOneof("event"))
+                heard += msg.audio.num_samples / 48000
+                time.sleep(max(0.0, heard - 0.5 - (time.monotonic() - started)))
+        assert kinds[0] == "header" and kinds[-1] == "end"
+    finally:
+        s.stop()
+
+
+def test_a_slow_live_reader_is_ended_and_frees_its_live_slot(engine: Engine) -> None:
+    s = start_server(engine, max_concurrent=1, send_budget_s=2.0)  # one slot: the reader's
+    start = start_request("crossfade", 0.3, 1, None, None, {"encoding": "float32",
+                                                           "sample_rate": 96000})  # fmt: skip
+    hold = threading.Event()
+
+    def requests():  # type: ignore[no-untyped-def]
+        yield start
+        hold.wait(60)
+
+    try:
+        with grpc.insecure_channel(s.target, HELD) as ch:
+            call = pb_grpc.DistillServiceStub(ch).GenerateLive(requests(), timeout=60)
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as ended:
+                for _ in call:
+                    time.sleep(3.0)  # one message every 3 s: ever further behind
+            hold.set()
+        assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.monotonic() - started < 40
+        with Client(s.target, timeout=60) as c:  # its slot is free again
+            session = c.live("crossfade", seed=2)
+            blocks = iter(session)
+            assert next(blocks).audio.shape[1] > 0
+            session.stop()
+            assert list(blocks)  # the fade-out
+    finally:
+        s.stop()

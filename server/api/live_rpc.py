@@ -20,23 +20,17 @@ from distill_serve.server.api.audio_out import chunk_coder, code, code_last
 from distill_serve.server.api.convert import audio_chunk, raw_control, raw_request
 from distill_serve.server.api.send_budget import SendBudget
 from distill_serve.server.api.start_gate import StartGate
+from distill_serve.server.pipeline.controls import ControlMailbox
 from distill_serve.server.pipeline.live import (
     LiveBlock,
     LiveSession,
     Pacer,
-    check_control,
     check_lookahead,
 )
 from distill_serve.server.pipeline.request import InvalidRequest, check_slider_positions
 from distill_serve.v1 import distill_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-#: Controls a live session buffers before the server stops reading (gRPC flow control then
-#: holds the client back): they are applied between blocks, all at once.
-CONTROL_QUEUE_SIZE = 16
-
-Controls = asyncio.Queue[pb.LiveControl | InvalidRequest | None]
 
 
 class LiveRpc:
@@ -77,7 +71,7 @@ class LiveRpc:
             check_slider_positions(positions, run.engine.model) if positions else None,
             run.stats,
         )
-        controls: Controls = asyncio.Queue(CONTROL_QUEUE_SIZE)
+        controls = ControlMailbox(run.engine.model, run.params)
         reader = asyncio.create_task(_read_controls(requests, controls))
         try:
             with admission.accounting(run, context):  # the end is logged before the slot is freed
@@ -117,13 +111,13 @@ class LiveRpc:
         run: Run,
         session: LiveSession,
         pacer: Pacer,
-        controls: Controls,
+        controls: ControlMailbox,
         context: grpc.aio.ServicerContext,
     ) -> str:
         """Blocks paced to real time, controls applied between blocks, until the end; returns
         why it ended (``StreamEnd.reason``). Its costly first blocks wait for a start slot
         (start_gate.py)."""
-        p, model = run.params, run.engine.model
+        p = run.params
         loop = asyncio.get_running_loop()
         coder = chunk_coder(p)
         header = run.stream_header(coder)
@@ -131,30 +125,13 @@ class LiveRpc:
         limits = self._admission.limits
         budget = SendBudget(limits.send_budget_s, write_cap_s=limits.live_idle_timeout_s)
         await self._send(context, budget, pb.GenerateLiveResponse(header=header))
-        sequence = last_control = offset = 0
+        sequence = offset = 0
         reason = ""
         ticket = await self._start_gate.enter(session.startup_blocks)
         try:
             while True:
-                while not reason and not controls.empty():
-                    item = controls.get_nowait()
-                    if item is None:
-                        reason = "client_closed"
-                        break
-                    try:
-                        if isinstance(item, InvalidRequest):
-                            raise item
-                        control = check_control(raw_control(item), model, p, last_control)
-                    except InvalidRequest as exc:
-                        self._admission.metrics.rejected.labels(run.model, "invalid_argument").inc()
-                        raise Abort(
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            f"live control after sequence {last_control}: {exc}",
-                        ) from None
-                    last_control = control.sequence
-                    session.apply(control)
-                    if control.stop:
-                        reason = "stop"
+                if not reason:
+                    reason = self._take_control(run, session, controls)
                 if not reason and session.seconds >= self._admission.limits.max_live_s:
                     reason = "max_live_duration"
                 if not reason and (delay := pacer.delay(time.perf_counter())) > 0:
@@ -190,6 +167,21 @@ class LiveRpc:
         finally:
             ticket.close()
 
+    def _take_control(self, run: Run, session: LiveSession, controls: ControlMailbox) -> str:
+        """Apply the mailbox's (merged) control; why the session ends, if it does ("")."""
+        if controls.error is not None:
+            self._admission.metrics.rejected.labels(run.model, "invalid_argument").inc()
+            raise Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"live control after sequence {controls.last_sequence}: {controls.error}",
+            )
+        control = controls.take()
+        if control is not None:
+            session.apply(control)
+            if control.stop:
+                return "stop"
+        return "client_closed" if controls.closed else ""
+
     async def _send(
         self,
         context: grpc.aio.ServicerContext,
@@ -218,14 +210,17 @@ async def abort_unless_gone(context: grpc.aio.ServicerContext, exc: Abort) -> No
         log.info("live session: the client had gone; %s not sent (%s)", exc.code.name, gone)
 
 
-async def _read_controls(requests: AsyncIterator[pb.GenerateLiveRequest], queue: Controls) -> None:
-    """Move a live session's controls into its bounded queue; None marks the client's
-    half-close, an :class:`InvalidRequest` a message that is not a control."""
+async def _read_controls(
+    requests: AsyncIterator[pb.GenerateLiveRequest], mailbox: ControlMailbox
+) -> None:
+    """Read a live session's controls as fast as they come into its mailbox, which merges
+    them (so a flood is read, not left in the transport ahead of ``stop``); the first
+    refused message ends the reading."""
     try:
         async for msg in requests:
             if msg.WhichOneof("kind") != "control":
                 raise InvalidRequest("start", "send LiveStart once, first; then only controls")
-            await queue.put(msg.control)
-        await queue.put(None)
+            mailbox.put(raw_control(msg.control))
+        mailbox.closed = True
     except InvalidRequest as exc:
-        await queue.put(exc)
+        mailbox.error = exc

@@ -80,7 +80,9 @@ class RawControl:
 
 @dataclass(frozen=True)
 class LiveControl:
-    """A checked control. ``sliders`` holds only the sliders the message named."""
+    """A checked control. ``sliders`` holds only the sliders the message named. A merged
+    control (``controls.py``) may hold both a latent and slider moves: ``latent_last`` says
+    the latent came after the moves and is the target."""
 
     sequence: int
     latent: np.ndarray | None
@@ -89,6 +91,7 @@ class LiveControl:
     stereo_width: float | None
     transition_s: float
     stop: bool
+    latent_last: bool = False
 
 
 def _in_range(field: str, value: float, lo: float, hi: float) -> float:
@@ -191,7 +194,8 @@ class LiveSession:
         target = control.latent
         if control.sliders is not None and model.sliders is not None:
             self._sliders.update(control.sliders)
-            target = model.sliders.latent(self._sliders)
+            if not (control.latent_last and control.latent is not None):
+                target = model.sliders.latent(self._sliders)
         if control.evolution_amount is not None:
             self._evolution = control.evolution_amount
         if target is not None or control.evolution_amount is not None:

@@ -213,3 +213,35 @@ def test_a_slow_live_reader_is_ended_and_frees_its_live_slot(engine: Engine) -> 
             assert list(blocks)  # the fade-out
     finally:
         s.stop()
+
+
+def test_stop_after_a_flood_of_controls_ends_the_session_within_a_second(
+    server: ServerThread,
+) -> None:
+    start = start_request("slider", 0.3, 4, {0: 1}, None, {})
+    stop_sent: list[float] = []
+
+    def requests():  # type: ignore[no-untyped-def]
+        yield start
+        time.sleep(0.5)
+        for i in range(5000):  # a fader flood: 5,000 moves as fast as the client can send
+            yield pb.GenerateLiveRequest(
+                control=pb.LiveControl(
+                    sequence=i + 1,
+                    sliders=pb.SliderPositions(
+                        positions=[pb.SliderPosition(index=i % 4, position=i % 11)]
+                    ),
+                )
+            )
+        stop_sent.append(time.monotonic())
+        yield pb.GenerateLiveRequest(control=pb.LiveControl(sequence=5001, stop=True))
+        time.sleep(30)  # keep the request stream open
+
+    with grpc.insecure_channel(server.target) as ch:
+        ended_at, reason = 0.0, ""
+        for msg in pb_grpc.DistillServiceStub(ch).GenerateLive(requests(), timeout=60):
+            if msg.WhichOneof("event") == "end":
+                ended_at, reason = time.monotonic(), msg.end.reason
+                break
+    assert reason == "stop" and stop_sent
+    assert ended_at - stop_sent[0] < 1.0

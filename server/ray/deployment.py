@@ -2,7 +2,7 @@
 
 :class:`DistillDeployment` only adapts Serve's calling convention to the servicer (the
 request context must be a parameter named ``grpc_context``, and Serve's context has no
-``abort``: :class:`_ServeContext` turns an abort into a status set on the context, after
+``abort``: :class:`ServeContext` turns an abort into a status set on the context, after
 which the method returns). Its repository is built as the plain server builds its own
 (``server/models/build.py``); with many models, Serve's multiplexer calls
 :meth:`DistillDeployment.load_model`. The bearer token is checked here (Serve's proxy has no
@@ -29,6 +29,7 @@ from distill_serve.server.models.build import ModelSource, build_repository
 from distill_serve.server.models.metrics import Metrics
 from distill_serve.server.models.repository import ModelRepository, ModelState
 from distill_serve.server.pipeline.request import Limits
+from distill_serve.server.ray.context import Aborted, ServeContext
 from distill_serve.server.ray.metrics_bridge import RayMetricsBridge
 from distill_serve.v1 import distill_pb2 as pb
 
@@ -95,33 +96,6 @@ def _retryable_replica_failures() -> None:
     response_status._distill_retryable = True  # type: ignore[attr-defined]
     proxy.get_grpc_response_status = response_status
     proxy.set_grpc_code_and_details = set_code_and_details
-
-
-class _Aborted(Exception):
-    """Raised by :meth:`_ServeContext.abort` after the status is set on Serve's context.
-
-    A unary method catches it and returns (Serve sends the status set on the context); a
-    streaming method lets it propagate, since Serve's proxy ignores the context's status when
-    a stream ends normally, but keeps it when the stream raises.
-    """
-
-
-class _ServeContext:
-    """grpc.aio's ``ServicerContext`` as the servicer uses it, on Serve's context."""
-
-    def __init__(self, grpc_context: Any) -> None:
-        self._ctx = grpc_context
-
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
-        self._ctx.set_code(code)
-        self._ctx.set_details(details)
-        raise _Aborted(details)
-
-    def set_trailing_metadata(self, metadata: Any) -> None:
-        self._ctx.set_trailing_metadata(list(metadata))  # Serve concatenates lists
-
-    def invocation_metadata(self) -> Any:
-        return self._ctx.invocation_metadata()
 
 
 class _ServedModel:
@@ -236,20 +210,20 @@ class DistillDeployment:
             return pb.GenerateResponse()
         request.spec.model = name
         try:
-            return await self._servicer.Generate(request, _ServeContext(grpc_context))
-        except _Aborted:
+            return await self._servicer.Generate(request, ServeContext(grpc_context))
+        except Aborted:
             return pb.GenerateResponse()
 
     async def GenerateStream(
         self, request: pb.GenerateStreamRequest, grpc_context: Any
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         if self._denied(grpc_context):
-            raise _Aborted(UNAUTHENTICATED)  # a stream's status reaches the client only so
+            raise Aborted(UNAUTHENTICATED)  # a stream's status reaches the client only so
         name = await self._route(request.spec.model, grpc_context)
         if name is None:
-            raise _Aborted("model names disagree")
+            raise Aborted("model names disagree")
         request.spec.model = name
-        async for msg in self._servicer.GenerateStream(request, _ServeContext(grpc_context)):
+        async for msg in self._servicer.GenerateStream(request, ServeContext(grpc_context)):
             yield msg
 
     async def GetModelInfo(
@@ -262,8 +236,8 @@ class DistillDeployment:
             return pb.GetModelInfoResponse()
         request.model = name
         try:
-            return await self._servicer.GetModelInfo(request, _ServeContext(grpc_context))
-        except _Aborted:
+            return await self._servicer.GetModelInfo(request, ServeContext(grpc_context))
+        except Aborted:
             return pb.GetModelInfoResponse()
 
     async def ListModels(
@@ -272,7 +246,7 @@ class DistillDeployment:
         """The repository as the replica that answers sees it (states are per replica)."""
         if self._denied(grpc_context):
             return pb.ListModelsResponse()
-        return await self._servicer.ListModels(request, _ServeContext(grpc_context))
+        return await self._servicer.ListModels(request, ServeContext(grpc_context))
 
     async def LoadModel(self, request: pb.LoadModelRequest, grpc_context: Any) -> Any:
         return self._no_model_control(grpc_context, pb.LoadModelResponse())

@@ -7,6 +7,7 @@ leases are the slots in use) is only touched from that loop, so it needs no lock
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import time
 from collections.abc import Iterator
@@ -24,7 +25,9 @@ from distill_serve.server.api.convert import (
     stats_message,
     stream_header,
 )
+from distill_serve.server.api.queue import AdmissionQueue, QueueFull, WaitedTooLong
 from distill_serve.server.engine.engine import Engine
+from distill_serve.server.models.entry import ModelEntry
 from distill_serve.server.models.metrics import Metrics
 from distill_serve.server.models.repository import (
     Lease,
@@ -39,6 +42,18 @@ from distill_serve.server.pipeline.runner import PipelineStats
 from distill_serve.v1 import distill_pb2 as pb
 
 RETRY_AFTER_MS = 500
+
+
+def client_key(context: grpc.aio.ServicerContext) -> str:
+    """Who a call comes from, for fairness: its bearer token (a digest of it), else the
+    address it comes from (without the port)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and value:
+            digest = hashlib.sha256(str(value).encode()).hexdigest()[:16]
+            return f"token:{digest}"
+    peer = context.peer() or ""
+    host = peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
+    return f"peer:{host}"
 
 
 class Abort(Exception):
@@ -70,6 +85,8 @@ class Run:
     provider: str = ""
     fallbacks: int = 0
     first_audio: float | None = None
+    #: who asked (queue.py tells clients apart by it)
+    client: str = ""
 
     @property
     def engine(self) -> Engine:
@@ -110,6 +127,7 @@ class Admission:
         #: set when the server drains (SIGTERM): new generations are refused, running ones
         #: finish
         self.draining = False
+        self.queue = AdmissionQueue(limits.max_waiting, limits.max_wait_s)
 
     async def drained(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the running generations to end; whether they did."""
@@ -180,8 +198,8 @@ class Admission:
         context: grpc.aio.ServicerContext,
         open_ended: bool = False,
     ) -> Run:
-        """Lease the spec's model and check the spec and the limits; the call ends with the
-        reason when it may not run."""
+        """Check the spec against its model, wait for a slot in turn (queue.py), and lease
+        the model; the call ends with the reason when it may not run."""
         mode = mode_label(spec)
         if self.draining:
             await self.refuse(
@@ -189,28 +207,52 @@ class Admission:
                 "draining", "server is shutting down (draining); retry on another server",
             )  # fmt: skip
         lease = await self.lease(spec.model, context, rpc, mode, live=open_ended)
+        try:  # an invalid request is refused before it waits
+            await self._validate(lease, spec, rpc, context, open_ended)
+        finally:
+            self.models.release(lease)
+        entry, client = lease.entry, client_key(context)
         try:
-            return await self._check(lease, spec, rpc, mode, context, open_ended)
+            await self.queue.turn(entry.name, client, lambda: self._fits(entry, open_ended))
+        except (QueueFull, WaitedTooLong) as exc:
+            reason, why = self._busy(entry, open_ended)
+            queued = (
+                f"{self.queue.waiting(entry.name)} requests wait for it already (--queue-size)"
+                if isinstance(exc, QueueFull)
+                else f"no slot came free within {self.queue.max_wait_s:g} s (--queue-wait)"
+            )
+            await self.refuse(
+                context, entry.name, rpc, mode, grpc.StatusCode.RESOURCE_EXHAUSTED, reason,
+                f"{why}; {queued}; retry after {RETRY_AFTER_MS} ms",
+            )  # fmt: skip
+        try:
+            lease = await self.lease(spec.model, context, rpc, mode, live=open_ended)
+        except BaseException:
+            self.queue.not_taken()
+            raise
+        try:  # the model may have been reloaded while the request waited
+            params = await self._validate(lease, spec, rpc, context, open_ended)
         except BaseException:
             self.models.release(lease)
+            self.queue.not_taken()
             raise
+        self.queue.taken(client)
+        self.metrics.active.labels(entry.name, rpc).inc()
+        return Run(params, lease, rpc, time.perf_counter(), PipelineStats(), client=client)
 
-    async def _check(
+    async def _validate(
         self,
         lease: Lease,
         spec: pb.GenerationSpec,
         rpc: str,
-        mode: str,
         context: grpc.aio.ServicerContext,
         open_ended: bool,
-    ) -> Run:
-        """Validate ``spec`` against the leased model and the server's limits."""
-        engine, entry = lease.engine, lease.entry
-        name = entry.name
+    ) -> GenerationParams:
+        """``spec`` checked against the leased model; refused with INVALID_ARGUMENT."""
         try:
-            params = validate(
+            return validate(
                 raw_request(spec),
-                engine.model,
+                lease.engine.model,
                 self.limits,
                 secrets.randbits(63),
                 open_ended=open_ended,
@@ -218,36 +260,33 @@ class Admission:
             )
         except InvalidRequest as exc:
             await self.refuse(
-                context, name, rpc, mode, grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument",
-                str(exc),
+                context, lease.entry.name, rpc, mode_label(spec),
+                grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument", str(exc),
             )  # fmt: skip
-        busy = self.models.in_flight - 1  # this lease is counted already
+
+    def _fits(self, entry: ModelEntry, live: bool) -> bool:
+        """Whether a generation (``live``: a live session) on ``entry`` may start now."""
+        return self._busy(entry, live) == ("", "")
+
+    def _busy(self, entry: ModelEntry, live: bool) -> tuple[str, str]:
+        """The limit a new generation on ``entry`` would break: its metrics reason and what
+        to tell the client (("", ""): none)."""
+        busy, most = self.models.in_flight, self.limits.max_concurrent
+        if busy >= most:
+            return "resource_exhausted", f"server is busy: {busy} of {most} generations running"
         per_model = self.limits.max_concurrent_per_model
-        capacity = engine.live_capacity
-        if busy >= self.limits.max_concurrent:
-            await self.refuse(
-                context, name, rpc, params.mode.value, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "resource_exhausted",
-                f"server is busy: {busy} of {self.limits.max_concurrent} generations "
-                f"running; retry after {RETRY_AFTER_MS} ms",
-            )  # fmt: skip
-        if per_model and entry.in_flight - 1 >= per_model:
-            await self.refuse(
-                context, name, rpc, params.mode.value, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "model_busy",
-                f"model {name!r} is busy: {entry.in_flight - 1} of {per_model} generations "
-                f"(--max-concurrent-per-model) running; retry after {RETRY_AFTER_MS} ms",
-            )  # fmt: skip
-        if open_ended and capacity and entry.live_sessions - 1 >= capacity:
-            await self.refuse(
-                context, name, rpc, params.mode.value, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "live_capacity",
-                f"model {name!r} at live capacity: {entry.live_sessions - 1} live sessions "
-                "is what it keeps in real time (measured vocoder step cost); retry after "
-                f"{RETRY_AFTER_MS} ms or use another replica",
-            )  # fmt: skip
-        self.metrics.active.labels(name, rpc).inc()
-        return Run(params, lease, rpc, time.perf_counter(), PipelineStats())
+        if per_model and entry.in_flight >= per_model:
+            return "model_busy", (
+                f"model {entry.name!r} is busy: {entry.in_flight} of {per_model} generations "
+                "(--max-concurrent-per-model) running"
+            )
+        capacity = entry.engine.live_capacity if entry.engine is not None else 0
+        if live and capacity and entry.live_sessions >= capacity:
+            return "live_capacity", (
+                f"model {entry.name!r} at live capacity: {entry.live_sessions} live sessions is "
+                "what it keeps in real time (measured vocoder step cost); or use another replica"
+            )
+        return "", ""
 
     @contextmanager
     def accounting(
@@ -272,6 +311,7 @@ class Admission:
             raise
         finally:
             self.models.release(run.lease)
+            self.queue.done(run.client)
             mode = run.params.mode.value
             self.metrics.active.labels(run.model, run.rpc).dec()
             self.metrics.requests.labels(run.model, run.rpc, mode, status).inc()

@@ -98,6 +98,14 @@ def _limits(p: argparse.ArgumentParser) -> None:
         "audio in real time, seconds",
     )  # fmt: skip
     field_option(
+        p, L, "max_waiting", "--queue-size", type=int,
+        help="requests that may wait for a slot, per model (0: refuse at once when busy)",
+    )  # fmt: skip
+    field_option(
+        p, L, "max_wait_s", "--queue-wait", type=float,
+        help="longest a request waits for a slot before it is refused, seconds",
+    )  # fmt: skip
+    field_option(
         p, L, "max_concurrent_per_model", "--max-concurrent-per-model", type=int,
         help="generations one model may run at once (default 0: only --max-concurrent)",
     )  # fmt: skip

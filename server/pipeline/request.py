@@ -73,6 +73,10 @@ class Limits:
     #: streams and live sessions: how far (seconds) a client may fall behind reading its
     #: audio in real time before the call is ended (server/api/send_budget.py)
     send_budget_s: float = 5.0
+    #: requests that find every slot taken wait in turn (server/api/queue.py): at most
+    #: ``max_waiting`` per model (0: refuse at once), each for at most ``max_wait_s``
+    max_waiting: int = 32
+    max_wait_s: float = 5.0
     min_lookahead_s: float = 0.05
     max_lookahead_s: float = 2.0
 

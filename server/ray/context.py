@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import grpc
@@ -21,6 +23,30 @@ class ServeContext:
 
     def __init__(self, grpc_context: Any) -> None:
         self._ctx = grpc_context
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=2)
+
+    async def write(self, message: Any) -> None:
+        """A handler's write: waits while the stream's reader (:meth:`stream`) is behind."""
+        await self._outbox.put(message)
+
+    async def stream(self, handler: Coroutine[Any, Any, None]) -> AsyncIterator[Any]:
+        """The messages ``handler`` (a servicer method that writes through this context)
+        writes, as the async generator Serve's proxy reads; its exception, if any, last."""
+        task = asyncio.ensure_future(handler)
+        try:
+            while True:
+                get = asyncio.ensure_future(self._outbox.get())
+                await asyncio.wait({get, task}, return_when=asyncio.FIRST_COMPLETED)
+                if get.done():
+                    yield get.result()
+                    continue
+                get.cancel()
+                while not self._outbox.empty():
+                    yield self._outbox.get_nowait()
+                await task  # its exception (an abort) ends the stream
+                return
+        finally:
+            task.cancel()
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         self._ctx.set_code(code)

@@ -223,7 +223,8 @@ class DistillDeployment:
         if name is None:
             raise Aborted("model names disagree")
         request.spec.model = name
-        async for msg in self._servicer.GenerateStream(request, ServeContext(grpc_context)):
+        context = ServeContext(grpc_context)
+        async for msg in context.stream(self._servicer.GenerateStream(request, context)):
             yield msg
 
     async def GetModelInfo(

@@ -245,3 +245,33 @@ def test_stop_after_a_flood_of_controls_ends_the_session_within_a_second(
                 break
     assert reason == "stop" and stop_sent
     assert ended_at - stop_sent[0] < 1.0
+
+
+def test_eight_looping_clients_that_obey_the_retry_hint_each_get_served(engine: Engine) -> None:
+    """The probe: 8 clients loop 2 s streams against 4 slots, sleeping the retry hint after
+    each refusal. Without a queue some were never served; in turn, each is."""
+    s = start_server(engine, max_concurrent=4)
+    completed = [0] * 8
+    until = time.monotonic() + 15.0
+
+    def loop(i: int) -> None:
+        with Client(s.target, timeout=60) as c:
+            while time.monotonic() < until:
+                try:
+                    for _ in c.stream("crossfade", 2.0, seed=i):
+                        pass
+                    completed[i] += 1
+                except DistillError as exc:
+                    assert exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                    time.sleep((exc.retry_after_ms or 500) / 1000)
+
+    try:
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert all(n >= 1 for n in completed), completed
+        assert max(completed) - min(completed) <= max(2, max(completed) // 2), completed
+    finally:
+        s.stop()

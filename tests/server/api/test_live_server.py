@@ -134,7 +134,7 @@ async def test_async_client_live_session(live_server: ServerThread) -> None:
 
 
 def test_limits_concurrency_and_length(engine: Engine) -> None:
-    s = start_server(engine, max_concurrent=1, max_live_s=0.5)
+    s = start_server(engine, max_concurrent=1, max_live_s=0.5, max_waiting=0)  # refuse at once
     try:
         with Client(s.target, timeout=30) as c:
             session = c.live("crossfade", seed=1)

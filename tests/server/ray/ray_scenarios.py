@@ -317,7 +317,7 @@ def _progress(what: str) -> None:
 
 def main(models_dir: str, out_path: str) -> int:
     engine = EngineConfig(use_cuda=False)
-    limits = Limits(max_concurrent=1)
+    limits = Limits(max_concurrent=1, max_waiting=0)  # busy replicas refuse at once
     result: dict[str, Any] = {"phase_s": {}}
     started = time.perf_counter()
     _progress("starting Ray and deploying")

@@ -148,11 +148,12 @@ def _engine(p: argparse.ArgumentParser) -> None:
 
 def tokens(token_file: Path | None, env: str | None = "DISTILL_SERVE_TOKENS") -> tuple[str, ...]:
     """Bearer tokens from the environment variable ``env`` (comma-separated) and a file (one
-    a line)."""
+    a line; ``#`` starts a comment, on its own line or after a token)."""
     found = [t.strip() for t in os.environ.get(env, "").split(",")] if env else []
     if token_file is not None:
-        found += [line.strip() for line in token_file.read_text().splitlines()]
-    return tuple(t for t in found if t and not t.startswith("#"))
+        lines = token_file.read_text().splitlines()
+        found += [line.split("#", 1)[0].strip() for line in lines]
+    return tuple(t for t in found if t)
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:

@@ -8,6 +8,7 @@ from typing import Any
 
 from distill_serve.audio import Encoding
 from distill_serve.server.api.audio_out import Coded, Container, OpusStreamHeader, container_for
+from distill_serve.server.models.entry import client_reason
 from distill_serve.server.models.repository import ModelEntry, ModelState
 from distill_serve.server.pipeline.live import RawControl
 from distill_serve.server.pipeline.model import ModelSpec
@@ -236,7 +237,7 @@ def model_status(entry: ModelEntry, default_name: str) -> pb.ModelStatus:
         name=entry.name,
         version=entry.version,
         state=MODEL_STATES[entry.state],
-        reason=entry.reason,
+        reason=client_reason(entry.reason),
         vocoder=entry.vocoder,
         sample_rates=list(spec.sample_rates) if spec else [],
         default_sample_rate=spec.default_sample_rate if spec else 0,

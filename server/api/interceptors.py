@@ -91,8 +91,18 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method or ""
         if handler is None or method.startswith(OPEN_METHOD_PREFIXES):
             return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        header = str(metadata.get("authorization", ""))
+        given = [
+            str(v)
+            for k, v in handler_call_details.invocation_metadata or ()
+            if k == "authorization"
+        ]
+        if len(given) > 1:
+            return _deny(
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "send one authorization header, not several",
+            )
+        header = given[0] if given else ""
         admin = bool(self._admin) and token_valid(header, self._admin)
         if method in ADMIN_METHODS:
             if admin:

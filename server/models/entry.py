@@ -27,12 +27,34 @@ class ModelState(enum.Enum):
     UNLOADED = "unloaded"
 
 
+#: The longest piece of a client's own text the server repeats in a message.
+MAX_ECHO = 64
+
+
+def echo(text: str) -> str:
+    """A client-supplied string as a message may repeat it: quoted, cut to :data:`MAX_ECHO`."""
+    return repr(text[:MAX_ECHO] + ("..." if len(text) > MAX_ECHO else ""))
+
+
+_PATH = re.compile(r"(?:/[^\s/:'\"()]+)+/")  # the directories of an absolute path
+
+
+def client_reason(reason: str) -> str:
+    """A load failure as clients may see it: the error's kind and gist with absolute paths
+    cut to their file names and parser details (in parentheses) left out; the whole reason
+    is in the server log."""
+    if not reason:
+        return ""
+    short = _PATH.sub("", reason).split(" (", 1)[0]
+    return (short[:160] + "...") if len(short) > 160 else short
+
+
 class UnknownModel(LookupError):
     """A request named a model the repository does not have."""
 
     def __init__(self, name: str, known: Iterable[str]) -> None:
         names = ", ".join(sorted(known)) or "none"
-        super().__init__(f"no model named {name!r} on this server; its models: {names}")
+        super().__init__(f"no model named {echo(name)} on this server; its models: {names}")
 
 
 class ModelUnavailable(RuntimeError):

@@ -46,6 +46,7 @@ from distill_serve.server.models.entry import (
     RepositoryFull,
     RepositoryHooks,
     UnknownModel,
+    client_reason,
     disk_id,
     peek_spec,
     scan,
@@ -173,7 +174,7 @@ class ModelRepository:
         if entry.state is ModelState.LOADING:
             return f"model {name!r} is loading; retry shortly"
         if entry.state is ModelState.FAILED:
-            return f"model {name!r} failed to load: {entry.reason}"
+            return f"model {name!r} failed to load: {client_reason(entry.reason)}"
         if entry.state is ModelState.UNLOADING:
             return f"model {name!r} is being unloaded; use another model or load it again"
         return f"model {name!r} is not loaded (an operator unloaded it); LoadModel loads it"

@@ -143,3 +143,30 @@ def test_garbage_bytes_get_invalid_argument(server: ServerThread, method: str) -
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
             assert "not a valid protobuf message" in info.value.details()
         assert health(ch) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_two_authorization_headers_are_refused(token_server: ServerThread) -> None:
+    both = [("authorization", f"Bearer {TOKEN}"), ("authorization", "Bearer wrong")]
+    for metadata in (both, both[::-1]):  # neither the first nor the last decides
+        with (
+            Client(token_server.target, metadata=metadata, timeout=10) as c,
+            pytest.raises(DistillError) as info,
+        ):
+            c.info()
+        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert "one authorization header" in info.value.details
+
+
+def test_token_file_comments_are_not_part_of_tokens(tmp_path: Path) -> None:
+    from distill_serve.server.api.cli import tokens
+
+    path = tmp_path / "tokens.txt"
+    path.write_text("# the team's tokens\nalpha  # laptop\n\n  beta\n#gamma\n")
+    assert tokens(path, env=None) == ("alpha", "beta")
+
+
+def test_a_long_made_up_model_name_is_not_echoed_whole(server: ServerThread) -> None:
+    with Client(server.target, timeout=10) as c, pytest.raises(DistillError) as info:
+        c.generate("crossfade", 0.5, model="x" * 6000)
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+    assert len(info.value.details) < 400 and "xxx..." in info.value.details

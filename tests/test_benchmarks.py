@@ -100,3 +100,16 @@ def test_cuda_benchmark_dry_run_covers_every_step(
     assert set(served["cuda_vs_cpu_snr_db"]) == {"crossfade", "latent_interp", "slider"}
     assert [r["clients"] for r in served["cuda"]["throughput"]] == [1, 8]
     assert set(result["oom"]) == {"below_weights", "below_a_run"}
+
+
+def test_memory_benchmark_runs_every_variant(stand_in_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory", str(stand_in_bundle), "--clients", "1",
+         "--rounds", "1", "--seconds", "1", "--idle", "0.1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["before", "trim", "trim+no-ort-arena"]
+    assert all(r["rss_peak_mb"] >= r["rss_idle_mb"] > 0 for r in rows)

@@ -25,6 +25,7 @@ from distill_serve.server.api.convert import (
     stats_message,
     stream_header,
 )
+from distill_serve.server.api.memory import Trimmer
 from distill_serve.server.api.queue import AdmissionQueue, QueueFull, WaitedTooLong
 from distill_serve.server.engine.engine import Engine
 from distill_serve.server.models.entry import ModelEntry
@@ -120,8 +121,15 @@ class Admission:
     """Admits generations to the models of a repository under the server's limits, and
     records each one's outcome in the metrics."""
 
-    def __init__(self, models: ModelRepository, limits: Limits, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        models: ModelRepository,
+        limits: Limits,
+        metrics: Metrics,
+        trimmer: Trimmer | None = None,
+    ) -> None:
         self.models = models
+        self.trimmer = trimmer or Trimmer(enabled=False)
         self.limits = limits
         self.metrics = metrics
         #: set when the server drains (SIGTERM): new generations are refused, running ones
@@ -312,6 +320,7 @@ class Admission:
         finally:
             self.models.release(run.lease)
             self.queue.done(run.client)
+            self.trimmer.generation_ended(self.models.in_flight)
             mode = run.params.mode.value
             self.metrics.active.labels(run.model, run.rpc).dec()
             self.metrics.requests.labels(run.model, run.rpc, mode, status).inc()

@@ -26,6 +26,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     field_option(p, S, "metrics_port", "--metrics-port", type=int, help="Prometheus HTTP port")
     _engine(p)
     field_option(p, S, "grace_s", "--grace", type=float, help="SIGTERM drain time, seconds")
+    field_option(
+        p, S, "malloc_arenas", "--malloc-arenas", type=int,
+        help="most glibc malloc arenas (0: glibc's default); fewer hold less memory",
+    )  # fmt: skip
+    field_option(
+        p, S, "trim_memory", "--no-trim-memory", action="store_false",
+        help="keep freed heap pages instead of giving them back when generations end",
+    )  # fmt: skip
     field_option(p, S, "tls_cert", "--tls-cert", type=Path, help="PEM server certificate")
     field_option(p, S, "tls_key", "--tls-key", type=Path, help="PEM server private key")
     field_option(
@@ -116,6 +124,10 @@ def _engine(p: argparse.ArgumentParser) -> None:
     field_option(
         p, E, "use_cuda", "--no-cuda", action="store_false", help="CPU execution provider only"
     )
+    field_option(
+        p, E, "cpu_mem_arena", "--no-cpu-arena", action="store_false",
+        help="onnxruntime's CPU tensors from malloc, not its arena (they can be given back)",
+    )  # fmt: skip
     field_option(p, E, "gpu_mem_limit", "--gpu-mem-limit", type=int, help="CUDA arena limit, bytes")
     field_option(
         p, E, "intra_op_threads", "--threads", type=int, help="onnxruntime intra-op threads"

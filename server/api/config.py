@@ -36,6 +36,9 @@ class ServerConfig:
         auth_tokens: bearer tokens accepted (empty: no token check). Health stays open.
         admin_tokens: bearer tokens that may also load and unload models (LoadModel,
             UnloadModel); with none, model control over gRPC is refused.
+        malloc_arenas: at most this many glibc malloc arenas (0: glibc's default);
+            server/api/memory.py.
+        trim_memory: give freed heap pages back to the system when generations end.
     """
 
     bundle: Path | None = None
@@ -56,6 +59,8 @@ class ServerConfig:
     tls_client_ca: Path | None = None
     auth_tokens: tuple[str, ...] = ()
     admin_tokens: tuple[str, ...] = ()
+    malloc_arenas: int = 2
+    trim_memory: bool = True
 
     def __post_init__(self) -> None:
         if self.bundle is not None and self.models_dir is not None:

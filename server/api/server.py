@@ -20,6 +20,7 @@ from distill_serve.server.api.interceptors import (
     MalformedRequestInterceptor,
 )
 from distill_serve.server.api.logs import ERROR_LOGGERS, limit_error_logs
+from distill_serve.server.api.memory import Trimmer, limit_arenas
 from distill_serve.server.api.servicer import DistillServicer
 from distill_serve.server.engine.engine import Engine
 from distill_serve.server.models.build import (
@@ -72,7 +73,9 @@ class DistillServer:
         limit_error_logs(ERROR_LOGGERS)
         # grpc-stubs predates health.aio; it is grpcio-health-checking's asyncio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        self.servicer = DistillServicer(models, config.limits, self.metrics)
+        self.servicer = DistillServicer(
+            models, config.limits, self.metrics, Trimmer(config.trim_memory)
+        )
         interceptors: list[grpc.aio.ServerInterceptor] = [
             # outermost: an unauthenticated call learns nothing more
             BearerTokenInterceptor(config.auth_tokens, config.admin_tokens),
@@ -155,6 +158,7 @@ def build_engine(config: ServerConfig) -> Engine:
 
 async def run(config: ServerConfig) -> None:
     """Serve until SIGTERM or SIGINT, then drain in-flight streams for ``grace_s``."""
+    limit_arenas(config.malloc_arenas)  # before the engines' and generations' threads start
     models = await asyncio.to_thread(build_repository, config.model_source(), config.engine)
     server = DistillServer(config, models=models)
     await models.load_all()

@@ -31,6 +31,7 @@ from distill_serve.server.api.convert import (
     sliders,
 )
 from distill_serve.server.api.live_rpc import LiveRpc, abort_unless_gone
+from distill_serve.server.api.memory import Trimmer
 from distill_serve.server.api.send_budget import SendBudget
 from distill_serve.server.api.start_gate import StartGate
 from distill_serve.server.models.metrics import Metrics
@@ -46,13 +47,19 @@ log = logging.getLogger(__name__)
 class DistillServicer(pb_grpc.DistillServiceServicer):
     """The Distill RPCs over a :class:`ModelRepository` (one model or many)."""
 
-    def __init__(self, models: ModelRepository, limits: Limits, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        models: ModelRepository,
+        limits: Limits,
+        metrics: Metrics,
+        trimmer: Trimmer | None = None,
+    ) -> None:
         self._models = models
         if not limits.max_concurrent:  # auto: room for the live sessions it can keep up
             capacity = sum(e.engine.live_capacity for e in models.entries() if e.engine)
             limits = replace(limits, max_concurrent=max(4, capacity))
         self._limits = limits
-        self._admission = Admission(models, limits, metrics)
+        self._admission = Admission(models, limits, metrics, trimmer)
         self._executor = ThreadPoolExecutor(limits.max_concurrent, thread_name_prefix="generate")
         # live sessions in their costly start-up at once: one per core (the step runners)
         self._live = LiveRpc(self._admission, self._executor, StartGate(os.cpu_count() or 1))

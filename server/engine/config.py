@@ -18,6 +18,8 @@ class EngineConfig:
     Attributes:
         use_cuda: try the CUDA execution provider first.
         gpu_mem_limit: CUDA arena limit in bytes (None: onnxruntime's default).
+        cpu_mem_arena: onnxruntime's CPU memory arena (False: its tensors come from malloc,
+            which gives them back when the server trims; benchmarks/memory.py).
         intra_op_threads: CPU threads per session (0: onnxruntime's default).
         fault_injection: build a primary path even without CUDA (on the CPU provider) so
             that :meth:`Engine.inject_oom` and ``inject_init_failures`` can exercise the
@@ -48,6 +50,7 @@ class EngineConfig:
 
     use_cuda: bool = True
     gpu_mem_limit: int | None = None
+    cpu_mem_arena: bool = True
     intra_op_threads: int = 0
     fault_injection: bool = False
     allow_spinning: bool = False

@@ -18,6 +18,7 @@ def session_options(config: EngineConfig) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.enable_cpu_mem_arena = config.cpu_mem_arena
     if config.intra_op_threads:
         opts.intra_op_num_threads = config.intra_op_threads
     spin = "1" if config.allow_spinning else "0"

@@ -19,14 +19,39 @@ import numpy as np
 import pytest
 
 from distill_serve.client import Client
+from distill_serve.export.app_files import (
+    SMALL_V2,
+    app_model_dict,
+    app_vocoder_state,
+    write_app_model,
+)
+from distill_serve.export.exporter import ExportConfig, export_bundle
 from distill_serve.server.api.server import ServerConfig
-from distill_serve.server.engine.engine import Engine
-from tests.conftest import ROOT, ServerThread, free_port
+from distill_serve.server.engine.engine import Engine, EngineConfig
+from tests.conftest import ROOT, ServerThread, free_port, start_server
 
 sys.path.insert(0, str(ROOT / "client" / "c" / "python"))
 import distill_c
 
 RATE = 48000
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """A Distill user's model: an app-shaped ``.distillgan`` with its own per-model HiFi-GAN
+    V2 (48 kHz, the decoder's mel as it is), exported and served."""
+    work = tmp_path_factory.mktemp("c-app")
+    model = write_app_model(
+        work / "rain.distillgan",
+        app_model_dict(vocoder_state=app_vocoder_state(SMALL_V2, epochs=50)),
+    )
+    out = work / "rain"
+    export_bundle(
+        ExportConfig(checkpoint=model, vocoder="auto", out=out, rates=(48000,), progress=False)
+    )
+    s = start_server(Engine.from_dir(out, EngineConfig(use_cuda=False, live_capacity=0)))
+    yield s
+    s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +101,14 @@ def _snr_db(ref: np.ndarray, x: np.ndarray) -> float:
     )
 
 
+@pytest.mark.parametrize("served", ["server", "app_server"])
 def test_c_host_plays_the_python_clients_audio(
-    client_build: Path, server: ServerThread, tmp_path: Path
+    client_build: Path, served: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """The C test host renders 8 s at 48 kHz stereo in random buffers of 1..4096 frames,
-    paced in real time, with a slider change at 4 s and stop at 8 s."""
+    paced in real time, with a slider change at 4 s and stop at 8 s; from the stand-in and
+    from a Distill user's bundle with its per-model vocoder."""
+    server: ServerThread = request.getfixturevalue(served)
     out = tmp_path / "host.f32"
     r = _run_host(
         client_build / "c" / "render_host", server.target, out,

@@ -216,10 +216,10 @@ class Admission:
             )  # fmt: skip
         lease = await self.lease(spec.model, context, rpc, mode, live=open_ended)
         try:  # an invalid request is refused before it waits
-            await self._validate(lease, spec, rpc, context, open_ended)
+            params = await self._validate(lease, spec, rpc, context, open_ended)
         finally:
             self.models.release(lease)
-        entry, client = lease.entry, client_key(context)
+        entry, client, checked_on = lease.entry, client_key(context), lease.engine
         try:
             await self.queue.turn(entry.name, client, lambda: self._fits(entry, open_ended))
         except (QueueFull, WaitedTooLong) as exc:
@@ -238,8 +238,9 @@ class Admission:
         except BaseException:
             self.queue.not_taken()
             raise
-        try:  # the model may have been reloaded while the request waited
-            params = await self._validate(lease, spec, rpc, context, open_ended)
+        try:  # the model may have been reloaded while the request waited: check it again
+            if lease.engine is not checked_on:
+                params = await self._validate(lease, spec, rpc, context, open_ended)
         except BaseException:
             self.models.release(lease)
             self.queue.not_taken()

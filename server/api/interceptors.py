@@ -152,6 +152,13 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
                 return _Malformed(str(exc) or type(exc).__name__)
 
         message = "request is not a valid protobuf message for this RPC"
+
+        async def refuse_malformed(request: Any, context: grpc.aio.ServicerContext) -> None:
+            if isinstance(request, _Malformed):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"{message} ({request.error})"
+                )
+
         if handler.stream_stream:
             # A bidirectional handler reads its requests from an iterator: a message that
             # did not parse raises InvalidRequest there, which the servicer reports as
@@ -181,28 +188,19 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                if isinstance(request, _Malformed):
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"{message} ({request.error})"
-                    )
+                await refuse_malformed(request, context)
                 return await inner(request, context)
 
             return handler._replace(request_deserializer=lenient, unary_unary=unary)
         inner_stream = handler.unary_stream
 
         async def stream_gen(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, _Malformed):
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"{message} ({request.error})"
-                )
+            await refuse_malformed(request, context)
             async for item in inner_stream(request, context):
                 yield item
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, _Malformed):
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"{message} ({request.error})"
-                )
+            await refuse_malformed(request, context)
             return await inner_stream(request, context)
 
         # As for bidirectional handlers: an async generator, or a coroutine that writes

@@ -124,7 +124,7 @@ class LiveRpc:
         header.format.total_samples = 0  # open-ended
         limits = self._admission.limits
         budget = SendBudget(limits.send_budget_s, write_cap_s=limits.live_idle_timeout_s)
-        await self._send(context, budget, pb.GenerateLiveResponse(header=header))
+        await budget.send(context, pb.GenerateLiveResponse(header=header))
         sequence = offset = 0
         reason = ""
         ticket = await self._start_gate.enter(session.startup_blocks)
@@ -154,7 +154,7 @@ class LiveRpc:
                 coded = await (code_last if reason else code)(coder, block.audio)
                 chunk = audio_chunk(coded, sequence, offset, block.control_sequence)
                 audio_s = coded.frames / p.sample_rate
-                await self._send(context, budget, pb.GenerateLiveResponse(audio=chunk), audio_s)
+                await budget.send(context, pb.GenerateLiveResponse(audio=chunk), audio_s)
                 pacer.sent(n / p.sample_rate, time.perf_counter())
                 ticket.block_sent()
                 offset += coded.frames
@@ -162,7 +162,7 @@ class LiveRpc:
                 if reason:
                     break
             end = pb.StreamEnd(stats=run.stats_message(), reason=reason)
-            await self._send(context, budget, pb.GenerateLiveResponse(end=end))
+            await budget.send(context, pb.GenerateLiveResponse(end=end))
             return reason
         finally:
             ticket.close()
@@ -181,18 +181,6 @@ class LiveRpc:
             if control.stop:
                 return "stop"
         return "client_closed" if controls.closed else ""
-
-    async def _send(
-        self,
-        context: grpc.aio.ServicerContext,
-        budget: SendBudget,
-        msg: pb.GenerateLiveResponse,
-        audio_s: float = 0.0,
-    ) -> None:
-        """Write one live message within the send budget (flow control would otherwise hold
-        a session whose client stops or slows down reading, and its slot, for as long as
-        the client likes)."""
-        await budget.write(context.write(msg), audio_s)
 
 
 async def abort_unless_gone(context: grpc.aio.ServicerContext, exc: Abort) -> None:

@@ -36,6 +36,13 @@ class SendBudget:
     def credit_s(self) -> float:
         return self.margin_s + self.accepted_s - self.waited_s
 
+    async def send(
+        self, context: grpc.aio.ServicerContext, message: object, audio_s: float = 0.0
+    ) -> None:
+        """Write ``message`` (carrying ``audio_s`` seconds of audio) to the call within the
+        budget (:meth:`write`)."""
+        await self.write(context.write(message), audio_s)
+
     async def write(self, write: Awaitable[None], audio_s: float) -> None:
         """Await ``write`` (one message carrying ``audio_s`` seconds of audio) within the
         credit; :class:`Abort` with RESOURCE_EXHAUSTED (DEADLINE_EXCEEDED at the cap) when

@@ -113,25 +113,26 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         run = await self._admission.admit(request.spec, "GenerateStream", context)
         budget = SendBudget(self._admission.limits.send_budget_s)
         rate = run.params.sample_rate
-
-        async def send(message: pb.GenerateStreamResponse, frames: int = 0) -> None:
-            await budget.write(context.write(message), frames / rate)
-
         try:
             with self._admission.accounting(run, context):
                 coder = chunk_coder(run.params)
-                await send(pb.GenerateStreamResponse(header=run.stream_header(coder)))
+                await budget.send(
+                    context, pb.GenerateStreamResponse(header=run.stream_header(coder))
+                )
                 offset = sequence = 0
                 async for block in self._blocks(run):
                     coded = await code(coder, block)
                     chunk = audio_chunk(coded, sequence, offset)
-                    await send(pb.GenerateStreamResponse(audio=chunk), coded.frames)
+                    msg = pb.GenerateStreamResponse(audio=chunk)
+                    await budget.send(context, msg, coded.frames / rate)
                     offset += coded.frames
                     sequence += 1
                 if (coded_end := await code_end(coder)) is not None:
                     chunk = audio_chunk(coded_end, sequence, offset)
-                    await send(pb.GenerateStreamResponse(audio=chunk), coded_end.frames)
-                await send(pb.GenerateStreamResponse(end=pb.StreamEnd(stats=run.stats_message())))
+                    msg = pb.GenerateStreamResponse(audio=chunk)
+                    await budget.send(context, msg, coded_end.frames / rate)
+                end = pb.StreamEnd(stats=run.stats_message())
+                await budget.send(context, pb.GenerateStreamResponse(end=end))
         except Abort as exc:
             log.info("stream ended: %s: %s", exc.code.name, exc.details)
             await abort_unless_gone(context, exc)

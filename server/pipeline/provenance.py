@@ -7,7 +7,12 @@ import json
 import numpy as np
 
 from distill_serve import tags
-from distill_serve.server.pipeline.request import ChunkMode, GenerationParams, Spatial
+from distill_serve.server.pipeline.request import (
+    STEREO_WIDTH,
+    ChunkMode,
+    GenerationParams,
+    Spatial,
+)
 
 
 def _f32(value: float) -> float:
@@ -25,7 +30,7 @@ def settings(p: GenerationParams) -> dict[str, object]:
         "chunk_duration_s": p.chunk_duration_s,
         "spatial": p.spatial.value,
     }
-    if p.spatial in (Spatial.STEREO_MID_SIDE, Spatial.STEREO_HAAS):
+    if p.spatial in STEREO_WIDTH:
         out["stereo_width"] = _f32(p.stereo_width)
     if p.spatial is Spatial.STEREO_HAAS:
         out["stereo_depth"] = _f32(p.stereo_depth)

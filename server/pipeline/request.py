@@ -200,7 +200,7 @@ def validate(
         raise InvalidRequest(
             "chunk_duration_s", f"must be in [{lo:.3f}, {hi:.3f}] s, got {chunk_s:g}"
         )
-    latent = _slider_latent(raw, model)
+    latent, sliders = _slider_input(raw, model)
     seed = fallback_seed if raw.seed is None else raw.seed
     if not 0 <= seed < 2**63:
         raise InvalidRequest("seed", f"must be in [0, 2^63), got {seed}")
@@ -219,7 +219,7 @@ def validate(
         bitrate_bps=bitrate,
         bits_per_sample=bits,
         stereo_depth=depth,
-        sliders=_given_sliders(raw, model),
+        sliders=sliders,
     )
 
 
@@ -317,27 +317,25 @@ def check_slider_positions(pairs: list[tuple[int, int]], model: ModelSpec) -> di
     return positions
 
 
-def _given_sliders(raw: RawRequest, model: ModelSpec) -> tuple[tuple[int, int], ...] | None:
-    """The slider positions a slider-mode request set (checked by :func:`_slider_latent`)."""
-    if raw.mode is not ChunkMode.SLIDER or raw.latent is not None or model.sliders is None:
-        return None
-    return tuple(sorted(dict(raw.slider_positions or []).items()))
-
-
-def _slider_latent(raw: RawRequest, model: ModelSpec) -> np.ndarray | None:
+def _slider_input(
+    raw: RawRequest, model: ModelSpec
+) -> tuple[np.ndarray | None, tuple[tuple[int, int], ...] | None]:
+    """Slider mode's start latent, and the slider positions it came from (``(index,
+    position)`` in index order; empty: every slider at 0; None: a latent was given, or
+    another mode)."""
     given = raw.latent is not None or raw.slider_positions is not None
     if raw.mode is not ChunkMode.SLIDER:
         if given:
             raise InvalidRequest("slider_input", "a latent or slider positions need mode slider")
-        return None
+        return None, None
     if raw.latent is not None:
-        return check_latent(raw.latent, model)
+        return check_latent(raw.latent, model), None
     if raw.slider_positions is None:
         if model.sliders is None:
             raise InvalidRequest(
                 "slider_input", "mode slider needs a latent vector (this model has no sliders)"
             )
-        return model.sliders.latent({})  # every slider at 0: the app's starting point
+        return model.sliders.latent({}), ()  # every slider at 0: the app's starting point
     positions = check_slider_positions(raw.slider_positions, model)  # refuses a model without
     assert model.sliders is not None
-    return model.sliders.latent(positions)
+    return model.sliders.latent(positions), tuple(sorted(positions.items()))

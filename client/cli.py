@@ -35,14 +35,29 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--bitrate", type=int, default=None, help="opus: bit/s (default 128000)")
     p.add_argument("--bits", type=int, default=None, choices=[16, 24], help="flac: bit depth")
-    stereo = p.add_mutually_exclusive_group()
-    stereo.add_argument("--stereo", action="store_true", help="mid-side stereo (decorrelated)")
+    stereo = p.add_mutually_exclusive_group()  # each sets the spatial mode (default mono)
+    p.set_defaults(spatial="mono")
+    stereo.add_argument(
+        "--stereo",
+        dest="spatial",
+        action="store_const",
+        const="stereo",
+        help="mid-side stereo (decorrelated)",
+    )
     stereo.add_argument(
         "--haas",
-        action="store_true",
+        dest="spatial",
+        action="store_const",
+        const="haas",
         help="stereo as the Distill app makes it (15 ms Haas delay, width, depth)",
     )
-    stereo.add_argument("--dual-seed", action="store_true", help="stereo from seed and seed+1")
+    stereo.add_argument(
+        "--dual-seed",
+        dest="spatial",
+        action="store_const",
+        const="dual_seed",
+        help="stereo from seed and seed+1",
+    )
     p.add_argument(
         "--width",
         type=float,
@@ -72,20 +87,11 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
 
 def _spec_options(args: argparse.Namespace) -> dict[str, Any]:
     """:func:`build_spec` keywords from :func:`_add_spec_args`' arguments."""
-    spatial = (
-        "dual_seed"
-        if args.dual_seed
-        else "stereo"
-        if args.stereo
-        else "haas"
-        if args.haas
-        else "mono"
-    )
     return dict(
         seed=args.seed,
         sample_rate=args.rate,
         encoding=args.encoding,
-        spatial=spatial,
+        spatial=args.spatial,
         stereo_width=args.width,
         stereo_depth=args.depth,
         steps_between=args.steps_between,

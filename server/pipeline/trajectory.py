@@ -10,7 +10,9 @@ sound circles the slider latent ``z0``. Anchor 0 is ``z0``; every further anchor
 ``slerp(z0, random_k, evolution)``, drawn from ``z0`` (not from the previous anchor), so the
 distance to the slider setting stays bounded however long it plays; anchors lie about
 :data:`ANCHOR_S` of audio apart with SLERP between them. ``random_k`` is a pure function of
-the seed and ``k``, not the k-th draw of a sequence.
+the seed and ``k``, not the k-th draw of a sequence; so are the anchors of crossfade and
+latent_interp (:func:`base_latent`), so any chunk's latent can be computed without the chunks
+before it (timeline sessions, :mod:`distill_serve.server.pipeline.timeline_path`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from distill_serve.geometry import ChunkPlan
 from distill_serve.server.pipeline.request import ChunkMode
 
 LERP_DOT = 0.9995
+#: The generator key's middle word for the anchors of crossfade and latent_interp (slider
+#: circles use ``(seed, k)`` and steered ones ``(seed, salt, k)``).
+BASE_KEY = 0xBA5E
 #: Audio between two slider anchors, as the app spaces them (~1.5 s); in chunks: 3 of the
 #: native 1 s chunks (each starts half a chunk after the last).
 ANCHOR_S = 1.5
@@ -45,6 +50,41 @@ def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     return (np.sin((1 - t) * omega) / so * a64 + np.sin(t * omega) / so * b64).astype(np.float32)
 
 
+def random_latent(key: tuple[int, ...], dim: int) -> np.ndarray:
+    """A standard-normal latent ``(dim,)`` float32 that depends only on ``key``."""
+    return np.random.default_rng(list(key)).standard_normal(dim).astype(np.float32)
+
+
+def base_latent(seed: int, dim: int, sub: int, m: int) -> np.ndarray:
+    """Chunk ``m``'s latent in crossfade (``sub`` 1) or latent_interp (``sub`` = steps between
+    + 1): anchor ``i`` from the generator keyed ``(seed, BASE_KEY, i)`` every ``sub`` chunks,
+    SLERP in between."""
+    i, r = divmod(m, sub)
+    first = random_latent((seed, BASE_KEY, i), dim)
+    if r == 0:
+        return first
+    return slerp(first, random_latent((seed, BASE_KEY, i + 1), dim), r / sub)
+
+
+def circle_latent(
+    centre: np.ndarray, evolution: float, key: tuple[int, ...], spacing: int, m: int
+) -> np.ndarray:
+    """Chunk ``m``'s latent on the circle around ``centre``: anchor 0 is ``centre``, anchor
+    ``k`` >= 1 is ``slerp(centre, random_k, evolution)`` with ``random_k`` keyed ``(*key, k)``,
+    one anchor every ``spacing`` chunks, SLERP in between (what :class:`_Circle` makes one
+    chunk after another, with the anchors cached)."""
+
+    def anchor(k: int) -> np.ndarray:
+        if k == 0:
+            return centre.astype(np.float32)
+        return slerp(centre, random_latent((*key, k), centre.size), evolution)
+
+    i, r = divmod(m, max(1, spacing))
+    if r == 0:
+        return anchor(i)
+    return slerp(anchor(i), anchor(i + 1), r / max(1, spacing))
+
+
 class _Circle:
     """Slider-mode latents around ``centre``: anchor 0 is the centre, anchor ``k`` >= 1 is
     ``slerp(centre, random_k, evolution)`` with ``random_k`` standard normal from the
@@ -65,8 +105,7 @@ class _Circle:
         if k == 0:
             return self.centre
         if k not in self._anchors:
-            rng = np.random.default_rng([*self._key, k])
-            target = rng.standard_normal(self.centre.size).astype(np.float32)
+            target = random_latent((*self._key, k), self.centre.size)
             self._anchors = {i: a for i, a in self._anchors.items() if i >= k - 1}
             self._anchors[k] = slerp(self.centre, target, self.evolution)
         return self._anchors[k]
@@ -83,7 +122,8 @@ class LatentPath:
     """One latent per decoded chunk, open-ended, for one seed.
 
     - crossfade: one standard-normal anchor per chunk;
-    - latent_interp: anchors every ``steps_between + 1`` chunks, SLERP points in between;
+    - latent_interp: anchors every ``steps_between + 1`` chunks, SLERP points in between
+      (both :func:`base_latent`);
     - slider: :class:`_Circle` around ``start`` at ``evolution``, an anchor every
       ``anchor_chunks`` chunks.
 
@@ -106,9 +146,7 @@ class LatentPath:
         self._mode = mode
         self._dim = dim
         self._sub = steps_between + 1 if mode is ChunkMode.LATENT_INTERP else 1
-        self._rng = np.random.default_rng(seed)
         self._k = 0
-        self._pair: list[np.ndarray] = []
         self._anchor_chunks = anchor_chunks
         self._circle: _Circle | None = None
         self._glide: tuple[np.ndarray, int, int] | None = None  # (from, chunks, done)
@@ -119,20 +157,8 @@ class LatentPath:
                 raise ValueError("slider mode needs a start latent")
             self._circle = _Circle(start, (seed,), evolution, anchor_chunks)
 
-    def _anchor(self) -> np.ndarray:
-        return self._rng.standard_normal(self._dim).astype(np.float32)
-
     def _unsteered(self) -> np.ndarray:
-        i, r = divmod(self._k, self._sub)
-        if not self._pair:
-            self._pair = [self._anchor()]
-        if r == 0 and i > 0:
-            self._pair = self._pair[1:] or [self._anchor()]
-        if r == 0:
-            return self._pair[0]
-        if len(self._pair) == 1:
-            self._pair.append(self._anchor())
-        return slerp(self._pair[0], self._pair[1], r / self._sub)
+        return base_latent(self.seed, self._dim, self._sub, self._k)
 
     def next(self) -> np.ndarray:
         """The next chunk's latent, ``(D,)`` float32."""

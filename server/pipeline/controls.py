@@ -7,15 +7,32 @@ against the model and the session), so a bad one is refused whenever it comes; t
 control leaves the session where applying the controls one by one would (the last value of
 each field, the slider moves all taken, ``stop`` kept), only the glides in between are
 skipped.
+
+A timeline session's controls each take effect at their own position, so its mailbox
+(``ordered``) keeps them all, in order, up to :data:`MAX_WAITING`; a control with a position
+on a session opened without one is refused there and then (``refusals``), and the session
+plays on.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from distill_serve.server.pipeline.live import LiveControl, RawControl, check_control
 from distill_serve.server.pipeline.model import ModelSpec
 from distill_serve.server.pipeline.request import GenerationParams, InvalidRequest
+
+#: Controls an ordered mailbox holds between two blocks, at most.
+MAX_WAITING = 256
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A control not taken (the session plays on): its sequence, a gRPC status name, why."""
+
+    sequence: int
+    code: str
+    message: str
 
 
 def merge(first: LiveControl, then: LiveControl) -> LiveControl:
@@ -47,9 +64,13 @@ def merge(first: LiveControl, then: LiveControl) -> LiveControl:
 class ControlMailbox:
     """Holds at most one (merged) control between blocks; see the module's docstring."""
 
-    def __init__(self, model: ModelSpec, params: GenerationParams) -> None:
+    def __init__(self, model: ModelSpec, params: GenerationParams, ordered: bool = False) -> None:
         self._model, self._params = model, params
+        self._ordered = ordered
         self._pending: LiveControl | None = None
+        self._waiting: list[LiveControl] = []
+        #: controls refused without ending the session, not yet reported
+        self.refusals: list[Refusal] = []
         self.last_sequence = 0
         #: the first control that was refused (the session ends with it)
         self.error: InvalidRequest | None = None
@@ -62,6 +83,27 @@ class ControlMailbox:
         """Check ``raw`` and merge it into the pending control; InvalidRequest when refused."""
         control = check_control(raw, self._model, self._params, self.last_sequence)
         self.last_sequence = control.sequence
+        if self._ordered:
+            if len(self._waiting) >= MAX_WAITING:
+                self.refusals.append(
+                    Refusal(
+                        control.sequence,
+                        "RESOURCE_EXHAUSTED",
+                        f"{MAX_WAITING} controls are waiting for the next block; send fewer",
+                    )
+                )
+            else:
+                self._waiting.append(control)
+            return
+        if control.position is not None:
+            self.refusals.append(
+                Refusal(
+                    control.sequence,
+                    "INVALID_ARGUMENT",
+                    "a position needs a timeline session (LiveStart.start_position)",
+                )
+            )
+            return
         if self._pending is None:
             self._pending = control
         else:
@@ -72,3 +114,13 @@ class ControlMailbox:
         """The pending control (None: none came since the last take)."""
         control, self._pending = self._pending, None
         return control
+
+    def take_all(self) -> list[LiveControl]:
+        """An ordered mailbox's controls, in the order they came."""
+        controls, self._waiting = self._waiting, []
+        return controls
+
+    def take_refusals(self) -> list[Refusal]:
+        """The refusals not reported yet."""
+        refusals, self.refusals = self.refusals, []
+        return refusals

@@ -2,7 +2,10 @@
 :mod:`distill_serve.server.pipeline.spatial`).
 
 Every stateful step carries its state across blocks, so processing a signal in blocks
-gives the same samples as processing it whole.
+gives the same samples as processing it whole. For timeline sessions each also has a
+*finite-memory* form (``memory``/``hold``): its output depends only on a bounded stretch of
+the input before it, so a session started later and primed with that stretch computes the
+same samples as one that played from the start.
 """
 
 from __future__ import annotations
@@ -37,18 +40,57 @@ def overlap_add(chunks: np.ndarray, offsets: tuple[int, ...], total_frames: int)
     return (acc / np.maximum(weight, 1e-8)).astype(np.float32)
 
 
-class AntiAlias:
-    """Butterworth low-pass (second-order sections) with per-channel state."""
+def sos_memory(sos: np.ndarray, tolerance: float = 1e-12) -> int:
+    """Samples after which the impulse response of ``sos`` stays below ``tolerance`` of its
+    peak (rounded up to a multiple of 64): the input a windowed restart must see again."""
+    n = 1 << 12
+    while True:
+        impulse = np.zeros(n)
+        impulse[0] = 1.0
+        h = np.abs(signal.sosfilt(sos, impulse))
+        above = np.flatnonzero(h > tolerance * h.max())
+        if above[-1] < n // 2 or n >= 1 << 20:
+            return int(-(-(above[-1] + 1) // 64) * 64)
+        n *= 2
 
-    def __init__(self, rate: int, cutoff_hz: float, order: int, channels: int) -> None:
-        cutoff = min(cutoff_hz, 0.49 * rate)
-        self._sos = signal.butter(order, cutoff, btype="low", fs=rate, output="sos")
-        zi = signal.sosfilt_zi(self._sos)  # (sections, 2)
-        self._zi = np.zeros((zi.shape[0], channels, 2))
+
+class SosFilter:
+    """Second-order sections along the last axis of ``(channels, n)`` blocks.
+
+    ``memory`` 0: the state runs on across blocks (the same samples as filtering whole).
+    ``memory`` > 0: each block is filtered from rest with the last ``memory`` input samples
+    before it, so the output depends only on that stretch (finite memory; with ``memory``
+    from :func:`sos_memory` it differs from the running filter by less than ~1e-12 of the
+    signal's peak). Returns float64."""
+
+    def __init__(self, sos: np.ndarray, channels: int, memory: int = 0) -> None:
+        self._sos = sos
+        self._memory = memory
+        self._zi = np.zeros((sos.shape[0], channels, 2))
+        self._held = np.zeros((channels, memory))
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
-        out, self._zi = signal.sosfilt(self._sos, block, axis=-1, zi=self._zi)
-        return np.asarray(out, dtype=np.float32)
+        if not self._memory:
+            out, self._zi = signal.sosfilt(self._sos, block, axis=-1, zi=self._zi)
+            return np.asarray(out)
+        both = np.concatenate([self._held, block], axis=-1)
+        self._held = both[:, -self._memory :]
+        return np.asarray(signal.sosfilt(self._sos, both, axis=-1)[:, self._memory :])
+
+
+class AntiAlias(SosFilter):
+    """Butterworth low-pass (second-order sections) with per-channel state (``finite``:
+    the finite-memory form, its memory from the filter's impulse response)."""
+
+    def __init__(
+        self, rate: int, cutoff_hz: float, order: int, channels: int, finite: bool = False
+    ) -> None:
+        cutoff = min(cutoff_hz, 0.49 * rate)
+        sos = signal.butter(order, cutoff, btype="low", fs=rate, output="sos")
+        super().__init__(sos, channels, sos_memory(sos) if finite else 0)
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        return np.asarray(super().__call__(block), dtype=np.float32)
 
 
 class CausalPeakNormaliser:
@@ -64,16 +106,35 @@ class CausalPeakNormaliser:
     cut into blocks, as long as every block but the last holds whole segments (a live session
     and a fixed-length request then normalise alike). ``segment`` 0 makes each block one
     segment.
+
+    ``hold`` > 0 (timeline sessions; needs ``segment``): the peak is the largest of the last
+    ``hold`` whole segments and the current one, not of the whole signal so far, so the
+    gain depends only on that stretch (finite memory: a louder passage lowers the gain for
+    ``hold`` segments, then it recovers). ``position`` is the signal's first sample on the
+    segment grid (a session primed from a later block).
     """
 
-    def __init__(self, target: float, ramp: int, segment: int = 0, floor: float = 1e-3) -> None:
+    def __init__(
+        self,
+        target: float,
+        ramp: int,
+        segment: int = 0,
+        floor: float = 1e-3,
+        hold: int = 0,
+        position: int = 0,
+    ) -> None:
+        if hold and not segment:
+            raise ValueError("a held peak needs segments")
         self._target = target
         self._ramp = ramp
         self._segment = segment
         self._floor = floor
         self._peak = floor
         self._gain: float | None = None
-        self._position = 0
+        self._position = position
+        self._hold = hold
+        self._held: list[float] = []  # the last ``hold`` whole segments' peaks
+        self._segment_peak = floor  # the current segment's peak so far
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         n = block.shape[-1]
@@ -86,6 +147,10 @@ class CausalPeakNormaliser:
             pieces.append(self._normalise(block[..., i:j]))
             self._position += j - i
             i = j
+            if self._hold and self._position % self._segment == 0:
+                self._held = [*self._held, self._segment_peak][-self._hold :]
+                self._segment_peak = self._floor
+                self._peak = max(self._held)
         return np.concatenate(pieces, axis=-1)
 
     def _normalise(self, block: np.ndarray) -> np.ndarray:
@@ -94,6 +159,8 @@ class CausalPeakNormaliser:
         level = np.max(np.abs(block), axis=0)  # across channels, (n,)
         running = np.maximum(np.maximum.accumulate(level), self._peak)
         self._peak = float(running[-1])
+        if self._hold:
+            self._segment_peak = max(self._segment_peak, float(level.max()))
         new_gain = self._target / self._peak
         old_gain = new_gain if self._gain is None else self._gain
         n = block.shape[-1]

@@ -76,6 +76,7 @@ class RawControl:
     stereo_width: float | None = None
     transition_s: float | None = None
     stop: bool = False
+    position: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class LiveControl:
     transition_s: float
     stop: bool
     latent_last: bool = False
+    #: a timeline session's position for it (None: the next block)
+    position: int | None = None
 
 
 def _in_range(field: str, value: float, lo: float, hi: float) -> float:
@@ -132,18 +135,21 @@ def check_control(
         stereo_width=width,
         transition_s=transition or 0.0,
         stop=raw.stop,
+        position=raw.position,
     )
 
 
 @dataclass(frozen=True)
 class LiveBlock:
     """Audio ``(channels, n)`` at the output rate, the last control sequence it reflects, and
-    where it was computed (the provider, the session's out-of-memory fallbacks so far)."""
+    where it was computed (the provider, the session's out-of-memory fallbacks so far);
+    ``position``: a timeline session's position of its first sample (0 otherwise)."""
 
     audio: np.ndarray
     control_sequence: int
     provider: str = ""
     fallbacks: int = 0
+    position: int = 0
 
 
 class LiveSession:
@@ -261,6 +267,8 @@ class Pacer:
         self.lookahead_s = lookahead_s
         self._t0: float | None = None
         self._sent_s = 0.0
+        #: when the last block was sent (None before the first)
+        self.last_sent: float | None = None
 
     def ahead(self, now: float) -> float:
         """Seconds of audio sent beyond real time (0 before the first block)."""
@@ -280,3 +288,4 @@ class Pacer:
         if self._t0 is None:
             self._t0 = now
         self._sent_s += seconds
+        self.last_sent = now

@@ -16,11 +16,43 @@ from distill_serve.server.pipeline.dsp import chunk_window
 from distill_serve.server.pipeline.model import ModelSpec
 from distill_serve.server.pipeline.request import GenerationParams, Spatial
 from distill_serve.server.pipeline.runner import PipelineStats, Runner
+from distill_serve.server.pipeline.timeline_path import TimelinePath
 from distill_serve.server.pipeline.trajectory import ANCHOR_S, LatentPath
 
 DECODER_BATCH = 256
 #: log1p mel ceiling (a power of ~1e13): extreme latents can overflow expm1 in the bridge.
 MAX_LOG1P_MEL = 30.0
+
+
+class ChunkGrid:
+    """Where decoder chunks start: chunk ``m`` at decoder frame ``base + round(m hop / sub)``
+    (``hop`` half a chunk of ``frames``, ``sub`` = steps between + 1)."""
+
+    def __init__(self, frames: int, sub: int, base: int = 0) -> None:
+        self.frames, self.hop, self.sub, self.base = frames, frames // 2, sub, base
+
+    def offset(self, m: int) -> int:
+        """Chunk ``m``'s first decoder frame."""
+        return self.base + round(m * self.hop / self.sub)
+
+    def first_covering(self, frame: int) -> int:
+        """The first chunk that covers decoder frame ``frame`` (or starts after it)."""
+        m = max(0, math.floor((frame - self.base - self.frames) * self.sub / self.hop) - 2)
+        while self.offset(m) + self.frames <= frame:
+            m += 1
+        return m
+
+    def at_or_after(self, frame: int) -> int:
+        """The first chunk that starts at or after decoder frame ``frame``."""
+        m = max(0, math.floor((frame - self.base) * self.sub / self.hop) - 2)
+        while self.offset(m) < frame:
+            m += 1
+        return m
+
+
+def first_decoder_frame(model: ModelSpec, vocoder_frame: int) -> int:
+    """The first decoder frame the bridge reads for ``vocoder_frame``."""
+    return math.floor(model.geometry.decoder_positions(1, first=vocoder_frame)[0])
 
 
 class MelSource:
@@ -32,6 +64,11 @@ class MelSource:
     ``max_chunks`` ends the trajectory (a fixed-length request: DESIGN section 1's plan);
     None makes it open-ended (live).
 
+    A timeline session's source (a :class:`TimelinePath`) keeps one chunk grid from frame 0,
+    may start at any vocoder frame ``start_frame`` (its chunks from the first that reaches
+    that frame's decoder frames) and decodes one chunk per decoder run (``decoder_batch``
+    1), so each chunk's mel is computed alike however playback reached it.
+
     :meth:`steer` bends the trajectory: the next chunk starts at the first decoder frame no
     vocoder frame has used yet, so frames already turned into audio never change and the
     next vocoder block already depends on the new latent.
@@ -41,15 +78,17 @@ class MelSource:
         self,
         runner: Runner,
         model: ModelSpec,
-        path: LatentPath,
+        path: LatentPath | TimelinePath,
         chunk_frames: int,
         steps_between: int,
         stats: PipelineStats,
         max_chunks: int | None = None,
+        start_frame: int = 0,
+        decoder_batch: int = DECODER_BATCH,
     ) -> None:
         self._runner = runner
         self._geo = model.geometry
-        self._path = path
+        self.path = path
         self._chunk_frames = chunk_frames
         self._window = chunk_window(chunk_frames)
         self._hop = chunk_frames // 2
@@ -57,7 +96,7 @@ class MelSource:
         self._stats = stats
         self._max_chunks = max_chunks
         self._chunks = 0
-        self._grid_base = 0  # offset of chunk m of the current grid: base + round(m hop / sub)
+        self.grid = ChunkGrid(chunk_frames, self._sub)  # the current grid (steering moves it)
         self._grid_m = 0
         # Overlap-add accumulators; column 0 is decoder frame ``_dec_base``.
         self._acc = np.zeros((0, 0))
@@ -67,9 +106,22 @@ class MelSource:
         # Bridged vocoder frames; column 0 is vocoder frame ``_voc_base``.
         self._voc = np.zeros((model.n_mels_voc, 0), np.float32)
         self._voc_base = 0
+        self._decoder_batch = decoder_batch
+        if start_frame:
+            self._start_at(start_frame, model)
+
+    def _start_at(self, frame: int, model: ModelSpec) -> None:
+        """Start at vocoder frame ``frame``: from the first chunk that covers the first
+        decoder frame the bridge reads for it."""
+        m = self.grid.first_covering(first_decoder_frame(model, frame))
+        self._grid_m = self._chunks = m
+        self._dec_base = self._dec_used = self.grid.offset(m)
+        self._voc_base = frame
+        if isinstance(self.path, TimelinePath) and self.path.next_chunk != m:
+            raise ValueError(f"the path starts at chunk {self.path.next_chunk}, the mel at {m}")
 
     def _next_offset(self) -> int:
-        return self._grid_base + round(self._grid_m * self._hop / self._sub)
+        return self.grid.offset(self._grid_m)
 
     def _exhausted(self) -> bool:
         return self._max_chunks is not None and self._chunks >= self._max_chunks
@@ -80,14 +132,15 @@ class MelSource:
         latents: list[np.ndarray] = []
         while not self._exhausted() and self._next_offset() < end:
             offsets.append(self._next_offset())
-            latents.append(self._path.next())
+            latents.append(self.path.next())
             self._grid_m += 1
             self._chunks += 1
         if not offsets:
             return
         z = np.stack(latents)
+        batch = self._decoder_batch
         decoded = np.concatenate(
-            [self._runner.decode(z[i : i + DECODER_BATCH]) for i in range(0, len(z), DECODER_BATCH)]
+            [self._runner.decode(z[i : i + batch]) for i in range(0, len(z), batch)]
         )[:, :, : self._chunk_frames]
         self._stats.decoder_chunks += len(offsets)
         frames = self._chunk_frames
@@ -147,10 +200,12 @@ class MelSource:
     ) -> None:
         """Bend the trajectory toward ``target`` from the first unused decoder frame on,
         gliding over ``transition_frames`` decoder frames (see :meth:`LatentPath.steer`)."""
+        if not isinstance(self.path, LatentPath):
+            raise TypeError("a timeline source is steered through its path's retarget")
         step = self._hop / self._sub
-        if target is not None or self._path.steered:
-            self._grid_base, self._grid_m = self._dec_used, 0
-        self._path.steer(target, evolution, max(1, math.ceil(transition_frames / step)), salt)
+        if target is not None or self.path.steered:
+            self.grid, self._grid_m = ChunkGrid(self._chunk_frames, self._sub, self._dec_used), 0
+        self.path.steer(target, evolution, max(1, math.ceil(transition_frames / step)), salt)
 
     @property
     def first_frame(self) -> int:

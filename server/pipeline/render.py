@@ -29,6 +29,8 @@ NORMALISER_RAMP_S = 0.02
 #: of it (fixed-length blocks are 16, 32, ... 256 frames, live blocks 8 or 16), so a live
 #: session and a fixed-length request get the same gains.
 NORMALISER_SEGMENT_FRAMES = 8
+#: A timeline session's normaliser holds a peak this long (its finite memory, ``dsp.py``).
+TIMELINE_PEAK_HOLD_S = 1.0
 
 
 class BlockRenderer:
@@ -43,6 +45,12 @@ class BlockRenderer:
     The renderer alone releases the sources' mel frames, once a block is out: as far as the
     vocoder that serves it (the stream's states, or the block path's context) no longer
     needs them.
+
+    ``finite`` (timeline sessions): every stateful step in its finite-memory form, so the
+    output from some point on depends only on a bounded stretch before it; ``start_frame``:
+    the first block's first vocoder frame (a session primed from a later block). Such a
+    session's resampler starts at the first sample from there that is a multiple of its
+    ``orig`` (:attr:`output_start`), where a resampler fed from 0 is in the same phase.
     """
 
     def __init__(
@@ -54,13 +62,21 @@ class BlockRenderer:
         stats: PipelineStats,
         total_frames: int | None,
         step_frames: int | None = None,
+        start_frame: int = 0,
+        finite: bool = False,
     ) -> None:
         self.sources = sources
         self._runner = runner
         spec = runner.stream_spec
         self._stream = (
             StreamVocoder(
-                runner, model, spec, sources, total_frames, step_frames or max(spec.step_frames)
+                runner,
+                model,
+                spec,
+                sources,
+                total_frames,
+                step_frames or max(spec.step_frames),
+                start=start_frame,
             )
             if spec is not None
             else None
@@ -72,13 +88,16 @@ class BlockRenderer:
         self._keep = max(model.context_frames, *runner.vocoder_buckets, 0)
         rate = model.vocoder_rate
         self._antialias = AntiAlias(
-            rate, model.antialias_cutoff_hz, model.antialias_order, len(sources)
+            rate, model.antialias_cutoff_hz, model.antialias_order, len(sources), finite
         )
-        self.stereo = stereo_maker(params, rate)
+        self.stereo = stereo_maker(params, rate, finite)
+        segment = NORMALISER_SEGMENT_FRAMES * self._hop
         self._normalise = CausalPeakNormaliser(
             model.peak_target,
             int(NORMALISER_RAMP_S * rate),
-            segment=NORMALISER_SEGMENT_FRAMES * self._hop,
+            segment=segment,
+            hold=-(-round(TIMELINE_PEAK_HOLD_S * rate) // segment) if finite else 0,
+            position=start_frame * self._hop,
         )
         self._resampler = (
             StreamingResampler(
@@ -89,6 +108,16 @@ class BlockRenderer:
             if params.sample_rate != rate
             else None
         )
+        start = start_frame * self._hop
+        if self._resampler is not None:
+            geo = model.resamplers[params.sample_rate]
+            aligned = -(-start // geo.orig) * geo.orig
+            self._resample_skip = aligned - start
+            #: the output position (at the output rate) of the first sample rendered
+            self.output_start = aligned // geo.orig * geo.new
+        else:
+            self._resample_skip = 0
+            self.output_start = start
 
     def render(
         self,
@@ -118,6 +147,9 @@ class BlockRenderer:
         audio = self._normalise(audio)
         if fade is not None:
             audio = audio[:, : fade.size] * fade[: audio.shape[1]]
+        if self._resample_skip:
+            skip, self._resample_skip = min(self._resample_skip, audio.shape[1]), 0
+            audio = audio[:, skip:]
         if self._resampler is not None:
             audio = self._resampler.push(audio)
         return RenderedBlock(audio, self._runner.provider, self._runner.fallbacks)
@@ -151,10 +183,12 @@ class BlockRenderer:
         return RenderedBlock(audio, self._runner.provider, self._runner.fallbacks)
 
 
-def stereo_maker(params: GenerationParams, rate: int) -> MidSide | HaasStereo | None:
+def stereo_maker(
+    params: GenerationParams, rate: int, finite: bool = False
+) -> MidSide | HaasStereo | None:
     """The stage that makes a mono signal stereo (None: mono, or stereo from two seeds)."""
     if params.spatial is Spatial.STEREO_MID_SIDE:
-        return MidSide(params.stereo_width)
+        return MidSide(params.stereo_width, finite)
     if params.spatial is Spatial.STEREO_HAAS:
         return HaasStereo(params.stereo_width, params.stereo_depth, rate)
     return None

@@ -10,7 +10,8 @@ signal processed whole.
 from __future__ import annotations
 
 import numpy as np
-from scipy import signal
+
+from distill_serve.server.pipeline.dsp import SosFilter, sos_memory
 
 #: First-order all-pass coefficients of the mid-side decorrelator.
 DECORRELATOR = (0.62, -0.37, 0.53, -0.71)
@@ -62,12 +63,13 @@ class DelayLine:
 
 class MidSide:
     """Mono ``(1, n)`` -> stereo ``(2, n)``: L = mid + w * side, R = mid - w * side, where
-    side is an all-pass decorrelated copy of mid (same spectrum, scrambled phase)."""
+    side is an all-pass decorrelated copy of mid (same spectrum, scrambled phase); ``finite``:
+    the all-pass in its finite-memory form (timeline sessions, ``dsp.SosFilter``)."""
 
-    def __init__(self, width: float) -> None:
+    def __init__(self, width: float, finite: bool = False) -> None:
         self._width = WidthGlide(width)
-        self._sos = np.array([[a, 1.0, 0.0, 1.0, a, 0.0] for a in DECORRELATOR])
-        self._zi = np.zeros((len(DECORRELATOR), 2))
+        sos = np.array([[a, 1.0, 0.0, 1.0, a, 0.0] for a in DECORRELATOR])
+        self._decorrelate = SosFilter(sos, 1, sos_memory(sos) if finite else 0)
 
     def set_width(self, width: float, glide_samples: int) -> None:
         """Move to ``width`` over the next ``glide_samples`` samples."""
@@ -75,8 +77,7 @@ class MidSide:
 
     def __call__(self, mono: np.ndarray) -> np.ndarray:
         mid = mono[0]
-        side, self._zi = signal.sosfilt(self._sos, mid, zi=self._zi)
-        side = self._width.take(mid.size) * 0.5 * side
+        side = self._width.take(mid.size) * 0.5 * self._decorrelate(mono)[0]
         return np.stack([mid + side, mid - side]).astype(np.float32)
 
 

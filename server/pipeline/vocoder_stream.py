@@ -42,6 +42,11 @@ class StreamVocoder:
     ``total`` is the clip's length in vocoder frames (None: open-ended, live). ``step_frames``
     is the step size fed to the graph (the first feed of a stream also makes one shorter
     step: its latency).
+
+    ``start`` > 0 (a timeline session primed from a later block, open-ended, blocks of
+    ``step_frames``): the states start empty at the step boundary at or before ``start``
+    that a stream fed from frame 0 also steps at, so every step after the first ones (the
+    states' memory) computes exactly what it computes in a stream played from 0.
     """
 
     def __init__(
@@ -52,7 +57,10 @@ class StreamVocoder:
         sources: Sequence[MelSource],
         total: int | None,
         step_frames: int,
+        start: int = 0,
     ) -> None:
+        if start and total is not None:
+            raise ValueError("only an open-ended stream starts after frame 0")
         self._runner = runner
         self._spec = spec
         self._sources = list(sources)
@@ -75,10 +83,11 @@ class StreamVocoder:
         self._n_mels = model.n_mels_voc
         self._context = model.context_frames
         self._states = [np.zeros(spec.state_size, np.float32) for _ in self._sources]
-        self._fed = 0  # frames fed to every state
-        self._emitted = 0  # stream samples out so far (the first delay_samples precede 0)
+        # frames fed to every state: from 0, or from a step boundary of a stream fed from 0
+        self._fed = start - (start - spec.latency_frames) % step_frames if start else 0
+        self._emitted = self._fed * self._hop  # stream samples out so far (+ delay_samples)
         self._buffer = np.zeros((len(self._sources), 0), np.float32)  # whole-clip samples
-        self._buffer_start = 0  # the whole-clip sample index of _buffer[:, 0]
+        self._buffer_start = start * self._hop  # the whole-clip sample index of _buffer[:, 0]
         self._head: np.ndarray | None = None  # a fixed-length clip's head samples
 
     def _frames(self, lo: int, hi: int) -> list[np.ndarray]:

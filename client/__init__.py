@@ -13,6 +13,7 @@ from distill_serve.client.client import (
     build_spec,
 )
 from distill_serve.client.live import AsyncLiveSession, LiveSession
+from distill_serve.client.records import ControlRefusal
 
 __all__ = [
     "AsyncClient",
@@ -20,6 +21,7 @@ __all__ = [
     "AudioBlock",
     "AudioResult",
     "Client",
+    "ControlRefusal",
     "DistillError",
     "GenerationStats",
     "LiveSession",

@@ -183,11 +183,17 @@ class Client(_Base):
         latent: Sequence[float] | np.ndarray | None = None,
         lookahead: float | None = 0.3,
         timeout: float | None = None,
+        start_position: int | None = None,
+        unpaced: bool = False,
         **spec: Any,
     ) -> LiveSession:
         """Open a live session: iterate it for blocks, steer it with its ``set_*`` methods,
-        end it with ``stop()``. ``spec`` takes :func:`build_spec`'s other keywords."""
-        first = start_request(mode, lookahead, seed, sliders, latent, spec)
+        end it with ``stop()``. ``spec`` takes :func:`build_spec`'s other keywords.
+
+        ``start_position`` (output frames) opens a timeline session: its audio is a function
+        of the timeline position, and its controls take a ``position`` (docs/api.md).
+        ``unpaced`` renders as fast as the server can (an offline bounce)."""
+        first = start_request(mode, lookahead, seed, sliders, latent, spec, start_position, unpaced)
         return LiveSession(self._stub, first, self._kw(timeout, first.start.spec.model))
 
     def _receive(
@@ -295,10 +301,12 @@ class AsyncClient(_Base):
         latent: Sequence[float] | np.ndarray | None = None,
         lookahead: float | None = 0.3,
         timeout: float | None = None,
+        start_position: int | None = None,
+        unpaced: bool = False,
         **spec: Any,
     ) -> AsyncLiveSession:
         """Open a live session (``async for`` its blocks); see :meth:`Client.live`."""
-        first = start_request(mode, lookahead, seed, sliders, latent, spec)
+        first = start_request(mode, lookahead, seed, sliders, latent, spec, start_position, unpaced)
         return AsyncLiveSession(self._stub, first, self._kw(timeout, first.start.spec.model))
 
     async def _receive(

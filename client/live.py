@@ -6,6 +6,10 @@ A session object owns one ``GenerateLive`` call. Iterate it (in the audio thread
 thread (the sync session) or from the event loop (the asyncio one). Each control gets the
 next sequence number, which it returns; ``AudioBlock.control_sequence`` says from which
 block on a change is in the audio.
+
+A timeline session (``start_position``) puts every block at its timeline position
+(``AudioBlock.position``) and takes each control at the ``position`` it names; a control
+the server could not take is in :attr:`refusals` (the session plays on).
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ from typing import Any
 import grpc
 import numpy as np
 
-from distill_serve.client.records import AudioBlock, DistillError, GenerationStats
+from distill_serve.client.records import (
+    AudioBlock,
+    ControlRefusal,
+    DistillError,
+    GenerationStats,
+)
 from distill_serve.client.requests import Collector, build_spec
 from distill_serve.v1 import distill_pb2 as pb
 from distill_serve.v1 import distill_pb2_grpc as pb_grpc
@@ -33,13 +42,17 @@ def start_request(
     sliders: Mapping[int, int] | None,
     latent: Sequence[float] | np.ndarray | None,
     options: Any,
+    start_position: int | None = None,
+    unpaced: bool = False,
 ) -> pb.GenerateLiveRequest:
     """The first message of a live session (``options``: :func:`build_spec`'s other
-    keywords)."""
+    keywords; ``start_position``: a timeline session's start, in output frames)."""
     spec = build_spec(mode, 0.0, seed=seed, sliders=sliders, latent=latent, **options)
-    start = pb.LiveStart(spec=spec)
+    start = pb.LiveStart(spec=spec, unpaced=unpaced)
     if lookahead is not None:
         start.lookahead_s = lookahead
+    if start_position is not None:
+        start.start_position = start_position
     return pb.GenerateLiveRequest(start=start)
 
 
@@ -51,9 +64,13 @@ def control_fields(
     stereo_width: float | None = None,
     transition_s: float | None = None,
     stop: bool = False,
+    position: int | None = None,
 ) -> pb.LiveControl:
-    """A :class:`LiveControl` without its sequence number."""
+    """A :class:`LiveControl` without its sequence number (``position``: where a timeline
+    session takes it)."""
     control = pb.LiveControl(stop=stop)
+    if position is not None:
+        control.position = position
     if sliders is not None:
         control.sliders.positions.extend(
             pb.SliderPosition(index=i, position=p) for i, p in sliders.items()
@@ -79,6 +96,8 @@ class _Controls:
         #: why the server ended the session ("stop", "client_closed", "max_live_duration")
         self.end_reason = ""
         self.stats: GenerationStats | None = None
+        #: controls the server refused without ending the session, in order
+        self.refusals: list[ControlRefusal] = []
 
     def _put(self, msg: pb.GenerateLiveRequest | None) -> None:
         raise NotImplementedError
@@ -91,32 +110,56 @@ class _Controls:
             self._put(pb.GenerateLiveRequest(control=control))
             return self._sequence
 
-    def set_sliders(self, positions: Mapping[int, int], transition_s: float | None = None) -> int:
-        """Move the named sliders (``{index: position}``); the others stay where they are."""
-        return self.send(control_fields(sliders=positions, transition_s=transition_s))
+    def set_sliders(
+        self,
+        positions: Mapping[int, int],
+        transition_s: float | None = None,
+        *,
+        position: int | None = None,
+    ) -> int:
+        """Move the named sliders (``{index: position}``); the others stay where they are.
+        ``position`` (every control, timeline sessions): where on the timeline it applies."""
+        return self.send(
+            control_fields(sliders=positions, transition_s=transition_s, position=position)
+        )
 
     def set_latent(
-        self, latent: Sequence[float] | np.ndarray, transition_s: float | None = None
+        self,
+        latent: Sequence[float] | np.ndarray,
+        transition_s: float | None = None,
+        *,
+        position: int | None = None,
     ) -> int:
         """Steer toward a latent vector (``latent_dim`` values)."""
-        return self.send(control_fields(latent=latent, transition_s=transition_s))
+        return self.send(
+            control_fields(latent=latent, transition_s=transition_s, position=position)
+        )
 
-    def set_evolution(self, amount: float) -> int:
+    def set_evolution(self, amount: float, *, position: int | None = None) -> int:
         """Drift per chunk around the current target, in [0, 1]."""
-        return self.send(control_fields(evolution_amount=amount))
+        return self.send(control_fields(evolution_amount=amount, position=position))
 
-    def set_stereo_width(self, width: float, transition_s: float | None = None) -> int:
+    def set_stereo_width(
+        self, width: float, transition_s: float | None = None, *, position: int | None = None
+    ) -> int:
         """Stereo width of a stereo session: ``stereo`` in [0, 2], ``haas`` in [0, 1.5]."""
-        return self.send(control_fields(stereo_width=width, transition_s=transition_s))
+        return self.send(
+            control_fields(stereo_width=width, transition_s=transition_s, position=position)
+        )
 
-    def stop(self) -> int:
-        """Fade out and end: iteration ends once the fade-out has arrived."""
-        return self.send(control_fields(stop=True))
+    def stop(self, *, position: int | None = None) -> int:
+        """Fade out and end: iteration ends once the fade-out has arrived (a timeline
+        session's ``position``: at that block)."""
+        return self.send(control_fields(stop=True, position=position))
 
     def _on_message(self, collector: Collector, msg: pb.GenerateLiveResponse) -> AudioBlock | None:
         """One reply: the block it carries, if any (the end message sets ``end_reason``)."""
-        if msg.WhichOneof("event") == "end":
+        kind = msg.WhichOneof("event")
+        if kind == "end":
             self.end_reason = msg.end.reason
+        elif kind == "refused":
+            r = msg.refused
+            self.refusals.append(ControlRefusal(r.sequence, r.code, r.message))
         block = collector.feed(msg)
         self.stats = collector.stats
         return block

@@ -130,6 +130,7 @@ class AudioBlock:
     """One streamed block ``(channels, n)`` starting at ``sample_offset``.
 
     ``control_sequence`` (live sessions): the last control whose change this block reflects.
+    ``position`` (timeline sessions): the timeline position of the block's first frame.
     """
 
     sequence: int
@@ -137,6 +138,17 @@ class AudioBlock:
     audio: np.ndarray
     header: StreamHeader
     control_sequence: int = 0
+    position: int = 0
+
+
+@dataclass(frozen=True)
+class ControlRefusal:
+    """A live control the server did not take (the session played on): its sequence, a gRPC
+    status name (``OUT_OF_RANGE``, ``INVALID_ARGUMENT``, ``RESOURCE_EXHAUSTED``) and why."""
+
+    sequence: int
+    code: str
+    message: str
 
 
 @dataclass(frozen=True)

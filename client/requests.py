@@ -167,6 +167,8 @@ class Collector:
             if self._opus is not None:  # the resampler's last samples (below 48 kHz)
                 self.blocks.append(self._opus.finish())
             return None
+        if kind != "audio":  # a live session's ControlRefused: the session handles it
+            return None
         if self.header is None:
             raise DistillError(grpc.StatusCode.INTERNAL, "stream sent audio before its header")
         if self.first is None:
@@ -180,7 +182,9 @@ class Collector:
             offset = chunk.sample_offset
         self._decoded += audio.shape[1]
         self.blocks.append(audio)
-        return AudioBlock(chunk.sequence, offset, audio, self.header, chunk.control_sequence)
+        return AudioBlock(
+            chunk.sequence, offset, audio, self.header, chunk.control_sequence, chunk.position
+        )
 
     def result(self) -> AudioResult:
         if self.header is None:

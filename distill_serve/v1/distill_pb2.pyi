@@ -673,6 +673,7 @@ class AudioChunk(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     CONTROL_SEQUENCE_FIELD_NUMBER: _builtins.int
     PACKETS_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     sample_offset: _builtins.int
     """Offset of the block's first frame, in frames per channel."""
@@ -680,6 +681,10 @@ class AudioChunk(_message.Message):
     data: _builtins.bytes
     control_sequence: _builtins.int
     """GenerateLive: the sequence of the last LiveControl this block reflects (0: none yet)."""
+    position: _builtins.int
+    """GenerateLive timeline sessions: the timeline position of the block's first frame (PCM;
+    with Opus, of the first frame given to the encoder).
+    """
     @_builtins.property
     def packets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """AUDIO_ENCODING_OPUS: whole Opus packets in order (data is then empty). sample_offset and
@@ -695,10 +700,11 @@ class AudioChunk(_message.Message):
         data: _builtins.bytes = ...,
         control_sequence: _builtins.int = ...,
         packets: _abc.Iterable[_builtins.bytes] | None = ...,
+        position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_sequence", b"control_sequence", "data", b"data", "num_samples", b"num_samples", "packets", b"packets", "sample_offset", b"sample_offset", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_sequence", b"control_sequence", "data", b"data", "num_samples", b"num_samples", "packets", b"packets", "position", b"position", "sample_offset", b"sample_offset", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1247,10 +1253,24 @@ class LiveStart(_message.Message):
 
     SPEC_FIELD_NUMBER: _builtins.int
     LOOKAHEAD_S_FIELD_NUMBER: _builtins.int
+    START_POSITION_FIELD_NUMBER: _builtins.int
+    UNPACED_FIELD_NUMBER: _builtins.int
     lookahead_s: _builtins.float
     """How far ahead of real time the server may generate, in seconds; absent means 0.3.
     Bounded by Limits.min_lookahead_s and Limits.max_lookahead_s. A change is heard after
     about lookahead_s plus one block.
+    """
+    start_position: _builtins.int
+    """Opens a timeline session (docs/api.md, "Timeline sessions"): its audio is a function of
+    the timeline position, starting at this one (output frames at the session's rate, from
+    0). Every AudioChunk then carries its position, controls may carry one, and playing from
+    0, seeking, looping and rendering offline give the same samples wherever they overlap.
+    The spec's sliders, evolution and width are taken as in force from about 2 s before
+    the start on. Absent: an open-ended session steered "now" (positions are refused).
+    """
+    unpaced: _builtins.bool
+    """Render as fast as the server can and the client reads (an offline bounce), not paced to
+    real time: lookahead_s then only sizes the blocks.
     """
     @_builtins.property
     def spec(self) -> Global___GenerationSpec:
@@ -1261,14 +1281,21 @@ class LiveStart(_message.Message):
         *,
         spec: Global___GenerationSpec | None = ...,
         lookahead_s: _builtins.float | None = ...,
+        start_position: _builtins.int | None = ...,
+        unpaced: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_lookahead_s", b"_lookahead_s", "lookahead_s", b"lookahead_s", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lookahead_s", b"_lookahead_s", "_start_position", b"_start_position", "lookahead_s", b"lookahead_s", "spec", b"spec", "start_position", b"start_position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lookahead_s", b"_lookahead_s", "lookahead_s", b"lookahead_s", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lookahead_s", b"_lookahead_s", "_start_position", b"_start_position", "lookahead_s", b"lookahead_s", "spec", b"spec", "start_position", b"start_position", "unpaced", b"unpaced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__lookahead_s: _TypeAlias = _typing.Literal["lookahead_s"]  # noqa: Y015
     _WhichOneofArgType__lookahead_s: _TypeAlias = _typing.Literal["_lookahead_s", b"_lookahead_s"]  # noqa: Y015
+    _WhichOneofReturnType__start_position: _TypeAlias = _typing.Literal["start_position"]  # noqa: Y015
+    _WhichOneofArgType__start_position: _TypeAlias = _typing.Literal["_start_position", b"_start_position"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__lookahead_s) -> _WhichOneofReturnType__lookahead_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_position) -> _WhichOneofReturnType__start_position | None: ...
 
 Global___LiveStart: _TypeAlias = LiveStart  # noqa: Y015
 
@@ -1287,6 +1314,7 @@ class LiveControl(_message.Message):
     STEREO_WIDTH_FIELD_NUMBER: _builtins.int
     TRANSITION_S_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Strictly increasing, starting at 1. AudioChunk.control_sequence reports it back."""
     evolution_amount: _builtins.float
@@ -1306,6 +1334,14 @@ class LiveControl(_message.Message):
     lookahead_s plus one block of audio, more if the client reads late; each has
     control_sequence < N), then exactly one fade-out block with control_sequence N, then
     StreamEnd with reason "stop". Only the count of the first kind depends on timing.
+    In a timeline session a stop with a position ends the session at that block instead.
+    """
+    position: _builtins.int
+    """Timeline sessions: the position (output frames) at which the control takes effect, in
+    the block that holds it, whatever the network timing. Positions must not decrease from
+    one control to the next and must not be in the past (a block the server has made);
+    absent: the next block. A refused position is answered with ControlRefused and the
+    session plays on.
     """
     @_builtins.property
     def latent(self) -> Global___LatentVector: ...
@@ -1323,13 +1359,16 @@ class LiveControl(_message.Message):
         stereo_width: _builtins.float | None = ...,
         transition_s: _builtins.float | None = ...,
         stop: _builtins.bool = ...,
+        position: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_evolution_amount", b"_evolution_amount", "_stereo_width", b"_stereo_width", "_transition_s", b"_transition_s", "evolution_amount", b"evolution_amount", "latent", b"latent", "sliders", b"sliders", "stereo_width", b"stereo_width", "target", b"target", "transition_s", b"transition_s"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_evolution_amount", b"_evolution_amount", "_position", b"_position", "_stereo_width", b"_stereo_width", "_transition_s", b"_transition_s", "evolution_amount", b"evolution_amount", "latent", b"latent", "position", b"position", "sliders", b"sliders", "stereo_width", b"stereo_width", "target", b"target", "transition_s", b"transition_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_evolution_amount", b"_evolution_amount", "_stereo_width", b"_stereo_width", "_transition_s", b"_transition_s", "evolution_amount", b"evolution_amount", "latent", b"latent", "sequence", b"sequence", "sliders", b"sliders", "stereo_width", b"stereo_width", "stop", b"stop", "target", b"target", "transition_s", b"transition_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_evolution_amount", b"_evolution_amount", "_position", b"_position", "_stereo_width", b"_stereo_width", "_transition_s", b"_transition_s", "evolution_amount", b"evolution_amount", "latent", b"latent", "position", b"position", "sequence", b"sequence", "sliders", b"sliders", "stereo_width", b"stereo_width", "stop", b"stop", "target", b"target", "transition_s", b"transition_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__evolution_amount: _TypeAlias = _typing.Literal["evolution_amount"]  # noqa: Y015
     _WhichOneofArgType__evolution_amount: _TypeAlias = _typing.Literal["_evolution_amount", b"_evolution_amount"]  # noqa: Y015
+    _WhichOneofReturnType__position: _TypeAlias = _typing.Literal["position"]  # noqa: Y015
+    _WhichOneofArgType__position: _TypeAlias = _typing.Literal["_position", b"_position"]  # noqa: Y015
     _WhichOneofReturnType__stereo_width: _TypeAlias = _typing.Literal["stereo_width"]  # noqa: Y015
     _WhichOneofArgType__stereo_width: _TypeAlias = _typing.Literal["_stereo_width", b"_stereo_width"]  # noqa: Y015
     _WhichOneofReturnType__transition_s: _TypeAlias = _typing.Literal["transition_s"]  # noqa: Y015
@@ -1339,6 +1378,8 @@ class LiveControl(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__evolution_amount) -> _WhichOneofReturnType__evolution_amount | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__position) -> _WhichOneofReturnType__position | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__stereo_width) -> _WhichOneofReturnType__stereo_width | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__transition_s) -> _WhichOneofReturnType__transition_s | None: ...
@@ -1346,6 +1387,41 @@ class LiveControl(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 
 Global___LiveControl: _TypeAlias = LiveControl  # noqa: Y015
+
+@_typing.final
+class ControlRefused(_message.Message):
+    """ControlRefused says that a live control was not taken (its other fields neither); the
+    session plays on.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The refused control's sequence."""
+    code: _builtins.str
+    """Why, as a gRPC status name: OUT_OF_RANGE (a position in the past or too far ahead),
+    INVALID_ARGUMENT (a position before the previous control's, or a position on a session
+    opened without start_position), RESOURCE_EXHAUSTED (too many controls waiting).
+    """
+    message: _builtins.str
+    """What to do, in one line."""
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ControlRefused: _TypeAlias = ControlRefused  # noqa: Y015
 
 @_typing.final
 class GenerateLiveRequest(_message.Message):
@@ -1378,7 +1454,8 @@ Global___GenerateLiveRequest: _TypeAlias = GenerateLiveRequest  # noqa: Y015
 @_typing.final
 class GenerateLiveResponse(_message.Message):
     """GenerateLiveResponse is one message of a live stream: header, audio, then end (as
-    GenerateStreamResponse; header.format.total_samples is 0, the length being open).
+    GenerateStreamResponse; header.format.total_samples is 0, the length being open); a
+    ControlRefused may come between audio messages.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1386,24 +1463,28 @@ class GenerateLiveResponse(_message.Message):
     HEADER_FIELD_NUMBER: _builtins.int
     AUDIO_FIELD_NUMBER: _builtins.int
     END_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def header(self) -> Global___StreamHeader: ...
     @_builtins.property
     def audio(self) -> Global___AudioChunk: ...
     @_builtins.property
     def end(self) -> Global___StreamEnd: ...
+    @_builtins.property
+    def refused(self) -> Global___ControlRefused: ...
     def __init__(
         self,
         *,
         header: Global___StreamHeader | None = ...,
         audio: Global___AudioChunk | None = ...,
         end: Global___StreamEnd | None = ...,
+        refused: Global___ControlRefused | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "end", b"end", "event", b"event", "header", b"header"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "end", b"end", "event", b"event", "header", b"header", "refused", b"refused"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "end", b"end", "event", b"event", "header", b"header"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "end", b"end", "event", b"event", "header", b"header", "refused", b"refused"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["header", "audio", "end"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["header", "audio", "end", "refused"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

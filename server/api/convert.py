@@ -110,6 +110,7 @@ def raw_control(control: pb.LiveControl) -> RawControl:
         stereo_width=control.stereo_width if control.HasField("stereo_width") else None,
         transition_s=control.transition_s if control.HasField("transition_s") else None,
         stop=control.stop,
+        position=control.position if control.HasField("position") else None,
     )
 
 
@@ -190,7 +191,9 @@ def stats_message(
     )
 
 
-def audio_chunk(coded: Coded, sequence: int, offset: int, control: int = 0) -> pb.AudioChunk:
+def audio_chunk(
+    coded: Coded, sequence: int, offset: int, control: int = 0, position: int = 0
+) -> pb.AudioChunk:
     return pb.AudioChunk(
         sequence=sequence,
         sample_offset=offset,
@@ -198,6 +201,7 @@ def audio_chunk(coded: Coded, sequence: int, offset: int, control: int = 0) -> p
         data=coded.data,
         packets=coded.packets,
         control_sequence=control,
+        position=position,
     )
 
 

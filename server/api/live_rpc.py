@@ -20,7 +20,7 @@ from distill_serve.server.api.audio_out import chunk_coder, code, code_last
 from distill_serve.server.api.convert import audio_chunk, raw_control, raw_request
 from distill_serve.server.api.send_budget import SendBudget
 from distill_serve.server.api.start_gate import StartGate
-from distill_serve.server.pipeline.controls import ControlMailbox
+from distill_serve.server.pipeline.controls import ControlMailbox, Refusal
 from distill_serve.server.pipeline.live import (
     LiveBlock,
     LiveSession,
@@ -28,9 +28,18 @@ from distill_serve.server.pipeline.live import (
     check_lookahead,
 )
 from distill_serve.server.pipeline.request import InvalidRequest, check_slider_positions
+from distill_serve.server.pipeline.timeline import (
+    PositionRefused,
+    TimelineSession,
+    check_start_position,
+)
 from distill_serve.v1 import distill_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+#: An unpaced session's steps are due this long after they are asked for: a live session's
+#: (due when its audio runs out, within its lookahead) go first.
+UNPACED_DUE_S = 1.0
 
 
 class LiveRpc:
@@ -62,21 +71,16 @@ class LiveRpc:
             model = first.start.spec.model if first is not None else ""
             await admission.refuse_invalid(context, model, "GenerateLive", "unknown", exc)
         run = await admission.admit(start.spec, "GenerateLive", context, open_ended=True)
-        positions = raw_request(start.spec).slider_positions
-        session = LiveSession(
-            run.engine.runner(),
-            run.engine.model,
-            run.params,
-            lookahead,
-            check_slider_positions(positions, run.engine.model) if positions else None,
-            run.stats,
-        )
-        controls = ControlMailbox(run.engine.model, run.params)
-        reader = asyncio.create_task(_read_controls(requests, controls))
+        reader: asyncio.Task[None] | None = None
         try:
             with admission.accounting(run, context):  # the end is logged before the slot is freed
+                session = self._session(run, start, lookahead)
+                timeline = isinstance(session, TimelineSession)
+                controls = ControlMailbox(run.engine.model, run.params, ordered=timeline)
+                reader = asyncio.create_task(_read_controls(requests, controls))
+                pacer = None if start.unpaced else Pacer(lookahead)
                 try:
-                    reason = await self._play(run, session, Pacer(lookahead), controls, context)
+                    reason = await self._play(run, session, pacer, controls, context)
                 except asyncio.CancelledError:
                     if run.lease.revoked:
                         log.info("live session ended: %s", run.lease.revoked)
@@ -104,13 +108,31 @@ class LiveRpc:
         except Abort as exc:
             await abort_unless_gone(context, exc)
         finally:
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
+
+    def _session(self, run: Run, start: pb.LiveStart, lookahead: float) -> LiveSession:
+        """The session ``start`` asks for: a timeline session when it names a position."""
+        positions = raw_request(start.spec).slider_positions
+        model = run.engine.model
+        sliders = check_slider_positions(positions, model) if positions else None
+        if not start.HasField("start_position"):
+            runner = run.engine.runner()
+            return LiveSession(runner, model, run.params, lookahead, sliders, run.stats)
+        try:
+            at = check_start_position(start.start_position, run.params, self._admission.limits)
+        except InvalidRequest as exc:
+            self._admission.metrics.rejected.labels(run.model, "invalid_argument").inc()
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        return TimelineSession(
+            run.engine.runner(), model, run.params, lookahead, at, sliders, run.stats
+        )
 
     async def _play(
         self,
         run: Run,
         session: LiveSession,
-        pacer: Pacer,
+        pacer: Pacer | None,
         controls: ControlMailbox,
         context: grpc.aio.ServicerContext,
     ) -> str:
@@ -132,14 +154,21 @@ class LiveRpc:
             while True:
                 if not reason:
                     reason = self._take_control(run, session, controls)
+                for refusal in controls.take_refusals():
+                    refused = pb.ControlRefused(
+                        sequence=refusal.sequence, code=refusal.code, message=refusal.message
+                    )
+                    await budget.send(context, pb.GenerateLiveResponse(refused=refused))
                 if not reason and session.seconds >= self._admission.limits.max_live_s:
                     reason = "max_live_duration"
-                if not reason and (delay := pacer.delay(time.perf_counter())) > 0:
+                if not reason and pacer and (delay := pacer.delay(time.perf_counter())) > 0:
                     await asyncio.sleep(delay)
                     continue  # controls that came in meanwhile go into the next block
                 step = session.finish if reason else session.next_block
                 # its steps are needed when the audio sent so far runs out for the listener
-                deadline = time.monotonic() + pacer.underrun_in(time.perf_counter())
+                # (unpaced: due after the live sessions' steps)
+                ahead = pacer.underrun_in(time.perf_counter()) if pacer else UNPACED_DUE_S
+                deadline = time.monotonic() + ahead
                 try:
                     block: LiveBlock = await loop.run_in_executor(self._executor, step, deadline)
                 except Exception as exc:
@@ -152,20 +181,35 @@ class LiveRpc:
                 n = block.audio.shape[1]
                 # the last (fade-out) block carries the codec's end too: one block, as with PCM
                 coded = await (code_last if reason else code)(coder, block.audio)
-                chunk = audio_chunk(coded, sequence, offset, block.control_sequence)
+                chunk = audio_chunk(coded, sequence, offset, block.control_sequence, block.position)
                 audio_s = coded.frames / p.sample_rate
                 await budget.send(context, pb.GenerateLiveResponse(audio=chunk), audio_s)
-                pacer.sent(n / p.sample_rate, time.perf_counter())
+                if pacer is not None:
+                    self._continuity(run.model, pacer, time.perf_counter())
+                    pacer.sent(n / p.sample_rate, time.perf_counter())
                 ticket.block_sent()
                 offset += coded.frames
                 sequence += 1
                 if reason:
                     break
+                if isinstance(session, TimelineSession) and session.stop_due:
+                    reason = "stop"
             end = pb.StreamEnd(stats=run.stats_message(), reason=reason)
             await budget.send(context, pb.GenerateLiveResponse(end=end))
             return reason
         finally:
             ticket.close()
+
+    def _continuity(self, model: str, pacer: Pacer, now: float) -> None:
+        """Record how a paced block went out against its playout time (metrics.py)."""
+        metrics = self._admission.metrics
+        if pacer.last_sent is not None:
+            metrics.live_interval.labels(model).observe(now - pacer.last_sent)
+            ahead = pacer.ahead(now)
+            metrics.live_ahead.labels(model).observe(max(0.0, ahead))
+            if ahead < 0:
+                metrics.live_late_blocks.labels(model).inc()
+                metrics.live_late_seconds.labels(model).inc(-ahead)
 
     def _take_control(self, run: Run, session: LiveSession, controls: ControlMailbox) -> str:
         """Apply the mailbox's (merged) control; why the session ends, if it does ("")."""
@@ -175,6 +219,16 @@ class LiveRpc:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"live control after sequence {controls.last_sequence}: {controls.error}",
             )
+        if isinstance(session, TimelineSession):
+            for control in controls.take_all():
+                try:
+                    session.schedule(control, control.position)
+                except PositionRefused as exc:
+                    controls.refusals.append(Refusal(control.sequence, exc.code, str(exc)))
+                    continue
+                if control.stop and control.position is None:
+                    return "stop"
+            return "client_closed" if controls.closed else ""
         control = controls.take()
         if control is not None:
             session.apply(control)

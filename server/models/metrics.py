@@ -60,6 +60,35 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        # Continuity of paced live sessions, measured where each block is sent: a listener
+        # who plays the first block on arrival runs dry when a block comes after its playout
+        # time (the audio sent before it, counted from the first block).
+        self.live_late_blocks = Counter(
+            "distill_live_blocks_late",
+            "Live blocks sent after their playout time",
+            ["model"],
+            registry=r,
+        )
+        self.live_late_seconds = Counter(
+            "distill_live_late_seconds",
+            "Sum of how late live blocks were sent against their playout time",
+            ["model"],
+            registry=r,
+        )
+        self.live_ahead = Histogram(
+            "distill_live_ahead_seconds",
+            "Audio a live session had sent beyond real time when its next block went out",
+            ["model"],
+            buckets=(0.0, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0),
+            registry=r,
+        )
+        self.live_interval = Histogram(
+            "distill_live_block_interval_seconds",
+            "Time between a live session's consecutive blocks (its cadence)",
+            ["model"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0),
+            registry=r,
+        )
         # The streaming vocoder's step scheduler (server/engine/scheduler.py).
         self.step_queue = Gauge(
             "distill_vocoder_step_queue",

@@ -1255,6 +1255,7 @@ class LiveStart(_message.Message):
     LOOKAHEAD_S_FIELD_NUMBER: _builtins.int
     START_POSITION_FIELD_NUMBER: _builtins.int
     UNPACED_FIELD_NUMBER: _builtins.int
+    PLAYOUT_DELAY_S_FIELD_NUMBER: _builtins.int
     lookahead_s: _builtins.float
     """How far ahead of real time the server may generate, in seconds; absent means 0.3.
     Bounded by Limits.min_lookahead_s and Limits.max_lookahead_s. A change is heard after
@@ -1272,6 +1273,13 @@ class LiveStart(_message.Message):
     """Render as fast as the server can and the client reads (an offline bounce), not paced to
     real time: lookahead_s then only sizes the blocks.
     """
+    playout_delay_s: _builtins.float
+    """When the client starts playing, in seconds after it opened the session (its jitter
+    buffer, a plug-in's reported latency), in [0, 10]. The server then paces against that
+    clock (lookahead_s ahead of the client's playout) instead of the first block's send time,
+    so a timeline client whose latency covers lookahead_s plus about 0.6 s can send each
+    control for the position it is about to play and have it taken. Absent: 0.
+    """
     @_builtins.property
     def spec(self) -> Global___GenerationSpec:
         """What to play. duration_s must be 0: a live session runs until a control says stop."""
@@ -1283,17 +1291,22 @@ class LiveStart(_message.Message):
         lookahead_s: _builtins.float | None = ...,
         start_position: _builtins.int | None = ...,
         unpaced: _builtins.bool = ...,
+        playout_delay_s: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_lookahead_s", b"_lookahead_s", "_start_position", b"_start_position", "lookahead_s", b"lookahead_s", "spec", b"spec", "start_position", b"start_position"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lookahead_s", b"_lookahead_s", "_playout_delay_s", b"_playout_delay_s", "_start_position", b"_start_position", "lookahead_s", b"lookahead_s", "playout_delay_s", b"playout_delay_s", "spec", b"spec", "start_position", b"start_position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lookahead_s", b"_lookahead_s", "_start_position", b"_start_position", "lookahead_s", b"lookahead_s", "spec", b"spec", "start_position", b"start_position", "unpaced", b"unpaced"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lookahead_s", b"_lookahead_s", "_playout_delay_s", b"_playout_delay_s", "_start_position", b"_start_position", "lookahead_s", b"lookahead_s", "playout_delay_s", b"playout_delay_s", "spec", b"spec", "start_position", b"start_position", "unpaced", b"unpaced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__lookahead_s: _TypeAlias = _typing.Literal["lookahead_s"]  # noqa: Y015
     _WhichOneofArgType__lookahead_s: _TypeAlias = _typing.Literal["_lookahead_s", b"_lookahead_s"]  # noqa: Y015
+    _WhichOneofReturnType__playout_delay_s: _TypeAlias = _typing.Literal["playout_delay_s"]  # noqa: Y015
+    _WhichOneofArgType__playout_delay_s: _TypeAlias = _typing.Literal["_playout_delay_s", b"_playout_delay_s"]  # noqa: Y015
     _WhichOneofReturnType__start_position: _TypeAlias = _typing.Literal["start_position"]  # noqa: Y015
     _WhichOneofArgType__start_position: _TypeAlias = _typing.Literal["_start_position", b"_start_position"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__lookahead_s) -> _WhichOneofReturnType__lookahead_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__playout_delay_s) -> _WhichOneofReturnType__playout_delay_s | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__start_position) -> _WhichOneofReturnType__start_position | None: ...
 

@@ -26,6 +26,7 @@ from distill_serve.server.pipeline.live import (
     LiveSession,
     Pacer,
     check_lookahead,
+    check_playout_delay,
 )
 from distill_serve.server.pipeline.request import InvalidRequest, check_slider_positions
 from distill_serve.server.pipeline.timeline import (
@@ -67,6 +68,9 @@ class LiveRpc:
             lookahead = check_lookahead(
                 start.lookahead_s if start.HasField("lookahead_s") else None, admission.limits
             )
+            delay = check_playout_delay(
+                start.playout_delay_s if start.HasField("playout_delay_s") else None
+            )
         except InvalidRequest as exc:
             model = first.start.spec.model if first is not None else ""
             await admission.refuse_invalid(context, model, "GenerateLive", "unknown", exc)
@@ -78,7 +82,8 @@ class LiveRpc:
                 timeline = isinstance(session, TimelineSession)
                 controls = ControlMailbox(run.engine.model, run.params, ordered=timeline)
                 reader = asyncio.create_task(_read_controls(requests, controls))
-                pacer = None if start.unpaced else Pacer(lookahead)
+                playout = time.perf_counter() + delay if delay else None
+                pacer = None if start.unpaced else Pacer(lookahead, playout)
                 try:
                     reason = await self._play(run, session, pacer, controls, context)
                 except asyncio.CancelledError:

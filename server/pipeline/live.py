@@ -39,6 +39,7 @@ FADE_OUT_S = 0.05
 #: Shortest glide of a stereo-width change (a step in width would click).
 MIN_WIDTH_GLIDE_S = 0.02
 MAX_TRANSITION_S = 60.0
+MAX_PLAYOUT_DELAY_S = 10.0
 
 
 def live_block_frames(lookahead_s: float, model: ModelSpec) -> int:
@@ -63,6 +64,13 @@ def check_lookahead(value: float | None, limits: Limits) -> float:
             f"got {lookahead:g}",
         )
     return lookahead
+
+
+def check_playout_delay(value: float | None) -> float:
+    """The client's playout delay in seconds (None: 0)."""
+    if value is None:
+        return 0.0
+    return _in_range("playout_delay_s", value, 0.0, MAX_PLAYOUT_DELAY_S)
 
 
 @dataclass(frozen=True)
@@ -261,11 +269,12 @@ class LiveSession:
 
 class Pacer:
     """Keeps a stream at most ``lookahead_s`` of audio ahead of real time, measured from the
-    moment its first block was sent. Times are the caller's clock, in seconds."""
+    moment its first block was sent, or from ``start`` (the client's playout start, when it
+    says). Times are the caller's clock, in seconds."""
 
-    def __init__(self, lookahead_s: float) -> None:
+    def __init__(self, lookahead_s: float, start: float | None = None) -> None:
         self.lookahead_s = lookahead_s
-        self._t0: float | None = None
+        self._t0: float | None = start
         self._sent_s = 0.0
         #: when the last block was sent (None before the first)
         self.last_sent: float | None = None

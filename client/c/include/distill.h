@@ -44,7 +44,7 @@ extern "C" {
 #define DISTILL_API __attribute__((visibility("default")))
 #endif
 
-#define DISTILL_API_VERSION 1
+#define DISTILL_API_VERSION 2
 /* Longest latent vector and most sliders a config or control can carry. */
 #define DISTILL_MAX_LATENT 256
 #define DISTILL_MAX_SLIDERS 64
@@ -115,6 +115,16 @@ typedef struct distill_config {
   /* The server's model by name (a server of many: `serve --models`); NULL or "": its
      default model. An unknown name fails the session with NOT_FOUND naming the models. */
   const char *model;
+  /* Timeline sessions (API version 2; docs/api.md "Timeline sessions"): timeline != 0 makes
+     the audio a function of the timeline position. The session starts at start_position
+     (frames at sample_rate); play it with distill_render_at, move it with distill_seek, and
+     give controls a position with the distill_set_*_at functions. Its latency also covers
+     the controls' way to the server (about 0.6 s more), so a control set for the position
+     the host is about to play is taken. unpaced != 0: the server renders as fast as it can
+     (an offline bounce: pair it with distill_wait_at). */
+  int timeline;
+  uint64_t start_position;
+  int unpaced;
 } distill_config;
 
 typedef struct distill_status {
@@ -138,6 +148,11 @@ typedef struct distill_status {
   uint64_t seed;
   /* The last error: the server's or the transport's message, "" when none. */
   char last_error[256];
+  /* Timeline sessions: controls the server refused (a position in the past, out of order;
+     the message is in last_error), and frames of audio that came after their position had
+     been rendered (dropped, heard as silence). */
+  uint64_t controls_refused;
+  uint64_t frames_late;
 } distill_status;
 
 /* Fills config with the defaults above (mode crossfade, mono, 48000 Hz, max_frames 4096). */
@@ -181,7 +196,32 @@ DISTILL_API int distill_play(distill_session *session);
    (fading in). Nothing happens if it already plays that seed. */
 DISTILL_API int distill_set_seed(distill_session *session, uint64_t seed);
 
-/* The fixed latency of the session in frames: lookahead plus jitter buffer. */
+/* Timeline sessions (config.timeline). All positions are frames at the session's rate. */
+/* Renders the session's timeline [position, position + frames): the frames the server has
+   sent for those positions, silence for the others (before the session's start, not yet
+   arrived: an underrun). Real-time safe. A plug-in passes its host position minus
+   distill_latency_frames (negative: silence before 0). */
+DISTILL_API uint32_t distill_render_at(distill_session *session, float *const *out,
+                                       uint32_t frames, int64_t position);
+/* Offline: waits until distill_render_at(frames, position) can play the server's audio for
+   every position from the session's start on (or the session ends, fails or closes, or
+   timeout_s passes). Returns 1 when it can. */
+DISTILL_API int distill_wait_at(distill_session *session, uint32_t frames, int64_t position,
+                                double timeout_s);
+/* Plays the timeline from `position` on: the current session ends and one starts there
+   (unpaced != 0: an offline bounce). Also starts a stopped session. */
+DISTILL_API int distill_seek(distill_session *session, uint64_t position, int unpaced);
+/* Controls that take effect at a timeline position (the block holding it). Positions must
+   not decrease; the server refuses one in the past (distill_status.controls_refused). */
+DISTILL_API int distill_set_slider_at(distill_session *session, uint32_t index, int32_t value,
+                                      uint64_t position);
+DISTILL_API int distill_set_evolution_at(distill_session *session, float evolution_amount,
+                                         uint64_t position);
+DISTILL_API int distill_set_stereo_width_at(distill_session *session, float stereo_width,
+                                            uint64_t position);
+
+/* The fixed latency of the session in frames: lookahead plus jitter buffer (timeline
+   sessions: plus the controls' margin). */
 DISTILL_API uint32_t distill_latency_frames(const distill_session *session);
 /* The state and the underrun count alone, real-time safe (no lock): for a host's meters. */
 DISTILL_API distill_state distill_get_state(const distill_session *session);
@@ -206,7 +246,7 @@ DISTILL_API uint32_t distill_model_num_sample_rates(const distill_model_info *in
 DISTILL_API uint32_t distill_model_sample_rate(const distill_model_info *info, uint32_t i);
 DISTILL_API void distill_model_info_free(distill_model_info *info);
 
-/* The library's version string, e.g. "libdistill 1 (distill_serve.v1)". */
+/* The library's version string, e.g. "libdistill 2 (distill_serve.v1)". */
 DISTILL_API const char *distill_version(void);
 
 #ifdef __cplusplus

@@ -44,6 +44,9 @@ class Config(ctypes.Structure):
         ("channels", ctypes.c_uint32),
         ("max_frames", ctypes.c_uint32),
         ("model", ctypes.c_char_p),
+        ("timeline", ctypes.c_int),
+        ("start_position", ctypes.c_uint64),
+        ("unpaced", ctypes.c_int),
     ]
 
 
@@ -60,6 +63,8 @@ class Status(ctypes.Structure):
         ("control_heard", ctypes.c_uint64),
         ("seed", ctypes.c_uint64),
         ("last_error", ctypes.c_char * 256),
+        ("controls_refused", ctypes.c_uint64),
+        ("frames_late", ctypes.c_uint64),
     ]
 
     @property
@@ -87,12 +92,19 @@ class Library:
     def __init__(self, path: Path | str) -> None:
         lib = ctypes.CDLL(str(path))
         p, u32, i32, f32 = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int32, ctypes.c_float
+        i64, u64 = ctypes.c_int64, ctypes.c_uint64
         signatures = {
             "distill_config_init": (None, [ctypes.POINTER(Config)]),
             "distill_open": (p, [ctypes.POINTER(Config), ctypes.c_char_p, ctypes.c_size_t]),
             "distill_render": (u32, [p, ctypes.POINTER(ctypes.POINTER(f32)), u32]),
             "distill_render_interleaved": (u32, [p, ctypes.POINTER(f32), u32]),
             "distill_wait": (u32, [p, u32, ctypes.c_double]),
+            "distill_render_at": (u32, [p, ctypes.POINTER(ctypes.POINTER(f32)), u32, i64]),
+            "distill_wait_at": (ctypes.c_int, [p, u32, i64, ctypes.c_double]),
+            "distill_seek": (ctypes.c_int, [p, u64, ctypes.c_int]),
+            "distill_set_slider_at": (ctypes.c_int, [p, u32, i32, u64]),
+            "distill_set_evolution_at": (ctypes.c_int, [p, f32, u64]),
+            "distill_set_stereo_width_at": (ctypes.c_int, [p, f32, u64]),
             "distill_set_slider": (ctypes.c_int, [p, u32, i32]),
             "distill_set_latent": (ctypes.c_int, [p, ctypes.POINTER(f32), u32]),
             "distill_set_evolution": (ctypes.c_int, [p, f32]),
@@ -195,6 +207,26 @@ class Session:
         row = ctypes.POINTER(ctypes.c_float)
         played = self.lib.distill_render_interleaved(self.handle, out.ctypes.data_as(row), frames)
         return out, played
+
+    def render_at(self, frames: int, position: int) -> tuple[np.ndarray, int]:
+        """A timeline session's audio at ``[position, position + frames)``."""
+        played = self.lib.distill_render_at(self.handle, self._pointers, frames, position)
+        return self._planes[:, :frames].copy(), played
+
+    def wait_at(self, frames: int, position: int, timeout_s: float) -> bool:
+        return bool(self.lib.distill_wait_at(self.handle, frames, position, timeout_s))
+
+    def seek(self, position: int, unpaced: bool = False) -> int:
+        return int(self.lib.distill_seek(self.handle, position, int(unpaced)))
+
+    def set_slider_at(self, index: int, value: int, position: int) -> int:
+        return int(self.lib.distill_set_slider_at(self.handle, index, value, position))
+
+    def set_evolution_at(self, amount: float, position: int) -> int:
+        return int(self.lib.distill_set_evolution_at(self.handle, amount, position))
+
+    def set_stereo_width_at(self, width: float, position: int) -> int:
+        return int(self.lib.distill_set_stereo_width_at(self.handle, width, position))
 
     def wait(self, frames: int, timeout_s: float) -> int:
         """Offline rendering: block until ``render(frames)`` plays the server's audio (or the

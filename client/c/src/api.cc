@@ -44,6 +44,9 @@ std::string CheckConfig(const distill_config& c) {
   if (c.lookahead_s < 0 || c.jitter_s < 0 || c.lookahead_s > 10 || c.jitter_s > 10) {
     return "lookahead_s and jitter_s must be in [0, 10] seconds";
   }
+  if (!c.timeline && (c.start_position != 0 || c.unpaced)) {
+    return "start_position and unpaced need a timeline session (timeline = 1)";
+  }
   return "";
 }
 
@@ -89,6 +92,8 @@ distill_session* distill_open(const distill_config* config, char* error, size_t 
   initial.has_seed = config->has_seed != 0;
   initial.seed = config->seed;
   initial.width = config->stereo_width;
+  initial.start_position = config->start_position;
+  initial.unpaced = config->unpaced != 0;
   auto* s = new distill_session;
   s->session = std::make_unique<distill::Session>(*config, std::move(endpoint), std::move(initial));
   WriteError(error, error_size, "");
@@ -109,6 +114,62 @@ uint32_t distill_render_interleaved(distill_session* s, float* out, uint32_t fra
 uint32_t distill_wait(distill_session* s, uint32_t frames, double timeout_s) {
   if (!s) return 0;
   return s->session->Wait(frames, timeout_s);
+}
+
+uint32_t distill_render_at(distill_session* s, float* const* out, uint32_t frames,
+                           int64_t position) {
+  if (!s || !out || !s->session->timeline()) return 0;
+  return s->session->RenderAt(out, frames, 1, position);
+}
+
+int distill_wait_at(distill_session* s, uint32_t frames, int64_t position, double timeout_s) {
+  if (!s || !s->session->timeline()) return 0;
+  return s->session->WaitAt(frames, position, timeout_s) ? 1 : 0;
+}
+
+int distill_seek(distill_session* s, uint64_t position, int unpaced) {
+  if (!s || !s->session->timeline()) return DISTILL_ERROR_ARGUMENT;
+  distill::Control control;
+  control.kind = distill::Control::kSeek;
+  control.has_at = true;
+  control.at = position;
+  control.unpaced = unpaced != 0;
+  return QueueControl(s, control);
+}
+
+int distill_set_slider_at(distill_session* s, uint32_t index, int32_t value, uint64_t position) {
+  if (index >= DISTILL_MAX_SLIDERS || !s || !s->session->timeline()) return DISTILL_ERROR_ARGUMENT;
+  distill::Control control;
+  control.kind = distill::Control::kSlider;
+  control.index = index;
+  control.position = value;
+  control.has_at = true;
+  control.at = position;
+  return QueueControl(s, control);
+}
+
+int distill_set_evolution_at(distill_session* s, float evolution_amount, uint64_t position) {
+  if (!(evolution_amount >= 0 && evolution_amount <= 1) || !s || !s->session->timeline()) {
+    return DISTILL_ERROR_ARGUMENT;
+  }
+  distill::Control control;
+  control.kind = distill::Control::kEvolution;
+  control.value = evolution_amount;
+  control.has_at = true;
+  control.at = position;
+  return QueueControl(s, control);
+}
+
+int distill_set_stereo_width_at(distill_session* s, float stereo_width, uint64_t position) {
+  if (!(stereo_width >= 0 && stereo_width <= 2) || !s || !s->session->timeline()) {
+    return DISTILL_ERROR_ARGUMENT;
+  }
+  distill::Control control;
+  control.kind = distill::Control::kWidth;
+  control.value = stereo_width;
+  control.has_at = true;
+  control.at = position;
+  return QueueControl(s, control);
 }
 
 int distill_set_slider(distill_session* s, uint32_t index, int32_t position) {
@@ -247,6 +308,6 @@ uint32_t distill_model_sample_rate(const distill_model_info* info, uint32_t i) {
 
 void distill_model_info_free(distill_model_info* info) { delete info; }
 
-const char* distill_version(void) { return "libdistill 1 (distill_serve.v1)"; }
+const char* distill_version(void) { return "libdistill 2 (distill_serve.v1)"; }
 
 }  // extern "C"

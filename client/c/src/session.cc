@@ -13,6 +13,9 @@ namespace distill {
 namespace {
 
 constexpr double kControlPollS = 0.002;
+// Timeline sessions: the latency also covers a control's way to the server before the block
+// that holds its position is made (one block, the vocoder's context, the network).
+constexpr double kTimelineControlMarginS = 0.6;
 constexpr double kFirstBackoffS = 0.1;
 constexpr double kMaxBackoffS = 2.0;
 
@@ -32,6 +35,10 @@ double Lookahead(const distill_config& config) {
 }
 
 double Jitter(const distill_config& config) { return config.jitter_s > 0 ? config.jitter_s : 0.05; }
+
+double LatencyS(const distill_config& config) {
+  return Lookahead(config) + Jitter(config) + (config.timeline ? kTimelineControlMarginS : 0.0);
+}
 
 // Codes a retry cannot cure: the session fails for good with the server's message.
 bool Permanent(grpc::StatusCode code) {
@@ -109,19 +116,19 @@ void AddToken(const Endpoint& endpoint, grpc::ClientContext* context) {
 }
 
 Session::Session(const distill_config& config, Endpoint endpoint, ControlState initial)
-    : spec_(SpecFromConfig(config)),
+    : timeline_(config.timeline != 0),
+      spec_(SpecFromConfig(config)),
       lookahead_s_(Lookahead(config)),
       channels_(config.channels),
       max_frames_(config.max_frames),
-      latency_frames_(static_cast<uint32_t>(
-          std::lround((Lookahead(config) + Jitter(config)) * config.sample_rate))),
+      latency_frames_(static_cast<uint32_t>(std::lround(LatencyS(config) * config.sample_rate))),
       endpoint_(std::move(endpoint)),
       channel_(MakeChannel(endpoint_)),
       stub_(v1::DistillService::NewStub(channel_)),
       // Playback starts once the ring holds the latency; the ring also has room for the host's
       // largest block and a second more.
       playout_(config.channels, latency_frames_,
-               static_cast<size_t>((Lookahead(config) + Jitter(config) + 1.0) * config.sample_rate) +
+               static_cast<size_t>((LatencyS(config) + 1.0) * config.sample_rate) +
                    config.max_frames),
       controls_(64),
       state_(std::move(initial)) {
@@ -138,8 +145,9 @@ Session::~Session() {
   network_.join();
 }
 
-int Session::Queue(const Control& control) {
+int Session::Queue(Control control) {
   if (failed_.load()) return DISTILL_ERROR_ENDED;
+  if (control.kind == Control::kSeek) control.generation = generation_.fetch_add(1) + 1;
   return controls_.Push(control) ? DISTILL_OK : DISTILL_ERROR_QUEUE_FULL;
 }
 
@@ -148,7 +156,20 @@ Commands Session::Drain() {
   Control control;
   while (controls_.Pop(&control)) {
     c.any = true;
+    if (control.has_at && control.kind != Control::kSeek) {  // sent as it is, at its position
+      positioned_.push_back(control);
+      continue;
+    }
     switch (control.kind) {
+      case Control::kSeek:
+        state_.start_position = control.at;
+        state_.unpaced = control.unpaced;
+        state_.generation = control.generation;
+        positioned_.clear();  // the controls before a seek were for the session it ends
+        play_.store(true);
+        c.seek = true;
+        c.stop = false;
+        break;
       case Control::kSlider:
         state_.sliders[control.index] = control.position;
         state_.latent_is_latest = false;
@@ -200,6 +221,21 @@ bool Session::SleepUnlessClosing(double seconds) {
                          [this] { return closing_.load(); });
 }
 
+bool Session::WaitAt(uint32_t frames, int64_t position, double timeout_s) {
+  const uint64_t want = generation_.load();
+  const int64_t end = position + static_cast<int64_t>(frames);
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (!(ring_generation_.load(std::memory_order_acquire) == want &&
+           written_end_.load(std::memory_order_acquire) >= end)) {
+    if (playout_.ended() || failed_.load() || closing_.load() ||
+        std::chrono::steady_clock::now() >= until) {
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(500));
+  }
+  return true;
+}
+
 uint32_t Session::Wait(uint32_t frames, double timeout_s) {
   if (frames == 0 || frames > max_frames_) return playout_.buffered();
   const size_t need = playout_.FramesNeeded(frames);
@@ -230,6 +266,8 @@ void Session::GetStatus(distill_status* status) {
   status->control_sent = sent_.load();
   status->control_heard = playout_.heard();
   status->seed = seed_.load();
+  status->controls_refused = refused_.load();
+  status->frames_late = playout_.frames_late();
   std::lock_guard<std::mutex> lock(mutex_);
   std::snprintf(status->last_error, sizeof status->last_error, "%s", last_error_.c_str());
 }
@@ -259,6 +297,12 @@ v1::GenerateLiveRequest Session::StartRequest() const {
     if (state_.evolution >= 0) spec->set_evolution_amount(state_.evolution);
   }
   if (state_.width >= 0 && channels_ == 2) spec->set_stereo_width(state_.width);
+  if (timeline_) {
+    start->set_start_position(state_.start_position);
+    start->set_unpaced(state_.unpaced);
+    // the client plays the session's first frame once its latency has passed
+    start->set_playout_delay_s(static_cast<double>(latency_frames_) / spec_.sample_rate());
+  }
   return request;
 }
 
@@ -306,8 +350,9 @@ Session::Outcome Session::RunCall(bool* got_audio, double* retry_after_s) {
   auto stream = stub_->GenerateLive(&context);
   connects_.fetch_add(1);
   playout_.ClearEnded();
-  const bool fade_in = !first_session_;
+  const bool fade_in = !first_session_ && !timeline_;  // a timeline's samples stay as they are
   first_session_ = false;
+  const uint64_t generation = state_.generation;
   std::atomic<bool> restart{false};
   const uint64_t base_sequence = sequence_;  // the start carries every control up to here
   bool first_audio = true;
@@ -328,12 +373,26 @@ Session::Outcome Session::RunCall(bool* got_audio, double* retry_after_s) {
           playout_.marks().Push(ControlMark{pushed_frames_, heard});
         }
         const bool fade = fade_in && first_audio;  // this session's first block
+        if (timeline_ && first_audio) {
+          playout_.sessions().Push(
+              SessionMark{pushed_frames_, static_cast<int64_t>(chunk.position())});
+        }
         first_audio = false;
         *got_audio = true;
         if (!PushAudio(chunk, fade)) {  // closing
           context.TryCancel();
           break;
         }
+        if (timeline_) {
+          const size_t frames = chunk.data().size() / sizeof(float) / channels_;
+          written_end_.store(static_cast<int64_t>(chunk.position() + frames),
+                             std::memory_order_release);
+          ring_generation_.store(generation, std::memory_order_release);
+        }
+      } else if (message.has_refused()) {
+        refused_.fetch_add(1);
+        SetError("control " + std::to_string(message.refused().sequence()) + " refused: " +
+                 message.refused().code() + ": " + message.refused().message());
       } else if (message.has_end()) {
         ended_by_stop = message.end().reason() == "stop";
       }
@@ -347,6 +406,7 @@ Session::Outcome Session::RunCall(bool* got_audio, double* retry_after_s) {
     context_ = nullptr;
   }
   if (closing_.load()) return Outcome::kClosing;
+  if (restart.load() && timeline_) return Outcome::kStopped;  // a seek
   if (status.ok() && (ended_by_stop || !play_.load() || restart.load())) return Outcome::kStopped;
   std::string message = std::string(CodeName(status.error_code())) + ": " + status.error_message();
   if (status.ok()) message = "the server ended the session";
@@ -392,8 +452,35 @@ void Session::WriterLoop(
     grpc::ClientReaderWriter<v1::GenerateLiveRequest, v1::GenerateLiveResponse>* stream,
     const std::atomic<bool>* call_done, std::atomic<bool>* restart) {
   while (!call_done->load() && !closing_.load()) {
-    // Everything queued since the last pass goes out as one LiveControl.
+    // Everything queued since the last pass goes out as one LiveControl; a timeline's
+    // controls with a position each as their own, in order.
     Commands c = Drain();
+    if (c.seek) {  // the call ends at once; the next session starts at the seek's position
+      restart->store(true);
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (context_) context_->TryCancel();
+      return;
+    }
+    for (const Control& control : positioned_) {
+      v1::GenerateLiveRequest request;
+      v1::LiveControl* live = request.mutable_control();
+      live->set_position(control.at);
+      if (control.kind == Control::kSlider) {
+        v1::SliderPosition* p = live->mutable_sliders()->add_positions();
+        p->set_index(control.index);
+        p->set_position(control.position);
+      } else if (control.kind == Control::kEvolution) {
+        live->set_evolution_amount(control.value);
+      } else if (control.kind == Control::kWidth && channels_ == 2) {
+        live->set_stereo_width(control.value);
+      } else {
+        continue;
+      }
+      live->set_sequence(++sequence_);
+      if (!stream->Write(request)) return;
+      sent_.store(sequence_);
+    }
+    positioned_.clear();
     if (c.any && (c.sliders || c.latent || c.evolution || c.width || c.stop || c.reseed)) {
       v1::GenerateLiveRequest request;
       v1::LiveControl* live = request.mutable_control();

@@ -27,12 +27,17 @@ namespace v1 = distill_serve::v1;
 
 // One control as a host thread queued it.
 struct Control {
-  enum Kind : uint8_t { kSlider, kLatent, kEvolution, kWidth, kStop, kPlay, kSeed };
+  enum Kind : uint8_t { kSlider, kLatent, kEvolution, kWidth, kStop, kPlay, kSeed, kSeek };
   Kind kind = kStop;
   uint32_t index = 0;
-  int32_t position = 0;
+  int32_t position = 0;  // a slider's
   uint64_t seed = 0;
   float value = 0;
+  // Timeline sessions: the control's timeline position (kSeek: where to play from).
+  bool has_at = false;
+  uint64_t at = 0;
+  bool unpaced = false;     // kSeek
+  uint64_t generation = 0;  // kSeek: its number (Session::generation_)
   uint32_t latent_dim = 0;
   float latent[DISTILL_MAX_LATENT] = {};
 };
@@ -46,6 +51,10 @@ struct ControlState {
   float width = -1;
   bool has_seed = false;
   uint64_t seed = 0;
+  // Timeline sessions: where the next session starts, how, and which seek asked for it.
+  uint64_t start_position = 0;
+  bool unpaced = false;
+  uint64_t generation = 0;
 };
 
 // What one pass over the control queue asks for besides new control values.
@@ -58,6 +67,7 @@ struct Commands {
   bool stop = false;
   bool play = false;
   bool reseed = false;    // a new seed: the session restarts on it
+  bool seek = false;      // timeline: the session restarts at state.start_position
 };
 
 // Server, token and TLS settings resolved from a distill_config (NULLs -> environment).
@@ -85,8 +95,18 @@ class Session {
   // Offline rendering: blocks until the next Render of `frames` can play the server's audio
   // (or the session ends, fails or closes, or timeout_s passes). The render thread only.
   uint32_t Wait(uint32_t frames, double timeout_s);
+  // Timeline sessions (config.timeline): the audio at positions [position, +frames).
+  uint32_t RenderAt(float* const* out, uint32_t frames, uint32_t stride, int64_t position) {
+    if (frames == 0 || frames > max_frames_) return 0;
+    return playout_.RenderAt(out, frames, stride, position);
+  }
+  // Offline: blocks until RenderAt(frames, position) has the newest seek's audio (true), or
+  // the session ends, fails or closes, or timeout_s passes (false).
+  bool WaitAt(uint32_t frames, int64_t position, double timeout_s);
+  bool timeline() const { return timeline_; }
   uint32_t channels() const { return channels_; }
-  int Queue(const Control& control);
+  // Queues a control (a kSeek gets its generation here).
+  int Queue(Control control);
   uint32_t latency_frames() const { return latency_frames_; }
   void GetStatus(distill_status* status);
   distill_state State() const;  // lock-free
@@ -107,6 +127,7 @@ class Session {
   bool SleepUnlessClosing(double seconds);
 
   // Fixed at open.
+  const bool timeline_;
   const v1::GenerationSpec spec_;
   const double lookahead_s_;
   const uint32_t channels_;
@@ -121,6 +142,7 @@ class Session {
 
   // Network thread (and its per-call writer thread, one at a time, joined before reuse).
   ControlState state_;
+  std::vector<Control> positioned_;  // timeline controls with a position, not yet sent
   uint64_t sequence_ = 0;
   uint64_t pushed_frames_ = 0;
   std::vector<float> scratch_;
@@ -133,6 +155,12 @@ class Session {
   std::atomic<uint64_t> connects_{0};
   std::atomic<uint64_t> sent_{0};
   std::atomic<uint64_t> seed_{0};
+  // Timeline: seeks asked for (any thread), the seek whose audio the ring now receives, and
+  // the position after the last frame written (network thread).
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<uint64_t> ring_generation_{UINT64_MAX};
+  std::atomic<int64_t> written_end_{0};
+  std::atomic<uint64_t> refused_{0};
 
   std::mutex mutex_;  // guards last_error_, context_ and the close wake-up; never the audio thread
   std::condition_variable wake_;

@@ -4,7 +4,18 @@
 // token and model name are plug-in state (CLAP, VST3), saved with the project; they default to
 // $DISTILL_SERVER / $DISTILL_TOKEN / $DISTILL_MODEL, then 127.0.0.1:50051 and the server's
 // default model (the LV2 build reads only those). Slider names come from the model at load.
-// The latency reported to the host is the session's (lookahead + jitter margin).
+// The latency reported to the host is the session's (lookahead, jitter margin, and the margin
+// that lets a control reach the server before its position is made).
+//
+// Timeline: the plug-in plays a timeline session (docs/api.md): its audio is a function of the
+// host's position, so playing, looping, seeking and bouncing give the same samples. Each run()
+// plays the session at the host position minus the latency; a transport start, a seek or a
+// loop (a position other than the one expected) starts the session there with the values in
+// force; a parameter change is sent for the position of the block it came with. Hosts that
+// report no transport (a file host, pedalboard) get the timeline from 0 as they process. When
+// the host renders offline (CLAP render extension, VST3 offline process mode: the patched
+// DPF's isOfflineMode, or the "Offline render" parameter by hand), the session is unpaced and
+// run() waits for its audio, so a bounce runs as fast as the server and equals playback.
 //
 // Threads: run() renders from libdistill's ring (real-time safe). Parameter changes go to the
 // session's lock-free control queue, from whatever thread the host calls on. Only activate(),
@@ -31,9 +42,9 @@ enum ParameterIndex : uint32_t {
   kParamEvolution,
   kParamWidth,
   kParamSlider0,
-  // Offline render (a DAW's bounce, a file host such as lv2apply): run() waits for the
-  // server's audio instead of playing silence, and the audio starts exactly the reported
-  // latency into the render. Never on in a real-time host: it blocks.
+  // Offline render by hand, for hosts that do not say they render offline (lv2apply): run()
+  // waits for the server's audio instead of playing silence, and the audio starts exactly the
+  // reported latency into the render. Never on in a real-time host: it blocks.
   kParamOffline = kParamSlider0 + kMaxSliders,
   // Outputs (meters): the session's state (distill_state: 0 connecting, 1 buffering,
   // 2 playing, 3 stopped, 4 failed) and its underrun count.
@@ -187,21 +198,19 @@ class DistillPlugin : public Plugin {
     if (index >= kParamStatus) return;  // outputs
     values_[index] = value;
     if (index == kParamOffline) return;  // read by run()
-    if (!ran_) set_before_first_run_ = true;
-    readers_.fetch_add(1);
-    distill_session* s = session_.load();
-    if (s) Apply(s, index, value);
-    readers_.fetch_sub(1);
+    // sent by run(), for the position of the block it came with
+    changed_.fetch_or(1u << index, std::memory_order_release);
   }
 
   void activate() override {
     active_ = true;
     ran_ = false;
-    set_before_first_run_ = false;
     Replace(Open());
     distill_session* s = session_.load();
     setLatency(s ? distill_latency_frames(s) : 0);
-    offline_silence_left_ = s ? distill_latency_frames(s) : 0;
+    playing_ = started_ = false;
+    host_transport_ = false;
+    free_position_ = 0;
   }
 
   void deactivate() override {
@@ -210,51 +219,81 @@ class DistillPlugin : public Plugin {
   }
 
   void run(const float**, float** outputs, uint32_t frames) override {
-    const bool offline = values_[kParamOffline] >= 0.5f;
-    if (offline && !ran_ && set_before_first_run_) {
-      // A file host sets its controls only in the first run (DPF's LV2 wrapper reads the
-      // control ports there): offline, blocking is allowed, so the session starts on them.
-      Replace(Open());
-    }
+    const bool offline = isOfflineMode() || values_[kParamOffline] >= 0.5f;
     ran_ = true;
     readers_.fetch_add(1);
     distill_session* s = session_.load();
-    uint32_t done = 0;
-    if (s && offline && offline_silence_left_ > 0) {  // the latency, as silence
-      done = std::min(frames, offline_silence_left_);
-      offline_silence_left_ -= done;
-      std::memset(outputs[0], 0, sizeof(float) * done);
-      std::memset(outputs[1], 0, sizeof(float) * done);
+    if (s != last_session_) playing_ = started_ = false;  // a new session (setState): seek it
+    last_session_ = s;
+    // The host's position of this buffer, or our own count where the host has no transport.
+#if DISTRHO_PLUGIN_WANT_TIMEPOS
+    const TimePosition& time = getTimePosition();
+    host_transport_ = host_transport_ || time.playing;
+    const bool rolling = host_transport_ ? time.playing : true;
+    const int64_t position = host_transport_ ? static_cast<int64_t>(time.frame) : free_position_;
+#else
+    const bool rolling = true;
+    const int64_t position = free_position_;
+#endif
+    free_position_ += frames;
+    const bool play = rolling && values_[kParamPlay] >= 0.5f;
+    const uint32_t changed = changed_.exchange(0, std::memory_order_acq_rel);
+    if (s && !play) {
+      if (playing_) distill_stop(s);
+      playing_ = false;  // (with the transport rolling, the fade-out still plays below)
+    } else if (s && (!playing_ || position != expected_ || offline != offline_ ||
+                     (changed & (1u << kParamSeed)))) {
+      // Transport start, seek, loop, a new seed or render mode: the timeline from here, with
+      // the values in force.
+      SendValues(s);
+      distill_seek(s, static_cast<uint64_t>(position), offline ? 1 : 0);
+      playing_ = true;
+      started_ = true;
+      offline_ = offline;
+    } else if (s) {
+      for (uint32_t i = kParamEvolution; i < kParamSlider0 + num_sliders_; ++i) {
+        if (changed & (1u << i)) SendAt(s, i, values_[i], static_cast<uint64_t>(position));
+      }
     }
-    while (s && done < frames) {  // the host's buffer may be larger than one render call
+    expected_ = position + frames;
+    uint32_t done = 0;
+    const int64_t latency = s ? distill_latency_frames(s) : 0;
+    // Rendered while the transport rolls (after Play off: the server's fade-out, then silence).
+    while (s && started_ && rolling && done < frames) {  // may be larger than one render call
       const uint32_t n = std::min<uint32_t>(frames - done, DISTILL_MAX_BLOCK);
       float* planes[2] = {outputs[0] + done, outputs[1] + done};
-      if (offline) distill_wait(s, n, kOfflineWaitS);
-      distill_render(s, planes, n);
+      const int64_t at = position + done - latency;  // what the host hears now
+      if (offline && playing_) distill_wait_at(s, n, at, kOfflineWaitS);
+      distill_render_at(s, planes, n, at);
       done += n;
     }
     values_[kParamStatus] = s ? static_cast<float>(distill_get_state(s)) : 0.0f;
     values_[kParamUnderruns] = s ? static_cast<float>(distill_get_underruns(s)) : 0.0f;
     readers_.fetch_sub(1);
-    if (!s) {
-      std::memset(outputs[0], 0, sizeof(float) * frames);
-      std::memset(outputs[1], 0, sizeof(float) * frames);
-    }
+    std::memset(outputs[0] + done, 0, sizeof(float) * (frames - done));
+    std::memset(outputs[1] + done, 0, sizeof(float) * (frames - done));
   }
 
  private:
-  static void Apply(distill_session* s, uint32_t index, float value) {
-    if (index == kParamPlay) {
-      if (value >= 0.5f) distill_play(s);
-      else distill_stop(s);
-    } else if (index == kParamSeed) {
-      distill_set_seed(s, static_cast<uint64_t>(std::lround(value)));
-    } else if (index == kParamEvolution) {
-      distill_set_evolution(s, value);
+  // The values in force, for the session a seek starts (they apply from its start).
+  void SendValues(distill_session* s) const {
+    distill_set_seed(s, static_cast<uint64_t>(std::lround(values_[kParamSeed])));
+    distill_set_evolution(s, values_[kParamEvolution]);
+    distill_set_stereo_width(s, values_[kParamWidth]);
+    for (uint32_t i = 0; i < num_sliders_; ++i) {
+      distill_set_slider(s, i, static_cast<int32_t>(std::lround(values_[kParamSlider0 + i])));
+    }
+  }
+
+  // A parameter change at timeline position `at`.
+  static void SendAt(distill_session* s, uint32_t index, float value, uint64_t at) {
+    if (index == kParamEvolution) {
+      distill_set_evolution_at(s, value, at);
     } else if (index == kParamWidth) {
-      distill_set_stereo_width(s, value);
+      distill_set_stereo_width_at(s, value, at);
     } else {
-      distill_set_slider(s, index - kParamSlider0, static_cast<int32_t>(std::lround(value)));
+      distill_set_slider_at(s, index - kParamSlider0, static_cast<int32_t>(std::lround(value)),
+                            at);
     }
   }
 
@@ -279,6 +318,7 @@ class DistillPlugin : public Plugin {
     config.sample_rate = static_cast<uint32_t>(std::lround(getSampleRate()));
     config.channels = 2;
     config.max_frames = DISTILL_MAX_BLOCK;
+    config.timeline = 1;  // run() seeks it to the host's position before it plays
     return config;
   }
 
@@ -287,7 +327,7 @@ class DistillPlugin : public Plugin {
     distill_config config = Config(sliders);
     char error[256];
     distill_session* s = distill_open(&config, error, sizeof error);
-    if (s && values_[kParamPlay] < 0.5f) distill_stop(s);
+    if (s) distill_stop(s);  // until run() knows the position
     if (!s) d_stderr2("Distill: %s", error);
     return s;
   }
@@ -325,10 +365,20 @@ class DistillPlugin : public Plugin {
   SliderInfo sliders_[kMaxSliders];
   uint32_t num_sliders_ = 0;  // the model's sliders (up to kMaxSliders), once known
   bool active_ = false;
-  uint32_t offline_silence_left_ = 0;  // run() only, after activate()
+  // run() only, reset by activate(): whether the session plays, the position run() expects
+  // next (another one is a seek), the render mode it plays in, whether the host has shown a
+  // transport (else free_position_ counts the frames processed).
+  bool playing_ = false;
+  bool started_ = false;  // a session was started (sought) since activate()
+  int64_t expected_ = 0;
+  bool offline_ = false;
+  bool host_transport_ = false;
+  int64_t free_position_ = 0;
+  distill_session* last_session_ = nullptr;
+  // Parameters changed since the last run() (bit = index), set from any thread.
+  std::atomic<uint32_t> changed_{0};
   // Written by run() and by setParameterValue(), which a host may call on another thread.
   std::atomic<bool> ran_{false};                   // run() was called since activate()
-  std::atomic<bool> set_before_first_run_{false};  // a control changed before the first run()
   std::atomic<distill_session*> session_{nullptr};
   std::atomic<int> readers_{0};
 

@@ -21,6 +21,13 @@
 #endif
 #define DISTRHO_PLUGIN_NUM_OUTPUTS 2
 #define DISTRHO_PLUGIN_WANT_LATENCY 1
+// The host's transport: the plug-in plays the timeline at the host's position (CLAP, VST3;
+// the LV2 build, for file hosts such as lv2apply that support no time port, counts its own).
+#ifdef DISTILL_NO_STATE
+#define DISTRHO_PLUGIN_WANT_TIMEPOS 0
+#else
+#define DISTRHO_PLUGIN_WANT_TIMEPOS 1
+#endif
 // The server address and token are plug-in state, except in the LV2 build (DISTILL_NO_STATE):
 // LV2 state needs atom ports, which simple hosts such as lv2apply cannot connect; there they
 // come from $DISTILL_SERVER and $DISTILL_TOKEN.

@@ -284,7 +284,11 @@ class Pacer:
         return 0.0 if self._t0 is None else self._sent_s - (now - self._t0)
 
     def delay(self, now: float) -> float:
-        """How long to wait before making the next block."""
+        """How long to wait before making the next block (never before the first: a session
+        whose client starts playing later still starts at once, its first block may cost the
+        most)."""
+        if self._sent_s == 0.0:
+            return 0.0
         return max(0.0, self.ahead(now) - self.lookahead_s)
 
     def underrun_in(self, now: float) -> float:

@@ -155,9 +155,12 @@ class Playout {
       if (playing_) underruns_.fetch_add(1, std::memory_order_relaxed);
       playing_ = false;
       fade_in_left_ = kFadeFrames;
+    } else if (ran_dry) {  // the session's audio has all played
+      playing_ = false;
     } else if (n > 0) {
       playing_ = true;
     }
+    next_position_.store(position + static_cast<int64_t>(frames), std::memory_order_relaxed);
     if (n > 0) started_ = true;
     if (!started_) frames_before_audio_.fetch_add(frames, std::memory_order_relaxed);
     while (marks_.Readable() > 0 && marks_.Peek(0).frame < consumed_) {
@@ -193,6 +196,8 @@ class Playout {
   uint64_t heard() const { return heard_.load(std::memory_order_relaxed); }
   uint32_t buffered() const { return static_cast<uint32_t>(audio_.Readable() / channels_); }
   uint64_t frames_late() const { return frames_late_.load(std::memory_order_relaxed); }
+  // Timeline: the position after the last one RenderAt was asked for.
+  int64_t next_position() const { return next_position_.load(std::memory_order_relaxed); }
 
  private:
   void Skip(size_t frames) {
@@ -222,6 +227,7 @@ class Playout {
   std::atomic<uint64_t> frames_before_audio_{0};
   std::atomic<uint64_t> heard_{0};
   std::atomic<uint64_t> frames_late_{0};
+  std::atomic<int64_t> next_position_{0};
 };
 
 }  // namespace distill

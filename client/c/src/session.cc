@@ -225,15 +225,16 @@ bool Session::WaitAt(uint32_t frames, int64_t position, double timeout_s) {
   const uint64_t want = generation_.load();
   const int64_t end = position + static_cast<int64_t>(frames);
   const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
-  while (!(ring_generation_.load(std::memory_order_acquire) == want &&
-           written_end_.load(std::memory_order_acquire) >= end)) {
-    if (playout_.ended() || failed_.load() || closing_.load() ||
+  for (;;) {
+    const bool wanted = ring_generation_.load(std::memory_order_acquire) == want;
+    if (wanted && written_end_.load(std::memory_order_acquire) >= end) return true;
+    // (an older session's end does not count: the seek's session is still to come)
+    if ((wanted && playout_.ended()) || failed_.load() || closing_.load() ||
         std::chrono::steady_clock::now() >= until) {
       return false;
     }
     std::this_thread::sleep_for(std::chrono::microseconds(500));
   }
-  return true;
 }
 
 uint32_t Session::Wait(uint32_t frames, double timeout_s) {
@@ -328,6 +329,7 @@ void Session::NetworkLoop() {
       continue;  // stop, or a new seed (play_ still set: the next session starts at once)
     }
     if (got_audio) backoff = kFirstBackoffS;
+    const uint64_t seeks = state_.generation;
     // Wait before retrying; a stop or play meanwhile is honoured by the loop's next pass.
     const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(std::max(backoff, retry_after));
     while (!closing_.load() && play_.load() && std::chrono::steady_clock::now() < until) {
@@ -335,6 +337,11 @@ void Session::NetworkLoop() {
       SleepUnlessClosing(kControlPollS);
     }
     backoff = std::min(2 * backoff, kMaxBackoffS);
+    if (timeline_ && state_.generation == seeks) {
+      // The new session continues the timeline where the host will be when its audio comes.
+      state_.start_position = static_cast<uint64_t>(
+          std::max<int64_t>(0, playout_.next_position() + latency_frames_));
+    }
   }
   playout_.MarkEnded();
 }

@@ -9,6 +9,13 @@
  *
  *   clap_host PLUGIN.clap --rate R --seconds S [--max-frames M] [--param ID=VALUE@SECONDS ...]
  *             [--load-state FILE] [--save-state FILE] -o out.f32
+ *
+ * Timeline (a DAW's transport): --transport PLAN plays the segments of PLAN in order, each
+ * "FROM:TO" in seconds of the song (a start, a seek, a loop pass) or "-:SECONDS" (transport
+ * stopped), and tells the plug-in the song position (clap_event_transport, seconds timeline).
+ * --auto ID=VALUE@SECONDS is automation at a song position: sent in the buffer that starts
+ * there (buffers are cut at automation points), and at a segment's start the values in force
+ * there. --offline renders as a bounce: the render extension set to offline, no pacing.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -21,6 +28,7 @@
 #include "clap/entry.h"
 #include "clap/ext/latency.h"
 #include "clap/ext/params.h"
+#include "clap/ext/render.h"
 #include "clap/ext/state.h"
 #include "clap/ext/thread-check.h"
 #include "clap/host.h"
@@ -58,13 +66,26 @@ static const clap_host_t host = {
     CLAP_VERSION_INIT, NULL, "distill clap_host", "distill-serve", "", "1",
     host_get_extension, host_request, host_request, host_request};
 
-/* Input events: at most one parameter change per process call. */
-static clap_event_param_value_t pending;
+/* Input events: parameter changes of one process call. */
+#define MAX_EVENTS 16
+static clap_event_param_value_t pending[MAX_EVENTS];
 static uint32_t pending_count;
 static uint32_t in_size(const clap_input_events_t *l) { (void)l; return pending_count; }
 static const clap_event_header_t *in_get(const clap_input_events_t *l, uint32_t i) {
-  (void)l; (void)i;
-  return &pending.header;
+  (void)l;
+  return &pending[i].header;
+}
+static void push_param(clap_id id, double value) {
+  if (pending_count == MAX_EVENTS) return;
+  clap_event_param_value_t *e = &pending[pending_count++];
+  memset(e, 0, sizeof *e);
+  e->header.size = sizeof *e;
+  e->header.space_id = CLAP_CORE_EVENT_SPACE_ID;
+  e->header.type = CLAP_EVENT_PARAM_VALUE;
+  e->param_id = id;
+  e->note_id = -1;
+  e->port_index = e->channel = e->key = -1;
+  e->value = value;
 }
 static bool out_try_push(const clap_output_events_t *l, const clap_event_header_t *e) {
   (void)l; (void)e;
@@ -94,14 +115,17 @@ static int64_t state_read_fn(const clap_istream_t *s, void *b, uint64_t n) {
 
 #define MAX_CHANGES 16
 struct change { clap_id id; double value; double at; int sent; };
+#define MAX_SEGMENTS 16
+struct segment { int playing; double from, to; };  /* seconds; stopped: to = its length */
 
 int main(int argc, char **argv) {
   if (argc < 2) { fprintf(stderr, "usage: clap_host PLUGIN.clap ...\n"); return 2; }
   const char *path = argv[1], *output = NULL, *load_state = NULL, *save_state = NULL;
   double rate = 48000, seconds = 5, after_recovery = -1, after_stopped = -1;
   uint32_t max_frames = 4096;
-  struct change changes[MAX_CHANGES];
-  int n_changes = 0;
+  struct change changes[MAX_CHANGES], autos[MAX_CHANGES];
+  int n_changes = 0, n_autos = 0, offline = 0, n_segments = 0;
+  struct segment segments[MAX_SEGMENTS];
   for (int i = 2; i + 1 < argc; i += 2) {
     const char *a = argv[i], *v = argv[i + 1];
     if (!strcmp(a, "--rate")) rate = atof(v);
@@ -121,6 +145,24 @@ int main(int argc, char **argv) {
         fprintf(stderr, "clap_host: --param wants ID=VALUE@SECONDS\n");
         return 2;
       }
+    } else if (!strcmp(a, "--auto") && n_autos < MAX_CHANGES) {
+      struct change *c = &autos[n_autos++];
+      if (sscanf(v, "%u=%lf@%lf", &c->id, &c->value, &c->at) != 3) {
+        fprintf(stderr, "clap_host: --auto wants ID=VALUE@SECONDS\n");
+        return 2;
+      }
+    } else if (!strcmp(a, "--transport")) {
+      for (char *part = strtok((char *)v, ","); part && n_segments < MAX_SEGMENTS; part = strtok(NULL, ",")) {
+        struct segment *g = &segments[n_segments++];
+        g->playing = part[0] != '-';
+        if (g->playing ? sscanf(part, "%lf:%lf", &g->from, &g->to) != 2
+                       : sscanf(part, "-:%lf", &g->to) != 1) {
+          fprintf(stderr, "clap_host: --transport wants FROM:TO or -:SECONDS, comma-separated\n");
+          return 2;
+        }
+      }
+    } else if (!strcmp(a, "--offline")) {
+      offline = atoi(v);
     } else if (!strcmp(a, "-o")) output = v;
     else { fprintf(stderr, "clap_host: unknown option %s\n", a); return 2; }
   }
@@ -161,6 +203,10 @@ int main(int argc, char **argv) {
     clap_istream_t in = {NULL, state_read_fn};
     printf("state_loaded %d\n", state->load(plugin, &in) ? 1 : 0);
   }
+  if (offline) {
+    const clap_plugin_render_t *render = (const clap_plugin_render_t *)plugin->get_extension(plugin, CLAP_EXT_RENDER);
+    printf("render_offline %d\n", render && render->set(plugin, CLAP_RENDER_OFFLINE) ? 1 : 0);
+  }
   if (!plugin->activate(plugin, rate, 1, max_frames)) { fprintf(stderr, "clap_host: activate failed\n"); return 1; }
   printf("latency_frames %u\n", latency->get(plugin));
   plugin->start_processing(plugin);
@@ -174,30 +220,66 @@ int main(int argc, char **argv) {
   const double start = now_s();
   uint64_t frames = 0, recovered_at = 0, stopped_at = 0, first_playing = 0;
   int phase = 0; /* 0 not yet playing, 1 playing, 2 gone (connecting), 3 playing again */
+  int seg = 0;               /* --transport: the segment playing, its song position (frames) */
+  int64_t song = n_segments ? llround(segments[0].from * rate) : 0, seg_done = 0;
+  int seg_start = 1;
   for (;;) {
     uint32_t n = 1 + (uint32_t)(rand() % (int)max_frames);
+    clap_event_transport_t transport;
+    const struct segment *g = n_segments ? &segments[seg] : NULL;
+    if (g) {  /* cut the buffer at the segment's end and at automation points */
+      const int64_t end = g->playing ? llround(g->to * rate) : song + llround(g->to * rate) - seg_done;
+      if (end - song < (int64_t)n) n = (uint32_t)(end - song);
+      for (int i = 0; g->playing && i < n_autos; ++i) {
+        const int64_t at = llround(autos[i].at * rate);
+        if (at > song && at < song + (int64_t)n) n = (uint32_t)(at - song);
+      }
+      memset(&transport, 0, sizeof transport);
+      transport.header.size = sizeof transport;
+      transport.header.space_id = CLAP_CORE_EVENT_SPACE_ID;
+      transport.header.type = CLAP_EVENT_TRANSPORT;
+      transport.flags = CLAP_TRANSPORT_HAS_SECONDS_TIMELINE | (g->playing ? CLAP_TRANSPORT_IS_PLAYING : 0);
+      transport.song_pos_seconds = (clap_sectime)llround((double)song / rate * (double)CLAP_SECTIME_FACTOR);
+    }
     /* --param times count from the first buffer the plug-in played in (Status playing), so
        that a machine slow to start the session still plays that long before each change. */
     double t = phase ? (double)(frames - first_playing) / rate : -1;
     pending_count = 0;
     for (int i = 0; i < n_changes; ++i) {
       if (!changes[i].sent && t >= changes[i].at) {
-        memset(&pending, 0, sizeof pending);
-        pending.header.size = sizeof pending;
-        pending.header.time = 0;
-        pending.header.space_id = CLAP_CORE_EVENT_SPACE_ID;
-        pending.header.type = CLAP_EVENT_PARAM_VALUE;
-        pending.param_id = changes[i].id;
-        pending.note_id = -1;
-        pending.port_index = pending.channel = pending.key = -1;
-        pending.value = changes[i].value;
-        pending_count = 1;
+        push_param(changes[i].id, changes[i].value);
         changes[i].sent = 1;
         printf("param_sent %u %llu\n", changes[i].id, (unsigned long long)frames);
         break;
       }
     }
-    clap_process_t process = {(int64_t)frames, n, NULL, NULL, &out_buffer, 0, 1, &in_events, &out_events};
+    for (int i = 0; g && g->playing && i < n_autos; ++i) {  /* automation at this position */
+      const int64_t at = llround(autos[i].at * rate);
+      if (at == song) {
+        push_param(autos[i].id, autos[i].value);
+      } else if (seg_start) {  /* a lane's value where the segment starts: its last point
+                                  before, else the parameter's default */
+        int last = -1, first_of_lane = 1;
+        for (int j = 0; j < n_autos; ++j) {
+          if (autos[j].id != autos[i].id) continue;
+          if (j < i) first_of_lane = 0;
+          const int64_t aj = llround(autos[j].at * rate);
+          if (aj <= song && (last < 0 || aj >= llround(autos[last].at * rate))) last = j;
+        }
+        if (first_of_lane && last >= 0 && llround(autos[last].at * rate) < song) {
+          push_param(autos[last].id, autos[last].value);
+        } else if (first_of_lane && last < 0) {
+          clap_param_info_t info;
+          for (uint32_t k = 0; k < params->count(plugin); ++k) {
+            params->get_info(plugin, k, &info);
+            if (info.id == autos[i].id) push_param(info.id, info.default_value);
+          }
+        }
+      }
+    }
+    if (g && seg_start) printf("segment %d %lld %llu\n", seg, (long long)song, (unsigned long long)frames);
+    seg_start = 0;
+    clap_process_t process = {(int64_t)frames, n, g ? &transport : NULL, NULL, &out_buffer, 0, 1, &in_events, &out_events};
     if (plugin->process(plugin, &process) == CLAP_PROCESS_ERROR) { fprintf(stderr, "clap_host: process error\n"); return 1; }
     for (uint32_t i = 0; i < n; ++i) {
       interleaved[2 * i] = left[i];
@@ -227,10 +309,20 @@ int main(int argc, char **argv) {
       }
       if (status == 3 && stopped_at == 0) stopped_at = frames;
     }
-    if (frames / rate >= seconds) break;
+    if (g) {  /* the song moves on; the next segment starts where the plan says */
+      seg_done += n;
+      if (g->playing) song += n;
+      const int64_t length = g->playing ? llround((g->to - g->from) * rate) : llround(g->to * rate);
+      if (seg_done >= length) {
+        if (++seg == n_segments) break;
+        seg_done = 0;
+        seg_start = 1;
+        if (segments[seg].playing) song = llround(segments[seg].from * rate);
+      }
+    } else if (frames / rate >= seconds) break;
     if (after_recovery >= 0 && phase == 3 && (frames - recovered_at) / rate >= after_recovery) break;
     if (after_stopped >= 0 && stopped_at && (frames - stopped_at) / rate >= after_stopped) break;
-    sleep_until(start + frames / rate);
+    if (!offline) sleep_until(start + frames / rate);
   }
   fclose(f);
   clap_ostream_t out = {NULL, state_write};

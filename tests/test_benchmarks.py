@@ -113,3 +113,16 @@ def test_memory_benchmark_runs_every_variant(stand_in_bundle: Path, tmp_path: Pa
     rows = json.loads(out.read_text())["rows"]
     assert [r["variant"] for r in rows] == ["before", "trim", "trim+no-ort-arena"]
     assert all(r["rss_peak_mb"] >= r["rss_idle_mb"] > 0 for r in rows)
+
+
+def test_bounce_benchmark_runs(stand_in_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bounce.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bounce", "--bundle", str(stand_in_bundle),
+         "--seconds", "4", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["bundles"].values()
+    assert row["seek_bit_identical"] and row["seek_compared_s"] > 1.0
+    assert row["speed_vs_real_time"] > 0 and row["seek_first_audio_s"] > 0

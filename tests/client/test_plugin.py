@@ -308,8 +308,10 @@ def test_lv2_bundle_passes_lv2info(plugin: Path) -> None:
     assert "Name:              Distill" in out
     assert "reportsLatency" in out
     assert out.count("lv2core#OutputPort") >= 3  # two audio outputs and the latency port
-    for symbol in ("play", "seed", "evolution", "stereo_width", "slider0", "slider7", "offline"):
+    symbols = ("play", "seed", "evolution", "stereo_width", "slider0", "slider7", "offline")
+    for symbol in (*symbols, "lv2_freewheel"):
         assert f"Symbol:      {symbol}\n" in out
+    assert "Designation: http://lv2plug.in/ns/lv2core#freeWheeling" in out  # offline exports
 
 
 def test_lv2apply_renders_the_python_clients_audio(
@@ -320,7 +322,8 @@ def test_lv2apply_renders_the_python_clients_audio(
 ) -> None:
     """lilv's ``lv2apply`` hosts the LV2 build: a file host with neither the options nor the
     urid:map feature nor a transport, one frame per run, faster than real time. With the
-    Offline render control on, the plug-in waits for the server: the output is the reported
+    lv2:freeWheeling port on (as an LV2 host sets it when it exports offline; lv2apply sets
+    control ports only by hand), the plug-in waits for the server: the output is the reported
     latency as silence, then the Python client's timeline session from 0 for the same
     controls, sample for sample."""
     if shutil.which("lv2apply") is None:
@@ -333,8 +336,8 @@ def test_lv2apply_renders_the_python_clients_audio(
     sf.write(silence, np.zeros((rate * seconds, 1), np.float32), rate, subtype="FLOAT")
     out = tmp_path / "out.wav"
     proc = subprocess.run(
-        ["lv2apply", "-i", str(silence), "-o", str(out), "-c", "offline", "1", "-c", "seed", "11",
-         "-c", "slider2", "-4", "urn:distill-serve:distill"],
+        ["lv2apply", "-i", str(silence), "-o", str(out), "-c", "lv2_freewheel", "1",
+         "-c", "seed", "11", "-c", "slider2", "-4", "urn:distill-serve:distill"],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "LV2_PATH": str(lv2_path), "DISTILL_SERVER": server.target,
              "DISTILL_TOKEN": ""},

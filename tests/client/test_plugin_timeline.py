@@ -23,14 +23,15 @@ __all__ = ["plugin"]  # the module's fixture, shared with test_plugin.py
 
 RATE = 48000
 PARAM_EVOLUTION = 2
+SONG = "0:20"  # 20 s of the song from 0
 #: Automation at song positions: a slider, an evolution change inside the loop, a late slider.
 AUTOMATION = [
     "--auto", f"{PARAM_SLIDER0}=3@2.0",
-    "--auto", f"{PARAM_EVOLUTION}=0.8@9.0",
-    "--auto", f"{PARAM_SLIDER0 + 1}=-2@12.0",
+    "--auto", f"{PARAM_EVOLUTION}=0.8@11.0",
+    "--auto", f"{PARAM_SLIDER0 + 1}=-2@15.5",
 ]  # fmt: skip
-#: Start at 0, stop, seek to 6 s, loop 8-10.5 s three times (song seconds).
-PLAN = "0:5,-:0.3,6:11,8:10.5,8:10.5,8:10.5"
+#: From 0 again, stop, seek to 7.5 s, loop 10-12.5 s three times (song seconds).
+PLAN = "0:4,-:0.3,7.5:12,10:12.5,10:12.5,10:12.5"
 
 
 def _segments(lines: list[str]) -> list[tuple[int, int]]:
@@ -49,7 +50,7 @@ def test_transport_seek_loop_and_bounce_equal_playback(  # type: ignore[no-untyp
     latency = round(LATENCY_S * RATE)
     common = ["--rate", str(RATE), "--max-frames", "2048", *AUTOMATION]
     bounce_run, bounce, lines = _host(
-        plugin, tmp_path, server.target, *common, "--transport", "0:14", "--offline", "1"
+        plugin, tmp_path, server.target, *common, "--transport", SONG, "--offline", "1"
     )
     assert bounce_run["render_offline"] == "1" and not _underruns(lines)
     assert np.abs(bounce[:latency]).max() == 0.0 and np.abs(bounce[latency:]).max() > 0.0
@@ -57,8 +58,10 @@ def test_transport_seek_loop_and_bounce_equal_playback(  # type: ignore[no-untyp
 
     def check(audio: np.ndarray, lines: list[str], plan: str) -> list[str]:
         """Each playing segment equals the bounce from its start to its end, less the
-        latency (a seek plays silence for the latency: positions before its start), up to a
-        real-time underrun if a busy machine caused one (reported)."""
+        latency (a seek plays silence for the latency: positions before its start). A busy
+        machine may make real-time playback underrun (the plug-in reports each one): the
+        positions whose audio came late are silence, and the first 64 frames after such a gap
+        fade in; every other sample still equals the bounce's at its position."""
         notes = []
         underruns = _underruns(lines)
         parts = plan.split(",")
@@ -68,26 +71,33 @@ def test_transport_seek_loop_and_bounce_equal_playback(  # type: ignore[no-untyp
             a, b = (round(float(x) * RATE) for x in part.split(":"))
             end = frame + (b - a)  # output frames of this segment: [frame, end)
             assert np.abs(audio[frame : frame + latency]).max() == 0.0, part
-            stop = min([end, *[u - 2 * 4096 for u in underruns if frame <= u < end]])
-            if stop < end:
-                notes.append(
-                    f"{part}: compared up to an underrun ({(end - stop) / RATE:.2f} s left)"
-                )
-            n = stop - (frame + latency)
-            assert n > 0, (part, underruns)
-            np.testing.assert_array_equal(
-                audio[frame + latency : stop], song[position : position + n], err_msg=part
+            got = audio[frame + latency : end]
+            want = song[position : position + len(got)]
+            differs = (got != want).any(axis=1)
+            if not differs.any():
+                continue
+            late = [u for u in underruns if frame <= u < end]
+            assert late, f"{part}: differs from the bounce with no underrun"
+            silent = (got == 0).all(axis=1)
+            fading = np.zeros(len(got), bool)  # 64 frames after each silent stretch
+            for i in np.flatnonzero(silent[:-1] & ~silent[1:]) + 1:
+                fading[i : i + 64] = True
+            assert not (differs & ~silent & ~fading).any(), f"{part}: a played sample differs"
+            notes.append(
+                f"{part}: {len(late)} underruns on a busy machine, "
+                f"{silent.sum() / RATE:.2f} s of late audio left silent"
             )
+            assert (~differs).mean() > 0.5, part  # most of it still played
         return notes
 
-    _, played, played_lines = _host(plugin, tmp_path, server.target, *common, "--transport", "0:14")
-    notes = check(played, played_lines, "0:14")
+    _, played, played_lines = _host(plugin, tmp_path, server.target, *common, "--transport", SONG)
+    notes = check(played, played_lines, SONG)
     _, planned, plan_lines = _host(plugin, tmp_path, server.target, *common, "--transport", PLAN)
     notes += check(planned, plan_lines, PLAN)
     report(
-        "plug-in timeline (CLAP host, stand-in, 48 kHz): real-time playback from 0, a stop/start,"
-        " a seek to 6 s and a 8-10.5 s loop played 3 times equal the offline bounce bit for bit"
-        + (f" ({'; '.join(notes)})" if notes else "")
+        "plug-in timeline (CLAP host, stand-in, 48 kHz): 20 s of real-time playback from 0, from 0"
+        " again, a stop, a seek to 7.5 s and a 10-12.5 s loop played 3 times equal the offline"
+        " bounce bit for bit" + (f" ({'; '.join(notes)})" if notes else "")
     )
 
 

@@ -18,6 +18,7 @@
 
 #include "distill.h"
 #include "distill_serve/v1/distill.grpc.pb.h"
+#include "endpoint.h"
 #include "playout.h"
 #include "queues.h"
 
@@ -70,18 +71,6 @@ struct Commands {
   bool seek = false;      // timeline: the session restarts at state.start_position
 };
 
-// Server, token and TLS settings resolved from a distill_config (NULLs -> environment).
-struct Endpoint {
-  std::string server;
-  std::string token;
-  bool tls = false;
-  std::string root_certs;  // PEM; empty with tls: the system's roots
-};
-
-// Resolves config's endpoint; false (and *error) when the TLS root file cannot be read.
-bool ResolveEndpoint(const distill_config& config, Endpoint* endpoint, std::string* error);
-std::shared_ptr<grpc::Channel> MakeChannel(const Endpoint& endpoint);
-void AddToken(const Endpoint& endpoint, grpc::ClientContext* context);
 
 class Session {
  public:

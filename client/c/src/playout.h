@@ -109,6 +109,8 @@ class Playout {
     while (sessions_.Readable() > 0) {  // a newer session's audio has begun: skip to it
       const SessionMark mark = sessions_.Peek(0);
       Skip(mark.frame - consumed_);
+      // Its first audio came after the host had played its start (as silence): an underrun.
+      if (asked_ > mark.position) underruns_.fetch_add(1, std::memory_order_relaxed);
       have_session_ = true;
       session_frame_ = mark.frame;
       session_position_ = mark.position;
@@ -160,7 +162,8 @@ class Playout {
     } else if (n > 0) {
       playing_ = true;
     }
-    next_position_.store(position + static_cast<int64_t>(frames), std::memory_order_relaxed);
+    asked_ = position + static_cast<int64_t>(frames);
+    next_position_.store(asked_, std::memory_order_relaxed);
     if (n > 0) started_ = true;
     if (!started_) frames_before_audio_.fetch_add(frames, std::memory_order_relaxed);
     while (marks_.Readable() > 0 && marks_.Peek(0).frame < consumed_) {
@@ -217,6 +220,7 @@ class Playout {
   uint32_t fade_in_left_ = 0;
   uint64_t consumed_ = 0;
   bool have_session_ = false;  // timeline: a session's audio has begun
+  int64_t asked_ = INT64_MIN;  // timeline: the position after the last one rendered
   uint64_t session_frame_ = 0;
   int64_t session_position_ = 0;
   // Written by the audio thread, read by status.

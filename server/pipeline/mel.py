@@ -218,6 +218,14 @@ class MelSource:
         return int(self._weight.size + self._voc.shape[1])
 
 
+def anchor_chunks(model: ModelSpec, chunk_frames: int) -> int:
+    """Chunks between two slider anchors: about :data:`ANCHOR_S` of audio, as the app spaces
+    them (chunks start half a chunk apart)."""
+    geo = model.geometry
+    chunk_hop_s = (chunk_frames // 2) * geo.decoder_hop / geo.decoder_rate
+    return max(1, round(ANCHOR_S / chunk_hop_s))
+
+
 def seeds(params: GenerationParams) -> list[int]:
     """One trajectory seed per independent channel (dual-seed: seed and seed + 1)."""
     return [params.seed] + ([params.seed + 1] if params.spatial is Spatial.DUAL_SEED else [])
@@ -233,8 +241,6 @@ def mel_source(
 ) -> MelSource:
     """The mel of ``params``' trajectory for ``seed`` (``max_chunks`` None: open-ended)."""
     chunk_frames = model.chunk_frames_for(params.chunk_duration_s)
-    geo = model.geometry
-    chunk_hop_s = (chunk_frames // 2) * geo.decoder_hop / geo.decoder_rate
     path = LatentPath(
         params.mode,
         seed,
@@ -242,7 +248,7 @@ def mel_source(
         params.latent,
         params.evolution_amount,
         params.steps_between,
-        anchor_chunks=max(1, round(ANCHOR_S / chunk_hop_s)),
+        anchor_chunks=anchor_chunks(model, chunk_frames),
     )
     return MelSource(
         runner, model, path, chunk_frames, params.steps_between, stats, max_chunks=max_chunks

@@ -32,7 +32,13 @@ from distill_serve.server.pipeline.live import (
     LiveSession,
     live_block_frames,
 )
-from distill_serve.server.pipeline.mel import ChunkGrid, MelSource, first_decoder_frame, seeds
+from distill_serve.server.pipeline.mel import (
+    ChunkGrid,
+    MelSource,
+    anchor_chunks,
+    first_decoder_frame,
+    seeds,
+)
 from distill_serve.server.pipeline.model import ModelSpec
 from distill_serve.server.pipeline.render import (
     NORMALISER_RAMP_S,
@@ -43,7 +49,6 @@ from distill_serve.server.pipeline.render import (
 from distill_serve.server.pipeline.request import GenerationParams, InvalidRequest, Limits
 from distill_serve.server.pipeline.runner import LIVE, PipelineStats, Runner
 from distill_serve.server.pipeline.timeline_path import TimelinePath
-from distill_serve.server.pipeline.trajectory import ANCHOR_S
 
 #: How far ahead of the audio made so far a control may be scheduled.
 MAX_AHEAD_S = 600.0
@@ -172,8 +177,6 @@ class TimelineSession(LiveSession):
     def _source(self, runner: Runner, seed: int, start_frame: int) -> MelSource:
         model, params = self.model, self.params
         chunk_frames = model.chunk_frames_for(params.chunk_duration_s)
-        geo = model.geometry
-        chunk_hop_s = (chunk_frames // 2) * geo.decoder_hop / geo.decoder_rate
         grid = ChunkGrid(chunk_frames, params.steps_between + 1)
         first_chunk = grid.first_covering(first_decoder_frame(model, start_frame))
         path = TimelinePath(
@@ -183,7 +186,7 @@ class TimelineSession(LiveSession):
             params.latent,
             params.evolution_amount,
             params.steps_between,
-            anchor_chunks=max(1, round(ANCHOR_S / chunk_hop_s)),
+            anchor_chunks=anchor_chunks(model, chunk_frames),
             first_chunk=first_chunk if start_frame else 0,
         )
         return MelSource(

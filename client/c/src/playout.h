@@ -89,15 +89,7 @@ class Playout {
     for (uint32_t c = 0; c < channels_; ++c) {
       for (uint32_t i = n; i < frames; ++i) out[c][static_cast<size_t>(i) * stride] = 0.0f;
     }
-    // Controls heard: the marks up to the frames played so far.
-    while (marks_.Readable() > 0 && marks_.Peek(0).frame < consumed_) {
-      heard_.store(marks_.Peek(0).sequence, std::memory_order_relaxed);
-      marks_.Consume(1);
-    }
-    playing_now_.store(playing_, std::memory_order_relaxed);
-    frames_rendered_.fetch_add(frames, std::memory_order_relaxed);
-    frames_played_.fetch_add(n, std::memory_order_relaxed);
-    return n;
+    return Rendered(frames, n);
   }
 
   // Timeline sessions: the ring's audio at positions [position, position + frames). The
@@ -166,14 +158,7 @@ class Playout {
     next_position_.store(asked_, std::memory_order_relaxed);
     if (n > 0) started_ = true;
     if (!started_) frames_before_audio_.fetch_add(frames, std::memory_order_relaxed);
-    while (marks_.Readable() > 0 && marks_.Peek(0).frame < consumed_) {
-      heard_.store(marks_.Peek(0).sequence, std::memory_order_relaxed);
-      marks_.Consume(1);
-    }
-    playing_now_.store(playing_, std::memory_order_relaxed);
-    frames_rendered_.fetch_add(frames, std::memory_order_relaxed);
-    frames_played_.fetch_add(n, std::memory_order_relaxed);
-    return n;
+    return Rendered(frames, n);
   }
 
   // Frames the ring must hold for the next Render of `frames` to play the server's audio to
@@ -203,6 +188,19 @@ class Playout {
   int64_t next_position() const { return next_position_.load(std::memory_order_relaxed); }
 
  private:
+  // After a render of `frames` frames, `n` of them the server's: the controls heard (the
+  // marks up to the frames played so far) and the meters. Returns n.
+  uint32_t Rendered(uint32_t frames, uint32_t n) {
+    while (marks_.Readable() > 0 && marks_.Peek(0).frame < consumed_) {
+      heard_.store(marks_.Peek(0).sequence, std::memory_order_relaxed);
+      marks_.Consume(1);
+    }
+    playing_now_.store(playing_, std::memory_order_relaxed);
+    frames_rendered_.fetch_add(frames, std::memory_order_relaxed);
+    frames_played_.fetch_add(n, std::memory_order_relaxed);
+    return n;
+  }
+
   void Skip(size_t frames) {
     audio_.Consume(frames * channels_);
     consumed_ += frames;

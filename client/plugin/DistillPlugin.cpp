@@ -204,7 +204,6 @@ class DistillPlugin : public Plugin {
 
   void activate() override {
     active_ = true;
-    ran_ = false;
     Replace(Open());
     distill_session* s = session_.load();
     setLatency(s ? distill_latency_frames(s) : 0);
@@ -220,7 +219,6 @@ class DistillPlugin : public Plugin {
 
   void run(const float**, float** outputs, uint32_t frames) override {
     const bool offline = isOfflineMode() || values_[kParamOffline] >= 0.5f;
-    ran_ = true;
     readers_.fetch_add(1);
     distill_session* s = session_.load();
     if (s != last_session_) playing_ = started_ = false;  // a new session (setState): seek it
@@ -377,8 +375,8 @@ class DistillPlugin : public Plugin {
   distill_session* last_session_ = nullptr;
   // Parameters changed since the last run() (bit = index), set from any thread.
   std::atomic<uint32_t> changed_{0};
-  // Written by run() and by setParameterValue(), which a host may call on another thread.
-  std::atomic<bool> ran_{false};                   // run() was called since activate()
+  // The session run() plays; activate() and setState() replace it once no run() is inside
+  // it (readers_).
   std::atomic<distill_session*> session_{nullptr};
   std::atomic<int> readers_{0};
 

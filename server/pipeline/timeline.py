@@ -17,7 +17,7 @@ sessions):
 
 "The same automation" is the controls at the same positions. A session started at ``t``
 knows only the values of its start message, which it takes as in force over the priming
-stretch before ``t`` (:attr:`TimelineSession.priming_s`, about 1.5 s).
+stretch before ``t`` (:attr:`TimelineSession.priming_s`, about 2 s).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class TimelineSession(LiveSession):
         latency = spec.latency_frames if spec is not None else 0
         head = spec.head_frames if spec is not None else 0
         ctx = model.context_frames
-        first = self._priming_start(runner, start_position, ctx + latency, head)
+        first = self._priming_start(start_position, ctx + latency, head)
         source_start = max(0, first * block_frames - block_frames - 2 * ctx - latency)
         sources = [self._source(runner, s, source_start) for s in seeds(params)]
         self._renderer = BlockRenderer(
@@ -146,7 +146,6 @@ class TimelineSession(LiveSession):
         self.position = start_position  # position of the next sample handed out
         self.priming_s = (start_position - self._made) / params.sample_rate
         self._sliders = dict(sliders or {})
-        self._evolution = params.evolution_amount
         self._last_position = start_position
         self._at_block: dict[int, list[LiveControl]] = {}
         self.stop_due = False
@@ -155,7 +154,7 @@ class TimelineSession(LiveSession):
         self.samples = 0
         self.finished = False
 
-    def _priming_start(self, runner: Runner, start: int, vocoder_frames: int, head: int) -> int:
+    def _priming_start(self, start: int, vocoder_frames: int, head: int) -> int:
         """The first block to render: on the period, before ``start`` by the memory of every
         stage (or 0, where that reaches back into the stream's head)."""
         grid, rate = self.grid, self.model.vocoder_rate
@@ -199,11 +198,6 @@ class TimelineSession(LiveSession):
             start_frame=start_frame,
             decoder_batch=1,
         )
-
-    @property
-    def next_position(self) -> int:
-        """The earliest position a control may still take effect at (the next block's)."""
-        return self.grid.start_of(self._next // self.block_frames)
 
     def schedule(self, control: LiveControl, position: int | None) -> None:
         """Take ``control`` at ``position`` (None: the next block). PositionRefused when it
@@ -254,9 +248,10 @@ class TimelineSession(LiveSession):
         if centre is None and control.evolution_amount is None:
             return
         geo = model.geometry
-        # the first decoder frame the blocks before ``block`` never read
+        # the first decoder frame the blocks before ``block`` never read (the bridge reads
+        # two frames for the last vocoder frame they reach)
         reach = block * self.block_frames + model.context_frames
-        frame = math.floor(geo.decoder_positions(1, first=reach - 1)[0]) + 2
+        frame = first_decoder_frame(model, reach - 1) + 2
         frames = control.transition_s * geo.decoder_rate / geo.decoder_hop
         for source in self._renderer.sources:
             path, grid = source.path, source.grid

@@ -55,6 +55,37 @@ int QueueControl(distill_session* s, const distill::Control& control) {
   return s->session->Queue(control);
 }
 
+// The same, at a timeline position (timeline sessions only).
+int QueueAt(distill_session* s, distill::Control control, uint64_t position) {
+  if (!s || !s->session->timeline()) return DISTILL_ERROR_ARGUMENT;
+  control.has_at = true;
+  control.at = position;
+  return QueueControl(s, control);
+}
+
+// The controls with a value, built when the value is in range (false: it is not).
+bool SliderControl(uint32_t index, int32_t value, distill::Control* control) {
+  if (index >= DISTILL_MAX_SLIDERS) return false;
+  control->kind = distill::Control::kSlider;
+  control->index = index;
+  control->position = value;
+  return true;
+}
+
+bool EvolutionControl(float evolution_amount, distill::Control* control) {
+  if (!(evolution_amount >= 0 && evolution_amount <= 1)) return false;
+  control->kind = distill::Control::kEvolution;
+  control->value = evolution_amount;
+  return true;
+}
+
+bool WidthControl(float stereo_width, distill::Control* control) {
+  if (!(stereo_width >= 0 && stereo_width <= 2)) return false;
+  control->kind = distill::Control::kWidth;
+  control->value = stereo_width;
+  return true;
+}
+
 }  // namespace
 
 extern "C" {
@@ -128,57 +159,34 @@ int distill_wait_at(distill_session* s, uint32_t frames, int64_t position, doubl
 }
 
 int distill_seek(distill_session* s, uint64_t position, int unpaced) {
-  if (!s || !s->session->timeline()) return DISTILL_ERROR_ARGUMENT;
   distill::Control control;
   control.kind = distill::Control::kSeek;
-  control.has_at = true;
-  control.at = position;
   control.unpaced = unpaced != 0;
-  return QueueControl(s, control);
-}
-
-int distill_set_slider_at(distill_session* s, uint32_t index, int32_t value, uint64_t position) {
-  if (index >= DISTILL_MAX_SLIDERS || !s || !s->session->timeline()) return DISTILL_ERROR_ARGUMENT;
-  distill::Control control;
-  control.kind = distill::Control::kSlider;
-  control.index = index;
-  control.position = value;
-  control.has_at = true;
-  control.at = position;
-  return QueueControl(s, control);
-}
-
-int distill_set_evolution_at(distill_session* s, float evolution_amount, uint64_t position) {
-  if (!(evolution_amount >= 0 && evolution_amount <= 1) || !s || !s->session->timeline()) {
-    return DISTILL_ERROR_ARGUMENT;
-  }
-  distill::Control control;
-  control.kind = distill::Control::kEvolution;
-  control.value = evolution_amount;
-  control.has_at = true;
-  control.at = position;
-  return QueueControl(s, control);
-}
-
-int distill_set_stereo_width_at(distill_session* s, float stereo_width, uint64_t position) {
-  if (!(stereo_width >= 0 && stereo_width <= 2) || !s || !s->session->timeline()) {
-    return DISTILL_ERROR_ARGUMENT;
-  }
-  distill::Control control;
-  control.kind = distill::Control::kWidth;
-  control.value = stereo_width;
-  control.has_at = true;
-  control.at = position;
-  return QueueControl(s, control);
+  return QueueAt(s, control, position);
 }
 
 int distill_set_slider(distill_session* s, uint32_t index, int32_t position) {
-  if (index >= DISTILL_MAX_SLIDERS) return DISTILL_ERROR_ARGUMENT;
   distill::Control control;
-  control.kind = distill::Control::kSlider;
-  control.index = index;
-  control.position = position;
-  return QueueControl(s, control);
+  return SliderControl(index, position, &control) ? QueueControl(s, control)
+                                                  : DISTILL_ERROR_ARGUMENT;
+}
+
+int distill_set_slider_at(distill_session* s, uint32_t index, int32_t value, uint64_t position) {
+  distill::Control control;
+  return SliderControl(index, value, &control) ? QueueAt(s, control, position)
+                                               : DISTILL_ERROR_ARGUMENT;
+}
+
+int distill_set_evolution_at(distill_session* s, float evolution_amount, uint64_t position) {
+  distill::Control control;
+  return EvolutionControl(evolution_amount, &control) ? QueueAt(s, control, position)
+                                                      : DISTILL_ERROR_ARGUMENT;
+}
+
+int distill_set_stereo_width_at(distill_session* s, float stereo_width, uint64_t position) {
+  distill::Control control;
+  return WidthControl(stereo_width, &control) ? QueueAt(s, control, position)
+                                              : DISTILL_ERROR_ARGUMENT;
 }
 
 int distill_set_latent(distill_session* s, const float* latent, uint32_t latent_dim) {
@@ -191,19 +199,15 @@ int distill_set_latent(distill_session* s, const float* latent, uint32_t latent_
 }
 
 int distill_set_evolution(distill_session* s, float evolution_amount) {
-  if (!(evolution_amount >= 0 && evolution_amount <= 1)) return DISTILL_ERROR_ARGUMENT;
   distill::Control control;
-  control.kind = distill::Control::kEvolution;
-  control.value = evolution_amount;
-  return QueueControl(s, control);
+  return EvolutionControl(evolution_amount, &control) ? QueueControl(s, control)
+                                                      : DISTILL_ERROR_ARGUMENT;
 }
 
 int distill_set_stereo_width(distill_session* s, float stereo_width) {
-  if (!(stereo_width >= 0 && stereo_width <= 2)) return DISTILL_ERROR_ARGUMENT;
   distill::Control control;
-  control.kind = distill::Control::kWidth;
-  control.value = stereo_width;
-  return QueueControl(s, control);
+  return WidthControl(stereo_width, &control) ? QueueControl(s, control)
+                                              : DISTILL_ERROR_ARGUMENT;
 }
 
 int distill_stop(distill_session* s) {

@@ -802,10 +802,23 @@ class Slider(_message.Message):
     LABEL_FIELD_NUMBER: _builtins.int
     MIN_POSITION_FIELD_NUMBER: _builtins.int
     MAX_POSITION_FIELD_NUMBER: _builtins.int
+    SAFE_MIN_POSITION_FIELD_NUMBER: _builtins.int
+    SAFE_MAX_POSITION_FIELD_NUMBER: _builtins.int
+    WARNING_MIN_POSITION_FIELD_NUMBER: _builtins.int
+    WARNING_MAX_POSITION_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     label: _builtins.str
     min_position: _builtins.int
     max_position: _builtins.int
+    safe_min_position: _builtins.int
+    """The positions the model's training data covers, as the Distill app shows them: inside
+    [safe_min_position, safe_max_position] (2nd-98th percentile of the corpus' projections)
+    the sound stays like the corpus; between safe and warning (0.5th-99.5th) it may degrade;
+    beyond warning it is extrapolation. Bundles without the figures: min and max position.
+    """
+    safe_max_position: _builtins.int
+    warning_min_position: _builtins.int
+    warning_max_position: _builtins.int
     def __init__(
         self,
         *,
@@ -813,10 +826,14 @@ class Slider(_message.Message):
         label: _builtins.str = ...,
         min_position: _builtins.int = ...,
         max_position: _builtins.int = ...,
+        safe_min_position: _builtins.int = ...,
+        safe_max_position: _builtins.int = ...,
+        warning_min_position: _builtins.int = ...,
+        warning_max_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "label", b"label", "max_position", b"max_position", "min_position", b"min_position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "label", b"label", "max_position", b"max_position", "min_position", b"min_position", "safe_max_position", b"safe_max_position", "safe_min_position", b"safe_min_position", "warning_max_position", b"warning_max_position", "warning_min_position", b"warning_min_position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

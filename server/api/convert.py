@@ -209,9 +209,22 @@ def sliders(model: ModelSpec) -> list[pb.Slider]:
     if model.sliders is None:
         return []
     s = model.sliders
+    half = s.max_position
+    ranges = s.ranges or tuple((-half, half, -half, half) for _ in s.labels)
     return [
-        pb.Slider(index=i, label=label, min_position=-s.max_position, max_position=s.max_position)
-        for i, label in enumerate(s.labels)
+        pb.Slider(
+            index=i,
+            label=label,
+            min_position=-half,
+            max_position=half,
+            safe_min_position=safe_lo,
+            safe_max_position=safe_hi,
+            warning_min_position=warn_lo,
+            warning_max_position=warn_hi,
+        )
+        for i, (label, (safe_lo, safe_hi, warn_lo, warn_hi)) in enumerate(
+            zip(s.labels, ranges, strict=True)
+        )
     ]
 
 

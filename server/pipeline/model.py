@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,8 @@ class Sliders:
     step: np.ndarray  # (n,)
     labels: tuple[str, ...]
     max_position: int  # positions run from -max_position to +max_position
+    #: per slider (safe_min, safe_max, warning_min, warning_max) in positions (slider_ranges)
+    ranges: tuple[tuple[int, int, int, int], ...] = ()
 
     @property
     def count(self) -> int:
@@ -136,6 +139,7 @@ class ModelSpec:
                 step=np.asarray(s["step_size"], dtype=np.float64),
                 labels=tuple(s["component_labels"]),
                 max_position=int(s["n_steps"]) // 2,
+                ranges=slider_ranges(s),
             )
         post = m["postprocess"]
         stream = m["vocoder"].get("stream")
@@ -171,3 +175,31 @@ class ModelSpec:
             antialias_cutoff_hz=float(post["antialias_cutoff_hz"]),
             antialias_order=int(post["antialias_order"]),
         )
+
+
+def slider_ranges(s: dict[str, object]) -> tuple[tuple[int, int, int, int], ...]:
+    """Each slider's (safe_min, safe_max, warning_min, warning_max) in positions, as the
+    Distill app derives them: the manifest's projection percentiles divided by the slider's
+    step (inner bounds rounded inward), clamped to +-n_steps // 2; without the figures (or
+    with a zero step), the whole range."""
+    half = int(s["n_steps"]) // 2  # type: ignore[call-overload]
+    steps = [float(x) for x in s["step_size"]]  # type: ignore[attr-defined]
+    keys = ("safe_min", "safe_max", "warning_min", "warning_max")
+    if not all(k in s for k in keys):
+        return tuple((-half, half, -half, half) for _ in steps)
+    figures = [[float(x) for x in s[k]] for k in keys]  # type: ignore[attr-defined]
+    ranges = []
+    for i, step in enumerate(steps):
+        if step <= 0:
+            ranges.append((0, 0, 0, 0))
+            continue
+        lo, hi, warn_lo, warn_hi = (f[i] / step for f in figures)
+        ranges.append(
+            (
+                max(math.ceil(lo), -half),
+                min(math.floor(hi), half),
+                max(math.ceil(warn_lo), -half),
+                min(math.floor(warn_hi), half),
+            )
+        )
+    return tuple(ranges)

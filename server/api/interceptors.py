@@ -102,28 +102,34 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.UNAUTHENTICATED,
                 "send one authorization header, not several",
             )
-        header = given[0] if given else ""
+        refused = self.refusal(given[0] if given else "", method)
+        return handler if refused is None else _deny(handler, *refused)
+
+    def known_tokens(self) -> list[bytes]:
+        """Every token this server accepts (generation and admin)."""
+        return [*self._tokens, *self._admin]
+
+    def refusal(self, header: str, method: str) -> tuple[grpc.StatusCode, str] | None:
+        """Why a call to ``method`` with ``authorization`` header ``header`` is refused (its
+        status and message), or None when it may go on. The web edge asks the same."""
         admin = bool(self._admin) and token_valid(header, self._admin)
         if method in ADMIN_METHODS:
             if admin:
-                return handler
+                return None
             if not self._admin:
-                return _deny(
-                    handler,
+                return (
                     grpc.StatusCode.PERMISSION_DENIED,
                     "model control is off on this server: start it with --admin-token-file "
                     "and call with one of those tokens (or rescan with SIGHUP)",
                 )
             if self._tokens and token_valid(header, self._tokens):
-                return _deny(
-                    handler,
+                return (
                     grpc.StatusCode.PERMISSION_DENIED,
                     "this token may generate but not load or unload models: use an admin token",
                 )
         elif not self._tokens or admin or token_valid(header, self._tokens):
-            return handler
-        return _deny(
-            handler,
+            return None
+        return (
             grpc.StatusCode.UNAUTHENTICATED,
             "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'",
         )

@@ -58,6 +58,7 @@ class LiveRpc:
     ) -> None:
         admission = self._admission
         requests = aiter(request_iterator)
+        first: pb.GenerateLiveRequest | None = None
         try:
             first = await anext(requests, None)
             if first is None or first.WhichOneof("kind") != "start":

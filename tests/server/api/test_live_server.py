@@ -338,6 +338,11 @@ def test_fuzzed_controls_get_clean_statuses(live_server: ServerThread, report) -
             except grpc.RpcError as exc:
                 assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.details()
                 statuses[f"{exc.code().name} (bytes)"] += 1
+        # ... and as the first message, where the LiveStart belongs (it was INTERNAL)
+        with pytest.raises(grpc.RpcError) as first:
+            list(raw(iter([b"\xff\xff\xff"]), timeout=30))
+        assert first.value.code() == grpc.StatusCode.INVALID_ARGUMENT, first.value.details()
+        assert "not a valid protobuf message" in str(first.value.details())
     report(f"fuzz: live control messages -> {dict(statuses)}")
     assert statuses["INVALID_ARGUMENT"] > 0 and statuses["OK"] > 0
     assert healthy(live_server.target)

@@ -18,9 +18,15 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = server_cli.server_config(args)
         if args.ray:
+            if config.http_port is not None:
+                raise ValueError("--http-port serves beside the gRPC server, not with --ray")
             from distill_serve.server.ray import cli as ray_cli
 
             ray_cli.run(args, config)
+        elif config.http_port is not None:
+            from distill_serve.server.web.edge import WebEdge
+
+            server_cli.run(config, edges=(WebEdge,))
         else:
             server_cli.run(config)
     except (BundleError, OSError, ValueError) as exc:

@@ -33,6 +33,11 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "core", "distill_serve.v1", "distill_serve.server.pipeline",
         "distill_serve.server.engine", "distill_serve.server.models",
     ),
+    # the web edge runs the gRPC servicer's methods for HTTP and WebSocket calls
+    "distill_serve.server.web": (
+        "core", "distill_serve.v1", "distill_serve.server.pipeline",
+        "distill_serve.server.engine", "distill_serve.server.models", "distill_serve.server.api",
+    ),
     "distill_serve.server.ray": (
         "core", "distill_serve.v1", "distill_serve.server.pipeline",
         "distill_serve.server.engine", "distill_serve.server.models", "distill_serve.server.api",
@@ -60,7 +65,9 @@ EXCEPTIONS = {
 RESTRICTED = {
     # gRPC at the edges: the servicer, Serve's gRPC proxy, the clients, the stubs themselves
     "grpc": ("distill_serve.server.api", "distill_serve.server.ray", "distill_serve.client",
-             "distill_serve.v1"),
+             "distill_serve.v1", "distill_serve.server.web"),
+    # HTTP and WebSocket at the web edge only
+    "aiohttp": ("distill_serve.server.web",),
     "grpc_health": ("distill_serve.server.api", "distill_serve.server.ray"),
     "grpc_reflection": ("distill_serve.server.api",),
     "grpc_tools": ("distill_serve.codegen",),

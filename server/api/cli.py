@@ -6,14 +6,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distill_serve.bundle import VOCODER_ROLES
 from distill_serve.options import field_option, fields_from
 from distill_serve.server.api.config import ServerConfig
 from distill_serve.server.engine.config import CONV_ALGO_SEARCH, VOCODER_PATHS, EngineConfig
 from distill_serve.server.pipeline.request import Limits
+
+if TYPE_CHECKING:
+    from distill_serve.server.api.server import EdgeFactory
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,6 +43,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     field_option(
         p, S, "tls_client_ca", "--tls-client-ca", type=Path,
         help="PEM CA bundle: require client certificates signed by it",
+    )  # fmt: skip
+    field_option(
+        p, S, "http_port", "--http-port", type=int,
+        help="serve the web edge (WebSocket live sessions, HTTP downloads, the playground "
+        "page at /) on this port too (default: off)",
+    )  # fmt: skip
+    field_option(
+        p, S, "allowed_origins", "--allowed-origins", nargs="+", type=str, metavar="ORIGIN",
+        help="web origins (https://host:port) whose pages may call the web edge besides its "
+        "own; * for any (default: none)",
     )  # fmt: skip
     p.add_argument(
         "--token-file",
@@ -171,6 +185,7 @@ def tokens(token_file: Path | None, env: str | None = "DISTILL_SERVE_TOKENS") ->
 def server_config(args: argparse.Namespace) -> ServerConfig:
     """The :class:`ServerConfig` the parsed options ask for (raises ValueError, OSError)."""
     server: dict[str, Any] = fields_from(args, ServerConfig)
+    server["allowed_origins"] = tuple(server.get("allowed_origins") or ())
     return ServerConfig(
         **server,
         limits=Limits(**fields_from(args, Limits)),
@@ -180,8 +195,9 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def run(config: ServerConfig) -> None:
-    """Serve until SIGTERM or SIGINT (the engine is imported here, not for parsing)."""
+def run(config: ServerConfig, edges: Sequence[EdgeFactory] = ()) -> None:
+    """Serve until SIGTERM or SIGINT (the engine is imported here, not for parsing), with
+    ``edges`` (the web edge) beside the gRPC server."""
     from distill_serve.server.api.server import run as serve
 
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, edges))

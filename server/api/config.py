@@ -39,6 +39,10 @@ class ServerConfig:
         malloc_arenas: at most this many glibc malloc arenas (0: glibc's default);
             server/api/memory.py.
         trim_memory: give freed heap pages back to the system when generations end.
+        http_port: the web edge's port (HTTP and WebSocket, the playground page; None: off;
+            0 picks a free one). TLS and tokens as for gRPC.
+        allowed_origins: web origins besides the edge's own whose pages may call it
+            (``*``: any); others are refused (cross-site WebSocket hijacking).
     """
 
     bundle: Path | None = None
@@ -61,6 +65,8 @@ class ServerConfig:
     admin_tokens: tuple[str, ...] = ()
     malloc_arenas: int = 2
     trim_memory: bool = True
+    http_port: int | None = None
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.bundle is not None and self.models_dir is not None:

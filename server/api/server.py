@@ -6,7 +6,9 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -38,6 +40,16 @@ from distill_serve.v1 import distill_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DistillService"].full_name
+
+
+class Edge(Protocol):
+    """Another way in beside gRPC over the same server (the web edge, server/web/)."""
+
+    async def start(self) -> str:
+        """Listen; a line that says where."""
+
+    async def stop(self) -> None:
+        """Stop listening and end what still runs."""
 
 
 class DistillServer:
@@ -76,9 +88,10 @@ class DistillServer:
         self.servicer = DistillServicer(
             models, config.limits, self.metrics, Trimmer(config.trim_memory)
         )
+        #: the token check (the web edge asks it too)
+        self.auth = BearerTokenInterceptor(config.auth_tokens, config.admin_tokens)
         interceptors: list[grpc.aio.ServerInterceptor] = [
-            # outermost: an unauthenticated call learns nothing more
-            BearerTokenInterceptor(config.auth_tokens, config.admin_tokens),
+            self.auth,  # outermost: an unauthenticated call learns nothing more
             MalformedRequestInterceptor(),
         ]
         self._server = grpc.aio.server(
@@ -94,6 +107,14 @@ class DistillServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         self.port = 0
+        self._edges: list[Edge] = []
+
+    async def add_edge(self, edge: Edge) -> str:
+        """Start ``edge`` (another way in, over this server's servicer) and stop it in
+        :meth:`stop`; the line that says where it listens."""
+        line = await edge.start()
+        self._edges.append(edge)
+        return line
 
     @property
     def engine(self) -> Engine:
@@ -127,6 +148,8 @@ class DistillServer:
         await self.health.enter_graceful_shutdown()
         if not await self.servicer.drain(grace):
             log.info("drain: generations still running after %g s; ending them", grace)
+        for edge in self._edges:  # what still runs there ends with the servicer
+            await edge.stop()
         await self._server.stop(max(0.0, grace - (time.monotonic() - started)))
         self.servicer.close()
 
@@ -156,8 +179,12 @@ def build_engine(config: ServerConfig) -> Engine:
     return Engine.from_dir(config.bundle or ensure_demo_bundle(), config.engine)
 
 
-async def run(config: ServerConfig) -> None:
-    """Serve until SIGTERM or SIGINT, then drain in-flight streams for ``grace_s``."""
+EdgeFactory = Callable[[DistillServer], Edge]
+
+
+async def run(config: ServerConfig, edges: Sequence[EdgeFactory] = ()) -> None:
+    """Serve until SIGTERM or SIGINT, then drain in-flight streams for ``grace_s``; ``edges``
+    serve beside the gRPC server and stop after its drain."""
     limit_arenas(config.malloc_arenas)  # before the engines' and generations' threads start
     models = await asyncio.to_thread(build_repository, config.model_source(), config.engine)
     server = DistillServer(config, models=models)
@@ -165,6 +192,8 @@ async def run(config: ServerConfig) -> None:
     if config.models_dir is None and models.entry("").engine is None:
         raise BundleError(models.entry("").reason)  # one bundle: it serves, or nothing
     port = await server.start()
+    for factory in edges:
+        print(await server.add_edge(factory(server)), flush=True)
     if config.metrics_port is not None:
         start_http_server(config.metrics_port, addr=config.host, registry=server.metrics.registry)
     if config.models_dir is None:

@@ -126,3 +126,21 @@ def test_bounce_benchmark_runs(stand_in_bundle: Path, tmp_path: Path) -> None:
     (row,) = json.loads(out.read_text())["bundles"].values()
     assert row["seek_bit_identical"] and row["seek_compared_s"] > 1.0
     assert row["speed_vs_real_time"] > 0 and row["seek_first_audio_s"] > 0
+
+
+def test_web_benchmark_measures_both_edges(stand_in_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "web.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.web", "--bundle", str(stand_in_bundle),
+         "--sessions", "1", "--seconds", "2", "--rounds", "2", "--starts", "2",
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["bundles"].values()
+    for edge in ("grpc", "websocket"):
+        assert len(row["edges"][edge]["per_round_cpu_s_per_audio_s"]) == 2
+        assert row["edges"][edge]["cpu_s_per_audio_s"] > 0
+        assert all(f > 0 for f in row["edges"][edge]["first_audio_s"])
+        assert len(row["edges"][edge]["alone_first_audio_s"]) == 2
+    assert row["cpu_ratio_websocket_vs_grpc"] > 0

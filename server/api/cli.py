@@ -164,7 +164,8 @@ def _engine(p: argparse.ArgumentParser) -> None:
     field_option(
         p, E, "live_capacity", "--live-capacity", type=int,
         help="live sessions admitted at once on the stream path (default: measured from the "
-        "streaming graph's step cost at start; 0: no limit)",
+        "streaming graph's step cost at start, then from the step costs while serving; "
+        "0: no limit)",
     )  # fmt: skip
     field_option(
         p, E, "fault_injection", "--fault-injection", action="store_true",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from distill_serve.bundle import VOCODER_ROLES, Bundle, BundleError, load_bundle
 from distill_serve.isa import cpu_kind, int8_mismatch
-from distill_serve.server.engine.capacity import measure_live_capacity
+from distill_serve.server.engine.capacity import LiveCapacity, measure_live_capacity
 from distill_serve.server.engine.config import CPU, EngineConfig
 from distill_serve.server.engine.cuda import cuda_unavailable_reason
 from distill_serve.server.engine.primary import PRIMARY_GRAPHS, Primary, PrimaryPath
@@ -70,17 +70,19 @@ class Engine:
             self._graphs[f"resampler:{rate}"] = Graph(path, self.config)
         #: the step scheduler of the streaming vocoder (None: the block path serves)
         self.scheduler: StepScheduler | None = None
-        #: live sessions it admits at once: measured at start, or the config's (0: no limit)
-        self.live_capacity = 0
+        #: the live sessions it admits (None: no stream path, no limit)
+        self.capacity: LiveCapacity | None = None
         if self._wants_stream():
             # One session, run from one scheduler loop per core: a single-threaded session
             # runs on its caller's thread, and onnxruntime's Run is thread-safe.
             runners = [step_runner(bundle.graph("vocoder_stream"), self.config)] * self._workers()
             self.scheduler = StepScheduler(runners)
             fixed = self.config.live_capacity
-            self.live_capacity = (
-                measure_live_capacity(self.model, runners) if fixed is None else fixed
-            )
+            if fixed is None:  # measured at start, then following what serving measures
+                self.capacity = measure_live_capacity(self.model, runners)
+                self.scheduler.on_frames = self.capacity.observe
+            else:
+                self.capacity = LiveCapacity(0.0, len(runners), 0.0, fixed=fixed)
         self.primary_path = PrimaryPath(
             self.config,
             self.model,
@@ -132,6 +134,12 @@ class Engine:
         """ "stream" or "block": what new requests on CPU use (a request on the CUDA path
         always vocodes blocks)."""
         return "stream" if self.scheduler is not None else "block"
+
+    @property
+    def live_capacity(self) -> int:
+        """Live sessions admitted at once now (0: no limit): the configured figure, or the
+        estimate that follows the step costs measured while serving (capacity.py)."""
+        return self.capacity.sessions if self.capacity is not None else 0
 
     @property
     def vocoder_precision(self) -> str:

@@ -119,6 +119,10 @@ class StepScheduler:
         self.on_run: Callable[[int, float, float, int], None] | None = None
         self.on_queue: Callable[[int], None] | None = None
         self.on_step: Callable[[float], None] | None = None
+        #: ``(frames, seconds, busy)`` after every run: its stream frames, wall time and the
+        #: loops running a batch when it started (itself included); the live capacity's input
+        self.on_frames: Callable[[int, float, int], None] | None = None
+        self._busy = 0
         self._cond = threading.Condition()
         self._queue: list[_Queued] = []
         self._closed = False
@@ -193,12 +197,15 @@ class StepScheduler:
             taken = {id(s) for s in batch}
             self._queue = [s for s in self._queue if id(s) not in taken]
             depth = len(self._queue)
+            self._busy += 1
         if self.on_queue is not None:
             self.on_queue(depth)
         return batch
 
     def _loop(self, run_batch: BatchRunner) -> None:
         while (batch := self._take()) is not None:
+            with self._cond:
+                busy = self._busy
             started = time.monotonic()
             cpu0 = time.thread_time()
             steps = [q.step for q in batch]
@@ -212,12 +219,16 @@ class StepScheduler:
                 )
             except BaseException as exc:  # handed to every caller of the batch
                 log.exception("vocoder step batch of %d failed", len(batch))
+                with self._cond:
+                    self._busy -= 1
                 for s in batch:
                     s.future.set_exception(exc)
                 continue
             seconds = time.monotonic() - started
             cpu = time.thread_time() - cpu0
+            frames = sum(s.frames for s in steps)
             with self._cond:
+                self._busy -= 1
                 st = self._stats
                 st.steps += len(batch)
                 st.runs += 1
@@ -225,9 +236,11 @@ class StepScheduler:
                 st.batch_sizes[len(batch)] += 1
                 st.run_seconds += seconds
                 st.run_cpu_seconds += cpu
-                st.frames += sum(s.frames for s in steps)
+                st.frames += frames
             if self.on_run is not None:
                 self.on_run(len(batch), seconds, cpu, missed)
+            if self.on_frames is not None:
+                self.on_frames(frames, seconds, busy)
             done = time.monotonic()
             for i, q in enumerate(batch):
                 q.future.set_result((audio[i].reshape(-1), states[i]))

@@ -309,7 +309,8 @@ def test_server_reports_the_path_and_admits_live_sessions_to_its_capacity(
         with Client(s.target, timeout=30) as c:
             info = c.info()
             assert info.vocoder_path == "stream" and info.live_capacity == engine.live_capacity
-            engine.live_capacity, measured = 1, engine.live_capacity
+            assert engine.capacity is not None
+            engine.capacity.fixed = 1  # as --live-capacity 1 would
             try:
                 first = c.live("crossfade", seed=1)
                 it = iter(first)
@@ -321,7 +322,7 @@ def test_server_reports_the_path_and_admits_live_sessions_to_its_capacity(
                 first.stop()
                 list(it)
             finally:
-                engine.live_capacity = measured
+                engine.capacity.fixed = None
         assert s.metric("distill_rejected_total", {"reason": "live_capacity"}) == 1
         assert s.metric("distill_vocoder_step_batch_size_count") > 0
         assert s.metric("distill_vocoder_step_cpu_seconds_total") > 0

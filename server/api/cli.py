@@ -159,7 +159,8 @@ def _engine(p: argparse.ArgumentParser) -> None:
         p, E, "vocoder_path", "--vocoder-path", choices=VOCODER_PATHS,
         help="stream: the bundle's streaming vocoder graph, each frame vocoded once, steps of "
         "concurrent generations batched; block: the whole-clip graph on blocks with context; "
-        "auto (default): stream when the bundle has the graph, fp32 and no CUDA",
+        "auto (default): stream when the bundle has the graph and fp32 (on CUDA its steps "
+        "batch on the device)",
     )  # fmt: skip
     field_option(
         p, E, "live_capacity", "--live-capacity", type=int,

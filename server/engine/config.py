@@ -41,8 +41,8 @@ class EngineConfig:
         vocoder_path: "stream" (the bundle's streaming vocoder graph, fed by the step
             scheduler: each frame vocoded once, steps of concurrent generations batched;
             ``server/engine/scheduler.py``), "block" (the whole-clip graph on blocks with context on
-            both sides), or "auto": stream when the bundle has the graph, the precision is
-            fp32 and no CUDA path is up (the GPU keeps its fixed-shape block sessions).
+            both sides), or "auto": stream when the bundle has the graph and the precision is
+            fp32 (on CUDA the steps batch on the device worker: device_steps.py).
         live_capacity: live sessions admitted at once on the stream path: None (default)
             measures it from the step graph's cost at start, N fixes it, 0 admits without
             limit (e.g. to measure where sessions really start to underrun).

@@ -4,8 +4,10 @@ Every graph has a CPU session, always ready (:class:`~distill_serve.server.engin
 Graph`). The primary path (``primary.py``) holds the GPU sessions of the decoder and vocoder
 (or, under fault injection, CPU stand-ins for them); a primary path that cannot be built
 leaves the engine serving on CPU and says why (:attr:`Engine.provider_note`). With the
-bundle's streaming vocoder graph and no CUDA path, the engine's step scheduler
-(``scheduler.py``) runs every generation's vocoder steps.
+bundle's streaming vocoder graph, the engine's step scheduler (``scheduler.py``) runs every
+generation's vocoder steps: on CPU, one loop per core; with a primary path, one loop whose
+batches run on the device worker (``device_steps.py``), the CPU re-running a batch the device
+has no memory for.
 
 Concurrency: CPU sessions are ``run`` from many threads; primary sessions only from the
 primary's device thread (``primary.py`` says what its lock guards).
@@ -19,12 +21,19 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from distill_serve.bundle import VOCODER_ROLES, Bundle, BundleError, load_bundle
 from distill_serve.isa import cpu_kind, int8_mismatch
 from distill_serve.server.engine.capacity import LiveCapacity, measure_live_capacity
 from distill_serve.server.engine.config import CPU, EngineConfig
 from distill_serve.server.engine.cuda import cuda_unavailable_reason
-from distill_serve.server.engine.primary import PRIMARY_GRAPHS, Primary, PrimaryPath
+from distill_serve.server.engine.primary import (
+    PRIMARY_GRAPHS,
+    Primary,
+    PrimaryPath,
+    is_out_of_memory,
+)
 from distill_serve.server.engine.runner import RequestRunner
 from distill_serve.server.engine.scheduler import StepScheduler
 from distill_serve.server.engine.sessions import Graph, step_runner
@@ -68,14 +77,29 @@ class Engine:
         for rate in self.model.resamplers:
             path = bundle.graph("resampler", rate=rate)
             self._graphs[f"resampler:{rate}"] = Graph(path, self.config)
+        stream = self._wants_stream()
+        self._device = self._wants_device()
+        self.primary_path = PrimaryPath(
+            self.config,
+            self.model,
+            {name: self._graphs[name].path for name in PRIMARY_GRAPHS},
+            self._primary_failed,
+            stream=bundle.graph("vocoder_stream") if stream and self._device else None,
+        )
+        if stream:  # opened before the primary is built: its retry timer starts after this
+            self._cpu_steps = step_runner(bundle.graph("vocoder_stream"), self.config)
+        self.primary_path.build()
         #: the step scheduler of the streaming vocoder (None: the block path serves)
         self.scheduler: StepScheduler | None = None
         #: the live sessions it admits (None: no stream path, no limit)
         self.capacity: LiveCapacity | None = None
-        if self._wants_stream():
-            # One session, run from one scheduler loop per core: a single-threaded session
-            # runs on its caller's thread, and onnxruntime's Run is thread-safe.
-            runners = [step_runner(bundle.graph("vocoder_stream"), self.config)] * self._workers()
+        #: step batches the primary path failed for memory and the CPU re-ran
+        self.step_fallbacks = 0
+        if stream:
+            # CPU: one single-threaded session, run from one scheduler loop per core (it runs
+            # on its caller's thread, and onnxruntime's Run is thread-safe). A primary path
+            # (CUDA): one loop, whose batches run on the device worker (device_steps.py).
+            runners = [self._device_steps] if self._device else [self._cpu_steps] * self._workers()
             self.scheduler = StepScheduler(runners)
             fixed = self.config.live_capacity
             if fixed is None:  # measured at start, then following what serving measures
@@ -83,13 +107,6 @@ class Engine:
                 self.scheduler.on_frames = self.capacity.observe
             else:
                 self.capacity = LiveCapacity(0.0, len(runners), 0.0, fixed=fixed)
-        self.primary_path = PrimaryPath(
-            self.config,
-            self.model,
-            {name: self._graphs[name].path for name in PRIMARY_GRAPHS},
-            self._primary_failed,
-        )
-        self.primary_path.build()
         log.info(
             "vocoder path: %s%s",
             self.vocoder_path,
@@ -115,10 +132,33 @@ class Engine:
                 f"{self.bundle.root}: no streaming vocoder graph (vocoder_stream); re-export "
                 "the bundle with this distill-serve, or serve with --vocoder-path block"
             )
-        if c.vocoder_path == "auto":
-            cuda = c.use_cuda and cuda_unavailable_reason() is None
-            return has and c.vocoder_precision == "fp32" and not cuda and not c.fault_injection
+        if c.vocoder_path == "auto":  # on CUDA too: the steps batch on the device worker
+            return has and c.vocoder_precision == "fp32"
         return c.vocoder_path == "stream"
+
+    def _wants_device(self) -> bool:
+        """Whether a primary path is wanted: CUDA that can load, or its fault-injection
+        stand-in."""
+        c = self.config
+        return (c.use_cuda and cuda_unavailable_reason() is None) or c.fault_injection
+
+    def _device_steps(
+        self, mel: np.ndarray, position: np.ndarray, end: np.ndarray, state: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A step batch on the primary path (the scheduler's runner on a CUDA engine); on a
+        device out-of-memory the same batch on CPU (its audio exact, the fallback counted,
+        the primary rebuilt), and on CPU while there is no primary path."""
+        primary = self.primary_path.current
+        if primary is not None and primary.steps is not None:
+            try:
+                self.primary_path.take_injected_oom()
+                return primary.steps.run(mel, position, end, state)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self.step_fallbacks += 1
+                self.report_fallback("vocoder_stream", exc)
+        return self._cpu_steps(mel, position, end, state)
 
     def _workers(self) -> int:
         """Step sessions (one scheduler loop each): one per core the engine may use."""
@@ -131,8 +171,8 @@ class Engine:
     # --- what the server and the runners see ---------------------------------------------
     @property
     def vocoder_path(self) -> str:
-        """ "stream" or "block": what new requests on CPU use (a request on the CUDA path
-        always vocodes blocks)."""
+        """ "stream" (the streaming graph's steps through the scheduler, on CPU or the
+        device) or "block" (the whole-clip graph on blocks)."""
         return "stream" if self.scheduler is not None else "block"
 
     @property

@@ -32,7 +32,8 @@ from distill_serve.server.engine.cuda import (
     cuda_unavailable_reason,
     vocoder_buckets,
 )
-from distill_serve.server.engine.sessions import new_session
+from distill_serve.server.engine.device_steps import LIVE_STEP_SHAPES, StepSessions
+from distill_serve.server.engine.sessions import new_session, session_options
 from distill_serve.server.pipeline.model import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -61,10 +62,13 @@ class Primary:
         sessions: dict[str, ort.InferenceSession | dict[int, BoundSession]],
         worker: DeviceWorker,
         provider: str,
+        steps: StepSessions | None = None,
     ) -> None:
         self._sessions = sessions
         self._worker = worker
         self.provider = provider
+        #: the streaming graph's batched steps on this provider (None: no streaming graph)
+        self.steps = steps
 
     @property
     def vocoder_buckets(self) -> tuple[int, ...]:
@@ -107,10 +111,12 @@ class PrimaryPath:
         model: ModelSpec,
         graphs: dict[str, Path],
         on_failure: Callable[[str], None],
+        stream: Path | None = None,
     ) -> None:
         self._config = config
         self._model = model
         self._graphs = graphs
+        self._stream = stream  # the streaming vocoder graph, when steps run here
         self._on_failure = on_failure
         self._lock = threading.Lock()
         self._inject = 0
@@ -209,7 +215,31 @@ class PrimaryPath:
                 )
                 for key, shape in self._fixed_shapes(name).items()
             }
-        return Primary(sessions, worker, provider)
+        steps = None
+        if self._stream is not None:
+            steps = StepSessions(
+                self._stream, lambda p: self._step_session(p, providers, expected), worker, device
+            )
+            if provider == CUDA:  # the live steps' shapes before the first session
+                steps.warm(LIVE_STEP_SHAPES)
+        return Primary(sessions, worker, provider, steps)
+
+    def _step_session(
+        self, path: Path, providers: list[Any], provider: str
+    ) -> ort.InferenceSession:
+        """The streaming graph on ``provider``, single-threaded where it runs on CPU (a
+        batched row then equals the same step alone, bit for bit: scheduler.py)."""
+        opts = session_options(self._config)
+        opts.intra_op_num_threads = 1
+        opts.enable_mem_reuse = False  # as sessions.step_runner: much faster to open
+        session = ort.InferenceSession(str(path), opts, providers=providers)
+        running = session.get_providers()[0]
+        if running != provider:
+            raise RuntimeError(
+                f"onnxruntime runs {path.name} on {running}, not {provider} "
+                "(it falls back silently when a CUDA library is missing)"
+            )
+        return session
 
     def _fixed_shapes(self, name: str) -> dict[int, tuple[int, ...]]:
         m = self._model

@@ -54,10 +54,9 @@ class RequestRunner:
 
     @property
     def stream_spec(self) -> StreamSpec | None:
-        """The streaming vocoder's layout when this request streams (None: blocks)."""
-        if self._scheduler is None or (self.on_primary and self._primary is not None):
-            return None
-        return self._stream
+        """The streaming vocoder's layout when this request streams (None: blocks). Its steps
+        run where the engine's scheduler runs them: on the device, or on CPU."""
+        return None if self._scheduler is None else self._stream
 
     def stream_steps(self, steps: list[Step]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Run streaming-vocoder steps through the engine's scheduler (batched with other

@@ -299,7 +299,8 @@ def test_cuda_oom_fallback_answers_request(stand_in_bundle) -> None:  # type: ig
     from distill_serve.server.api.server import ServerConfig
     from tests.conftest import ServerThread
 
-    eng = Engine.from_dir(stand_in_bundle, EngineConfig(use_cuda=False, fault_injection=True))
+    config = EngineConfig(use_cuda=False, fault_injection=True, vocoder_path="block")
+    eng = Engine.from_dir(stand_in_bundle, config)
     s = ServerThread(ServerConfig(port=0), eng)
     try:
         with Client(s.target, timeout=60) as c:

@@ -105,7 +105,10 @@ def test_bound_session_matches_a_plain_run(stand_in_bundle: Path) -> None:
 
 @pytest.fixture(scope="module")
 def fixed_engine(stand_in_bundle: Path) -> Engine:
-    config = EngineConfig(use_cuda=False, fault_injection=True, fixed_shapes=True)
+    # the block path on the device (a bundle without a streaming graph, --vocoder-path block)
+    config = EngineConfig(
+        use_cuda=False, fault_injection=True, fixed_shapes=True, vocoder_path="block"
+    )
     return Engine.from_dir(stand_in_bundle, config)
 
 
@@ -141,7 +144,9 @@ def test_fixed_shapes_follow_the_bundle_context(demo_bundle: Path, report) -> No
     """A HiFi-GAN bundle (context 15 frames, not BigVGAN's 20) gets its own buckets, and the
     fixed-shape path still gives the CPU path's audio."""
     cpu = Engine.from_dir(demo_bundle, EngineConfig(use_cuda=False))
-    config = EngineConfig(use_cuda=False, fault_injection=True, fixed_shapes=True)
+    config = EngineConfig(
+        use_cuda=False, fault_injection=True, fixed_shapes=True, vocoder_path="block"
+    )
     fixed = Engine.from_dir(demo_bundle, config)
     assert cpu.model.context_frames == 15
     runner = fixed.runner()
@@ -156,7 +161,11 @@ def test_fixed_shapes_follow_the_bundle_context(demo_bundle: Path, report) -> No
 
 def test_failed_start_serves_on_cpu_and_retries(stand_in_bundle: Path) -> None:
     config = EngineConfig(
-        use_cuda=False, fault_injection=True, inject_init_failures=2, primary_retry_s=0.2
+        use_cuda=False,
+        fault_injection=True,
+        inject_init_failures=2,
+        primary_retry_s=0.2,
+        live_capacity=0,  # no timing at start: the first retry must not have run yet
     )
     eng = Engine.from_dir(stand_in_bundle, config)
     try:

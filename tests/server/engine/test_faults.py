@@ -32,7 +32,9 @@ from tests.conftest import ServerThread
 
 
 def test_oom_fallback_under_load_loses_nothing(stand_in_bundle: Path) -> None:
-    eng = Engine.from_dir(stand_in_bundle, EngineConfig(use_cuda=False, fault_injection=True))
+    """The block path on the device (the stream path's batches: test_device_steps.py)."""
+    config = EngineConfig(use_cuda=False, fault_injection=True, vocoder_path="block")
+    eng = Engine.from_dir(stand_in_bundle, config)
     s = ServerThread(ServerConfig(port=0, limits=Limits(max_concurrent=8)), eng)
     try:
         with Client(s.target, timeout=120) as c:

@@ -14,7 +14,10 @@ run goes on; steps past ``--budget-s`` are listed as skipped):
    SNR and streamed vs unary SNR; throughput at 1 and 8 clients with each client's count;
    GPU memory of the server;
 5. ``oom``: a server with a ``--gpu-mem-limit`` below the weights (must start, on CPU, and
-   say why) and one below a run's needs (requests must fall back to CPU and be counted).
+   say why) and one below a run's needs (requests must fall back to CPU and be counted);
+6. ``scheduler_<bundle>``: the step scheduler on the device (``cuda_scheduler.py``) against
+   the block path: live sessions held at lookahead 0.3 s, 1 / 8 / 32 clients, batch sizes,
+   GPU memory (demo, full, and ``--v2-bundle`` when given).
 
 ``--dry-run-cpu`` runs every step with CPU stand-ins (CPU providers, torch on CPU, tiny
 lengths) to check the script itself before device time is spent on it.
@@ -39,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import e2e, machine
+from benchmarks.cuda_scheduler import scheduler_paths
 from distill_serve.client import Client, DistillError
 
 MODES = e2e.MODES
@@ -254,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks --cuda", description=__doc__)
     p.add_argument("--demo-bundle", type=Path, required=True)
     p.add_argument("--full-bundle", type=Path, default=None)
+    p.add_argument("--v2-bundle", type=Path, default=None, help="a per-model HiFi-GAN V2 bundle")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache/distill-serve/bench")
     p.add_argument("--budget-s", type=float, default=480.0, help="stop starting steps after")
     p.add_argument("--dry-run-cpu", action="store_true", help="CPU stand-ins, tiny lengths")
@@ -275,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
             run.step(f"served_{name}", lambda b=bundle: served_pair(b, request_s, window_s, dry),
                      cost_s=60)  # fmt: skip
     run.step("oom", lambda: oom(args.demo_bundle, dry), cost_s=20)
+    # the step scheduler on the device: live sessions per GPU, batching, first audio
+    paths = {"demo": args.demo_bundle, "full": args.full_bundle, "per_model_v2": args.v2_bundle}
+    for name, bundle in paths.items():
+        if bundle is not None:
+            measure = lambda b=bundle: scheduler_paths(b, dry, gpu_memory_mb)  # noqa: E731
+            run.step(f"scheduler_{name}", measure, cost_s=120)
     print(f"wrote {out}")
     return 0
 

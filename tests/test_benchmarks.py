@@ -100,6 +100,12 @@ def test_cuda_benchmark_dry_run_covers_every_step(
     assert set(served["cuda_vs_cpu_snr_db"]) == {"crossfade", "latent_interp", "slider"}
     assert [r["clients"] for r in served["cuda"]["throughput"]] == [1, 8]
     assert set(result["oom"]) == {"below_weights", "below_a_run"}
+    scheduler = result["scheduler_demo"]
+    assert scheduler["stream"]["vocoder_path"] == "stream"
+    assert scheduler["block"]["vocoder_path"] == "block"
+    for path in scheduler.values():
+        assert path["live"]["held"] >= 1 and [r["clients"] for r in path["clients"]] == [1, 2]
+    assert scheduler["stream"]["scheduler"]["runs"] > 0
 
 
 def test_memory_benchmark_runs_every_variant(stand_in_bundle: Path, tmp_path: Path) -> None:

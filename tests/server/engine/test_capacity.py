@@ -59,7 +59,7 @@ def test_a_server_started_beside_a_busy_process_recovers_while_serving(
     measured = engine.live_capacity
     # as if measured beside a busy process: the step cost four times what it is
     true_cost = engine.capacity.seconds_per_frame
-    engine.capacity._per_frame = 4 * true_cost  # noqa: SLF001 (the start figure)
+    engine.capacity._per_frame = 4 * true_cost
     pessimistic = engine.live_capacity
     assert pessimistic < measured or pessimistic == 1
     server = start_server(engine, max_concurrent=8)

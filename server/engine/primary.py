@@ -33,7 +33,7 @@ from distill_serve.server.engine.cuda import (
     vocoder_buckets,
 )
 from distill_serve.server.engine.device_steps import LIVE_STEP_SHAPES, StepSessions
-from distill_serve.server.engine.sessions import new_session, session_options
+from distill_serve.server.engine.sessions import session_options
 from distill_serve.server.pipeline.model import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -232,14 +232,7 @@ class PrimaryPath:
         opts = session_options(self._config)
         opts.intra_op_num_threads = 1
         opts.enable_mem_reuse = False  # as sessions.step_runner: much faster to open
-        session = ort.InferenceSession(str(path), opts, providers=providers)
-        running = session.get_providers()[0]
-        if running != provider:
-            raise RuntimeError(
-                f"onnxruntime runs {path.name} on {running}, not {provider} "
-                "(it falls back silently when a CUDA library is missing)"
-            )
-        return session
+        return self._checked(path, providers, provider, opts)
 
     def _fixed_shapes(self, name: str) -> dict[int, tuple[int, ...]]:
         m = self._model
@@ -247,8 +240,17 @@ class PrimaryPath:
             return {b: (b, m.latent_dim) for b in DECODER_BATCHES}
         return {t: (1, m.n_mels_voc, t) for t in vocoder_buckets(m.context_frames)}
 
-    def _checked(self, path: Path, providers: list[Any], provider: str) -> ort.InferenceSession:
-        session = new_session(path, self._config, providers)
+    def _checked(
+        self,
+        path: Path,
+        providers: list[Any],
+        provider: str,
+        opts: ort.SessionOptions | None = None,
+    ) -> ort.InferenceSession:
+        """A session of ``path`` (with ``opts``, else the engine's) that really runs on
+        ``provider``."""
+        opts = opts or session_options(self._config)
+        session = ort.InferenceSession(str(path), opts, providers=providers)
         running = session.get_providers()[0]
         if running != provider:
             raise RuntimeError(

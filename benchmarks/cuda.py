@@ -51,8 +51,11 @@ MODES = e2e.MODES
 class Run:
     """The result document, written after every step."""
 
-    def __init__(self, out: Path, budget_s: float, dry_run: bool) -> None:
+    def __init__(
+        self, out: Path, budget_s: float, dry_run: bool, only: tuple[str, ...] = ()
+    ) -> None:
         self.out = out
+        self.only = only  # step-name prefixes to run (empty: all)
         self.deadline = time.perf_counter() + budget_s
         self.result: dict[str, Any] = {
             "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -63,6 +66,8 @@ class Run:
         }
 
     def step(self, name: str, fn: Callable[[], Any], cost_s: float = 0.0) -> None:
+        if self.only and not name.startswith(self.only):
+            return  # not asked for in this call (--steps)
         if time.perf_counter() + cost_s > self.deadline:
             self.result["skipped"].append(name)
             print(f"[cuda bench] {name}: skipped (budget)", flush=True)
@@ -263,11 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=480.0, help="stop starting steps after")
     p.add_argument("--dry-run-cpu", action="store_true", help="CPU stand-ins, tiny lengths")
     p.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    p.add_argument(
+        "--steps", nargs="+", default=(), metavar="PREFIX",
+        help="run only the steps whose names start so (e.g. scheduler: a second call)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     dry = args.dry_run_cpu
     stamp = f"{dt.datetime.now():%Y%m%d-%H%M%S}"
     out = args.out or Path("benchmarks/results") / f"cuda-{stamp}.json"
-    run = Run(out, args.budget_s, dry)
+    run = Run(out, args.budget_s, dry, tuple(args.steps))
     models = ["demo"] if dry else ["demo", "full_44k"]
     seconds = [1.0] if dry else [1.0, 5.0, 20.0]
     request_s, window_s = (1.0, 2.0) if dry else (10.0, 10.0)

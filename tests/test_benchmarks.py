@@ -150,3 +150,21 @@ def test_web_benchmark_measures_both_edges(stand_in_bundle: Path, tmp_path: Path
         assert all(f > 0 for f in row["edges"][edge]["first_audio_s"])
         assert len(row["edges"][edge]["alone_first_audio_s"]) == 2
     assert row["cpu_ratio_websocket_vs_grpc"] > 0
+
+
+def test_cuda_benchmark_runs_only_the_steps_asked_for(
+    stand_in_bundle: Path, tmp_path: Path
+) -> None:
+    """A second device call runs the scheduler steps alone (``--steps``)."""
+    out = tmp_path / "cuda.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--cuda", "--dry-run-cpu", "--steps", "provider",
+         "--demo-bundle", str(stand_in_bundle), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert "provider" in result and result["skipped"] == [] and result["errors"] == {}
+    assert not any(
+        k.startswith(("shapes", "vocoder", "served", "oom", "scheduler")) for k in result
+    )

@@ -98,6 +98,9 @@ class ModelSpec:
     peak_target: float
     antialias_cutoff_hz: float
     antialias_order: int
+    #: the vocoder takes the decoder's own mel frames (a per-model vocoder): the bridge is
+    #: interpolation on the decoder's grid, done in numpy (mel.pass_through_bridge)
+    bridge_pass_through: bool = False
 
     @property
     def vocoder_rate(self) -> int:
@@ -174,6 +177,7 @@ class ModelSpec:
             peak_target=float(post["peak_target"]),
             antialias_cutoff_hz=float(post["antialias_cutoff_hz"]),
             antialias_order=int(post["antialias_order"]),
+            bridge_pass_through=bool(m["vocoder_mel"].get("decoder_mel", False)),
         )
 
 

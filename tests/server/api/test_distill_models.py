@@ -24,7 +24,9 @@ from distill_serve.export.app_files import (
 from distill_serve.export.exporter import ExportConfig, export_bundle
 from distill_serve.export.parity import snr_db
 from distill_serve.server.engine.engine import Engine, EngineConfig
+from distill_serve.server.pipeline.generate import audio_blocks
 from distill_serve.server.pipeline.live import LiveSession
+from distill_serve.server.pipeline.mel import pass_through_bridge
 from distill_serve.server.pipeline.request import ChunkMode
 from tests.conftest import ServerThread, generate, params, start_server
 
@@ -129,3 +131,21 @@ def test_a_live_session_without_controls_plays_the_fixed_length_audio(app_engine
         blocks.append(session.next_block().audio)
     live = np.concatenate(blocks, axis=1)[:, : 2 * 48000]
     assert snr_db(fixed[:, : 2 * 48000], live) >= 100.0
+
+
+def test_the_pass_through_bridge_runs_in_numpy_with_the_graphs_bits(app_engine: Engine) -> None:
+    """A per-model vocoder's bridge is interpolation on the decoder's grid: numpy gives the
+    bridge graph's float32 result bit for bit (whole and fractional positions), and the
+    served audio is the same whichever runs."""
+    assert app_engine.model.bridge_pass_through
+    rng = np.random.default_rng(4)
+    mel = rng.uniform(0.0, 8.0, (app_engine.model.n_mels_voc, 40)).astype(np.float32)
+    for positions in (np.arange(3, 35, dtype=np.float32), rng.uniform(0, 39, 50)):
+        at = np.sort(positions).astype(np.float32)
+        graph = app_engine.runner().bridge(mel[None], at)[0]
+        np.testing.assert_array_equal(pass_through_bridge(mel, at), graph)
+    p = params(app_engine, ChunkMode.SLIDER, duration_s=2.0, sample_rate=48000)
+    by_graph = dataclasses.replace(app_engine.model, bridge_pass_through=False)
+    runner = app_engine.runner()
+    with_graph = np.concatenate(list(audio_blocks(runner, by_graph, p)), axis=1)
+    np.testing.assert_array_equal(generate(app_engine, p), with_graph)

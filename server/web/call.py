@@ -11,6 +11,7 @@ from typing import NoReturn, cast
 
 import grpc
 import grpc.aio
+from aiohttp import web
 from google.protobuf.message import Message
 
 Writer = Callable[[Message], Awaitable[None]]
@@ -66,9 +67,10 @@ class WebCall:
         return cast(grpc.aio.ServicerContext, self)
 
 
-def peer_of(address: tuple[str, int] | None) -> str:
-    """A socket's remote address in grpc's peer form (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``),
-    which admission's per-client fairness reads."""
+def peer_of(request: web.Request) -> str:
+    """The request's remote address in grpc's peer form (``ipv4:1.2.3.4:5``,
+    ``ipv6:[::1]:5``), which admission's per-client fairness reads."""
+    address = request.transport.get_extra_info("peername") if request.transport else None
     if not address:
         return "unknown"
     host, port = address[0], address[1]

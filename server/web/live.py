@@ -63,8 +63,7 @@ class LiveSocket:
         if refused is not None:
             await _refuse(ws, *refused)
             return ws
-        session = _Session(ws, self._auth.authorization(request), peer_of(request.transport
-            and request.transport.get_extra_info("peername")))  # fmt: skip
+        session = _Session(ws, self._auth.authorization(request), peer_of(request))
         self._sessions.add(session)
         try:
             await session.run(self._servicer)

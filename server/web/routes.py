@@ -70,8 +70,7 @@ class HttpRoutes:
         refused = self._auth.refusal(request, rpc)
         if refused is not None:
             return refusal(*refused)
-        peer = peer_of(request.transport and request.transport.get_extra_info("peername"))
-        call = WebCall(self._auth.authorization(request), peer)
+        call = WebCall(self._auth.authorization(request), peer_of(request))
         method: Method = getattr(self._server.servicer, rpc)
         try:
             return await method(message, call.context)

@@ -127,15 +127,30 @@ class Admission:
         limits: Limits,
         metrics: Metrics,
         trimmer: Trimmer | None = None,
+        auto_concurrent: bool = False,
     ) -> None:
         self.models = models
         self.trimmer = trimmer or Trimmer(enabled=False)
         self.limits = limits
+        #: ``--max-concurrent`` left to the server: it follows the live capacities
+        self.auto_concurrent = auto_concurrent
         self.metrics = metrics
         #: set when the server drains (SIGTERM): new generations are refused, running ones
         #: finish
         self.draining = False
         self.queue = AdmissionQueue(limits.max_waiting, limits.max_wait_s)
+
+    @property
+    def max_concurrent(self) -> int:
+        """Generations allowed at once now: the configured limit; when it is automatic, at
+        least the sum of the loaded models' current live capacities (which follow the step
+        costs measured while serving), so a capacity that grows is not capped by the figure
+        measured at start."""
+        most = self.limits.max_concurrent
+        if self.auto_concurrent:
+            live = sum(e.engine.live_capacity for e in self.models.entries() if e.engine)
+            most = max(most, live)
+        return most
 
     async def drained(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the running generations to end; whether they did."""
@@ -280,7 +295,7 @@ class Admission:
     def _busy(self, entry: ModelEntry, live: bool) -> tuple[str, str]:
         """The limit a new generation on ``entry`` would break: its metrics reason and what
         to tell the client (("", ""): none)."""
-        busy, most = self.models.in_flight, self.limits.max_concurrent
+        busy, most = self.models.in_flight, self.max_concurrent
         if busy >= most:
             return "resource_exhausted", f"server is busy: {busy} of {most} generations running"
         per_model = self.limits.max_concurrent_per_model

@@ -102,7 +102,7 @@ def _limits(p: argparse.ArgumentParser) -> None:
         p, L, "max_concurrent", "--max-concurrent", type=int,
         default=0,  # auto (the servicer's): not Limits' own 4
         help="concurrent generations (default: 4, or the live capacity the streaming vocoder "
-        "measures at start if larger)",
+        "measures if larger, following it while serving)",
     )  # fmt: skip
     field_option(
         p, L, "max_duration_s", "--max-duration", type=float, help="longest request, seconds"

@@ -43,6 +43,9 @@ from distill_serve.v1 import distill_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+#: Worker threads of a server whose --max-concurrent is automatic (made only when needed).
+AUTO_WORKERS = 64
+
 
 class DistillServicer(pb_grpc.DistillServiceServicer):
     """The Distill RPCs over a :class:`ModelRepository` (one model or many)."""
@@ -55,12 +58,15 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
         trimmer: Trimmer | None = None,
     ) -> None:
         self._models = models
-        if not limits.max_concurrent:  # auto: room for the live sessions it can keep up
+        auto = not limits.max_concurrent
+        if auto:  # room for the live sessions it can keep up, as their capacity follows serving
             capacity = sum(e.engine.live_capacity for e in models.entries() if e.engine)
             limits = replace(limits, max_concurrent=max(4, capacity))
         self._limits = limits
-        self._admission = Admission(models, limits, metrics, trimmer)
-        self._executor = ThreadPoolExecutor(limits.max_concurrent, thread_name_prefix="generate")
+        self._admission = Admission(models, limits, metrics, trimmer, auto_concurrent=auto)
+        # threads are made as needed: an automatic limit may grow past the figure at start
+        workers = max(limits.max_concurrent, AUTO_WORKERS if auto else 0)
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="generate")
         # live sessions in their costly start-up at once: one per core (the step runners)
         self._live = LiveRpc(self._admission, self._executor, StartGate(os.cpu_count() or 1))
 
@@ -162,7 +168,7 @@ class DistillServicer(pb_grpc.DistillServiceServicer):
             containers=list(CONTAINER_ENUM.values()),
             limits=pb.Limits(
                 max_duration_s=limits.max_duration_s,
-                max_concurrent_generations=limits.max_concurrent,
+                max_concurrent_generations=self._admission.max_concurrent,
                 max_steps_between=limits.max_steps_between,
                 min_chunk_duration_s=model.min_chunk_duration_s,
                 max_chunk_duration_s=model.max_chunk_duration_s,

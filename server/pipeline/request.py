@@ -59,7 +59,7 @@ class InvalidRequest(ValueError):
 @dataclass(frozen=True)
 class Limits:
     """Server-side request limits (live sessions count against ``max_concurrent`` too;
-    ``max_concurrent`` 0: 4, or the engine's measured live capacity if larger)."""
+    ``max_concurrent`` 0: 4, or the engines' live capacity if larger, as it is now)."""
 
     max_duration_s: float = 60.0
     max_concurrent: int = 4

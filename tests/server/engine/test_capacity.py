@@ -79,3 +79,17 @@ def test_a_server_started_beside_a_busy_process_recovers_while_serving(
     finally:
         server.stop()
         engine.close()
+
+
+def test_an_automatic_concurrency_limit_follows_the_live_capacity(stand_in_bundle: Path) -> None:
+    engine = Engine.from_dir(stand_in_bundle, EngineConfig(use_cuda=False, live_capacity=2))
+    server = start_server(engine, max_concurrent=0)  # automatic, as the CLI's default
+    try:
+        assert engine.capacity is not None
+        with Client(server.target, timeout=30) as c:
+            assert c.info().max_concurrent_generations == 4  # max(4, 2) at start
+            engine.capacity.fixed = 9  # as a capacity that grew while serving
+            assert c.info().max_concurrent_generations == 9
+    finally:
+        server.stop()
+        engine.close()

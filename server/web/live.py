@@ -100,11 +100,15 @@ class _Session:
         else:
             await ws.close(code=CLOSE_NORMAL)
 
-    async def end(self, code: int, reason: str) -> None:
-        """End the session now and close the socket with ``code``."""
+    def _gone(self) -> None:
+        """The client can no longer hear the session: end it at once."""
         self.call.gone = True
         if self._task is not None:
             self._task.cancel()
+
+    async def end(self, code: int, reason: str) -> None:
+        """End the session now and close the socket with ``code``."""
+        self._gone()
         if not self._ws.closed:
             await self._ws.close(code=code, message=reason.encode())
 
@@ -122,9 +126,7 @@ class _Session:
                 )
             else:  # an error (a message over the size limit): the socket is closing
                 break
-        self.call.gone = True
-        if self._task is not None:
-            self._task.cancel()
+        self._gone()
 
     async def _write(self, message: Message) -> None:
         assert isinstance(message, pb.GenerateLiveResponse)

@@ -78,6 +78,11 @@ class HttpRoutes:
             assert call.code is not None
             return refusal(call.code, call.details, call.retry_after_ms)
 
+    async def _json(self, request: web.Request, rpc: str, message: Message) -> web.Response:
+        """Run ``rpc`` (:meth:`_unary`) and answer its reply in protobuf's JSON mapping."""
+        reply = await self._unary(request, rpc, message)
+        return reply if isinstance(reply, web.Response) else web.json_response(as_dict(reply))
+
     async def login(self, request: web.Request) -> web.Response:
         """``{"token": ...}`` -> an HttpOnly, SameSite=Strict cookie the page's calls carry."""
         try:
@@ -100,13 +105,11 @@ class HttpRoutes:
         return response
 
     async def models(self, request: web.Request) -> web.Response:
-        reply = await self._unary(request, "ListModels", pb.ListModelsRequest())
-        return reply if isinstance(reply, web.Response) else web.json_response(as_dict(reply))
+        return await self._json(request, "ListModels", pb.ListModelsRequest())
 
     async def info(self, request: web.Request) -> web.Response:
         message = pb.GetModelInfoRequest(model=request.query.get("model", ""))
-        reply = await self._unary(request, "GetModelInfo", message)
-        return reply if isinstance(reply, web.Response) else web.json_response(as_dict(reply))
+        return await self._json(request, "GetModelInfo", message)
 
     async def generate(self, request: web.Request) -> web.Response:
         """A ``GenerateRequest`` (JSON body) -> the audio file, as a download."""
@@ -135,13 +138,11 @@ class HttpRoutes:
 
     async def load(self, request: web.Request) -> web.Response:
         message = pb.LoadModelRequest(name=request.match_info["name"])
-        reply = await self._unary(request, "LoadModel", message)
-        return reply if isinstance(reply, web.Response) else web.json_response(as_dict(reply))
+        return await self._json(request, "LoadModel", message)
 
     async def unload(self, request: web.Request) -> web.Response:
         message = pb.UnloadModelRequest(name=request.match_info["name"])
-        reply = await self._unary(request, "UnloadModel", message)
-        return reply if isinstance(reply, web.Response) else web.json_response(as_dict(reply))
+        return await self._json(request, "UnloadModel", message)
 
     async def status(self, request: web.Request) -> web.Response:
         """What the playground shows of the server: its models, their vocoder and provider,

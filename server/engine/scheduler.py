@@ -177,10 +177,10 @@ class StepScheduler:
         return self._closed
 
     # --- the loop --------------------------------------------------------------------------
-    def _take(self) -> list[_Queued] | None:
+    def _take(self) -> tuple[list[_Queued], int] | None:
         """The next batch (None once closed): the most urgent step (rank, then deadline) and
         the most urgent queued steps of its shape, as many as the largest batch size they
-        fill."""
+        fill; and the loops running a batch now, this one included."""
         with self._cond:
             while not self._queue and not self._closed:
                 self._cond.wait()
@@ -198,14 +198,14 @@ class StepScheduler:
             self._queue = [s for s in self._queue if id(s) not in taken]
             depth = len(self._queue)
             self._busy += 1
+            busy = self._busy
         if self.on_queue is not None:
             self.on_queue(depth)
-        return batch
+        return batch, busy
 
     def _loop(self, run_batch: BatchRunner) -> None:
-        while (batch := self._take()) is not None:
-            with self._cond:
-                busy = self._busy
+        while (taken := self._take()) is not None:
+            batch, busy = taken
             started = time.monotonic()
             cpu0 = time.thread_time()
             steps = [q.step for q in batch]

@@ -33,7 +33,7 @@ from distill_serve.server.engine.cuda import (
     vocoder_buckets,
 )
 from distill_serve.server.engine.device_steps import LIVE_STEP_SHAPES, StepSessions
-from distill_serve.server.engine.sessions import session_options
+from distill_serve.server.engine.sessions import session_options, step_options
 from distill_serve.server.pipeline.model import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -229,10 +229,7 @@ class PrimaryPath:
     ) -> ort.InferenceSession:
         """The streaming graph on ``provider``, single-threaded where it runs on CPU (a
         batched row then equals the same step alone, bit for bit: scheduler.py)."""
-        opts = session_options(self._config)
-        opts.intra_op_num_threads = 1
-        opts.enable_mem_reuse = False  # as sessions.step_runner: much faster to open
-        return self._checked(path, providers, provider, opts)
+        return self._checked(path, providers, provider, step_options(self._config))
 
     def _fixed_shapes(self, name: str) -> dict[int, tuple[int, ...]]:
         m = self._model

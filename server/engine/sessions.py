@@ -45,17 +45,23 @@ class Graph:
         return np.asarray(self.cpu.run(None, feeds)[0])
 
 
-def step_runner(path: Path, config: EngineConfig) -> Callable[..., Any]:
-    """A single-threaded session of the streaming graph as a batch runner (single-threaded
-    so that a batched row equals the same step alone, bit for bit: server/engine/scheduler.py;
-    several threads may run it at once, each on its own thread)."""
+def step_options(config: EngineConfig) -> ort.SessionOptions:
+    """Options of a streaming-graph session, on CPU or the primary path alike (a CPU re-run
+    of a device batch then gives the stand-in's bits): single-threaded, no buffer reuse."""
     opts = session_options(config)
     opts.intra_op_num_threads = 1
     # onnxruntime's buffer-reuse planner is superlinear in a graph's dynamically shaped
     # values: 8 s to open the stand-in's step graph with it, 1.6 s without, and no
     # measurable change in step time or output (the arena still recycles memory).
     opts.enable_mem_reuse = False
-    session = ort.InferenceSession(str(path), opts, providers=[CPU])
+    return opts
+
+
+def step_runner(path: Path, config: EngineConfig) -> Callable[..., Any]:
+    """A single-threaded session of the streaming graph as a batch runner (single-threaded
+    so that a batched row equals the same step alone, bit for bit: server/engine/scheduler.py;
+    several threads may run it at once, each on its own thread)."""
+    session = ort.InferenceSession(str(path), step_options(config), providers=[CPU])
     # graphs exported before the ``end`` input (manifest without tail_frames) lack it
     takes_end = "end" in {i.name for i in session.get_inputs()}
 

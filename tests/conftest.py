@@ -35,7 +35,7 @@ from distill_serve.server.pipeline.request import (
     Spatial,
     validate,
 )
-from tests import shared_builds
+from tests import realtime, shared_builds
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -69,6 +69,17 @@ def report() -> Callable[[str], None]:
         print(line)
 
     return add
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", realtime.MARKER_HELP)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """A real-time test runs while no other test does (tests/realtime.py)."""
+    with realtime.turn(alone=item.get_closest_marker(realtime.MARK) is not None):
+        yield
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -101,6 +101,7 @@ def _snr_db(ref: np.ndarray, x: np.ndarray) -> float:
     )
 
 
+@pytest.mark.realtime
 @pytest.mark.parametrize("served", ["server", "app_server"])
 def test_c_host_plays_the_python_clients_audio(
     client_build: Path, served: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -148,6 +149,7 @@ def test_c_host_plays_the_python_clients_audio(
     assert int(r["frames_played"]) < int(r["frames_rendered"])
 
 
+@pytest.mark.realtime
 def test_c_host_under_address_sanitizer(
     client_build: Path, server: ServerThread, tmp_path: Path
 ) -> None:

@@ -86,6 +86,7 @@ def test_builds_every_format(plugin: Path) -> None:
     assert (bin_dir / "distill.lv2/manifest.ttl").is_file()
 
 
+@pytest.mark.realtime
 @pytest.mark.parametrize(
     ("rate", "seconds"), [(48000, 20.0), (96000, 8.0), (44100, 6.0), (88200, 6.0)]
 )

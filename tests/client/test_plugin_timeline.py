@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.client.test_plugin import LATENCY_S, PARAM_SLIDER0, _host, plugin, python_timeline
 from tests.conftest import ServerThread
@@ -44,6 +45,7 @@ def _underruns(lines: list[str]) -> list[int]:
     return [int(line.split()[1]) for line in lines if line.startswith("underrun_at")]
 
 
+@pytest.mark.realtime
 def test_transport_seek_loop_and_bounce_equal_playback(  # type: ignore[no-untyped-def]
     plugin: Path, server: ServerThread, tmp_path: Path, report: Callable[[str], None]
 ) -> None:

@@ -72,6 +72,7 @@ def assert_stop_contract(session, blocks, stop_sequence: int, stopped_after: int
     assert [b.sample_offset for b in blocks] == list(offsets)
 
 
+@pytest.mark.realtime
 def test_slider_change_reaches_the_next_block_and_pacing_holds(  # type: ignore[no-untyped-def]
     live_server: ServerThread, report
 ) -> None:

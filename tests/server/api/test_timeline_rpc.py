@@ -55,6 +55,7 @@ def render(
     return np.concatenate([b.audio for b in blocks], axis=1), wall, blocks[0].position
 
 
+@pytest.mark.realtime
 def test_seek_loop_and_bounce_equal_real_time_playback(  # type: ignore[no-untyped-def]
     timeline_server: ServerThread, report
 ) -> None:

@@ -85,6 +85,7 @@ def page_state(chrome: webdriver.Chrome) -> dict[str, Any]:
     )
 
 
+@pytest.mark.realtime
 def test_the_playground_plays_steers_and_downloads(
     web: WebServer, browser: webdriver.Chrome, report: Callable[[str], None]
 ) -> None:

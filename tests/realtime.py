@@ -1,0 +1,54 @@
+"""Real-time tests run alone. A test marked ``realtime`` plays audio against the clock (the
+browser playground, the plug-in in a CLAP host, the C host, paced live sessions) and asserts
+that it kept up; beside a heavy test on the other xdist worker a 2-core machine cannot. Its
+thresholds stay as they are; instead, while it runs (setup, call and teardown) no other test
+of the run does, and it waits for the running one to end.
+
+A readers-writer lock across the run's processes (``fcntl.flock`` on two files): every other
+test holds the room shared, a real-time test holds it exclusively. The turnstile in front of
+the room keeps a waiting real-time test from being overtaken by the other worker's next tests.
+Without xdist (``-n 0``) there is nobody to wait for, and nothing is locked."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+MARK = "realtime"
+MARKER_HELP = f"{MARK}: plays against the clock; runs while no other test does (tests/realtime.py)"
+
+
+def _lock_paths() -> tuple[Path, Path] | None:
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run:
+        return None
+    base = Path(tempfile.gettempdir()) / f"distill-serve-tests-{run}"
+    return base.with_suffix(".turnstile"), base.with_suffix(".room")
+
+
+@contextlib.contextmanager
+def turn(alone: bool) -> Iterator[None]:
+    """Hold the run's room for one test: exclusively when ``alone``, shared otherwise."""
+    paths = _lock_paths()
+    if paths is None:
+        yield
+        return
+    gate_path, room_path = paths
+    with gate_path.open("a") as gate, room_path.open("a") as room:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        if alone:
+            # Holding the gate, so no other test starts; then wait for the running one to end.
+            fcntl.flock(room, fcntl.LOCK_EX)
+        else:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+            fcntl.flock(room, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(room, fcntl.LOCK_UN)
+            if alone:
+                fcntl.flock(gate, fcntl.LOCK_UN)

@@ -25,7 +25,7 @@ import numpy as np
 
 from distill_serve.bundle import VOCODER_ROLES, Bundle, BundleError, load_bundle
 from distill_serve.isa import cpu_kind, int8_mismatch
-from distill_serve.server.engine.capacity import LiveCapacity, measure_live_capacity
+from distill_serve.server.engine.capacity import LiveCapacity, live_capacity
 from distill_serve.server.engine.config import CPU, EngineConfig
 from distill_serve.server.engine.cuda import cuda_unavailable_reason
 from distill_serve.server.engine.primary import (
@@ -37,6 +37,7 @@ from distill_serve.server.engine.primary import (
 from distill_serve.server.engine.runner import RequestRunner
 from distill_serve.server.engine.scheduler import StepScheduler
 from distill_serve.server.engine.sessions import Graph, step_runner
+from distill_serve.server.engine.step_costs import measure_step_costs
 from distill_serve.server.pipeline.model import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,8 @@ class Engine:
             self.scheduler = StepScheduler(runners)
             fixed = self.config.live_capacity
             if fixed is None:  # measured at start, then following what serving measures
-                self.capacity = measure_live_capacity(self.model, runners)
+                costs = measure_step_costs(self.model, runners)
+                self.capacity = live_capacity(self.model, len(runners), costs)
                 self.scheduler.on_frames = self.capacity.observe
             else:
                 self.capacity = LiveCapacity(0.0, len(runners), 0.0, fixed=fixed)

@@ -1,0 +1,65 @@
+"""The streaming graph's step cost, measured once when an engine starts: the live capacity's
+first estimate (``capacity.py``) comes from it.
+
+The live step (8 frames), batch 1: live sessions' steps rarely fall due together (the
+scheduler formed 1.12-1.18 steps per run with 2-5 sessions, 2026-12-02), and the batch-8 cost
+overestimated (11 admitted on the stand-in, 4 held). Timed on every runner at once, as in
+serving (one runner alone ran ~1.4x faster than two together), and on one runner alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from distill_serve.bundle import STREAM_OPEN_END
+from distill_serve.server.pipeline.model import ModelSpec
+
+#: The live step's frames, and the runs each runner makes of it.
+STEP_FRAMES = 8
+RUNS = 12
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """Wall seconds per stream frame of the live step at batch 1: on one runner ``alone``,
+    and per runner with every runner running at once (``together``)."""
+
+    alone: float
+    together: float
+
+
+def _timed(runners: Sequence[Callable[..., Any]], model: ModelSpec, batch: int, runs: int) -> float:
+    """Wall seconds per frame (per runner) of ``runs`` steps of ``batch`` rows on every
+    runner in ``runners`` at once."""
+    spec = model.stream
+    assert spec is not None
+    mel = np.full((batch, model.n_mels_voc, STEP_FRAMES), -5.0, np.float32)
+    position = np.zeros((batch, 1), np.int64)
+    end = np.full((batch, 1), STREAM_OPEN_END, np.int64)
+    state = np.zeros((batch, spec.state_size), np.float32)
+
+    def steps(run: Callable[..., Any]) -> None:
+        for _ in range(runs):
+            run(mel, position, end, state)
+
+    threads = [threading.Thread(target=steps, args=(run,)) for run in runners]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return (time.perf_counter() - t0) / (runs * batch * STEP_FRAMES)
+
+
+def measure_step_costs(model: ModelSpec, runners: Sequence[Callable[..., Any]]) -> StepCosts:
+    """The live step's cost on ``runners`` (the step scheduler's batch runners)."""
+    _timed(runners[:1], model, 1, 1)  # warm-up
+    alone = _timed(runners[:1], model, 1, RUNS)
+    together = _timed(runners, model, 1, RUNS)
+    return StepCosts(alone, together)

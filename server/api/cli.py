@@ -169,6 +169,12 @@ def _engine(p: argparse.ArgumentParser) -> None:
         "0: no limit)",
     )  # fmt: skip
     field_option(
+        p, E, "step_batch", "--step-batch", type=int,
+        help="the most streaming-graph steps run together (default: 32 on the device; on CPU "
+        "32 when the start measurement finds a batched frame at most 0.9x a single step's, "
+        "else 1)",
+    )  # fmt: skip
+    field_option(
         p, E, "fault_injection", "--fault-injection", action="store_true",
         help="testing: allow injected CUDA OOMs (stand-in path without a GPU)",
     )  # fmt: skip

@@ -46,6 +46,9 @@ class EngineConfig:
         live_capacity: live sessions admitted at once on the stream path: None (default)
             measures it from the step graph's cost at start, N fixes it, 0 admits without
             limit (e.g. to measure where sessions really start to underrun).
+        step_batch: the most streaming-graph steps the step scheduler runs together. None
+            (default): on the device 32; on CPU measured at start (``step_costs.py``): 32 when
+            a batched frame costs at most 0.9x a single step's, else 1.
     """
 
     use_cuda: bool = True
@@ -61,8 +64,11 @@ class EngineConfig:
     inject_init_failures: int = 0
     vocoder_path: str = "auto"
     live_capacity: int | None = None
+    step_batch: int | None = None
 
     def __post_init__(self) -> None:
+        if self.step_batch is not None and self.step_batch < 1:
+            raise ValueError(f"step_batch must be >= 1 or None, got {self.step_batch}")
         if self.live_capacity is not None and self.live_capacity < 0:
             raise ValueError(f"live_capacity must be >= 0 or None, got {self.live_capacity}")
         if self.vocoder_path not in VOCODER_PATHS:

@@ -35,9 +35,9 @@ from distill_serve.server.engine.primary import (
     is_out_of_memory,
 )
 from distill_serve.server.engine.runner import RequestRunner
-from distill_serve.server.engine.scheduler import StepScheduler
+from distill_serve.server.engine.scheduler import BATCH_SIZES, StepScheduler
 from distill_serve.server.engine.sessions import Graph, step_runner
-from distill_serve.server.engine.step_costs import measure_step_costs
+from distill_serve.server.engine.step_costs import PROBE_BATCH, StepCosts, measure_step_costs
 from distill_serve.server.pipeline.model import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -96,24 +96,28 @@ class Engine:
         self.capacity: LiveCapacity | None = None
         #: step batches the primary path failed for memory and the CPU re-ran
         self.step_fallbacks = 0
+        #: the step graph's cost measured at start (None: nothing needed measuring)
+        self.step_costs: StepCosts | None = None
         if stream:
             # CPU: one single-threaded session, run from one scheduler loop per core (it runs
             # on its caller's thread, and onnxruntime's Run is thread-safe). A primary path
             # (CUDA): one loop, whose batches run on the device worker (device_steps.py).
             runners = [self._device_steps] if self._device else [self._cpu_steps] * self._workers()
-            self.scheduler = StepScheduler(runners)
-            fixed = self.config.live_capacity
-            if fixed is None:  # measured at start, then following what serving measures
-                costs = measure_step_costs(self.model, runners)
+            fixed, batch = self.config.live_capacity, self.config.step_batch
+            probe = batch is None and not self._device  # does batching pay on this CPU?
+            costs = None
+            if fixed is None or probe:
+                costs = measure_step_costs(self.model, runners, batched=probe)
+            self.step_costs = costs
+            if batch is None:
+                batch = costs.cpu_batch() if probe and costs else BATCH_SIZES[-1]
+            self.scheduler = StepScheduler(runners, max_batch=batch)
+            if costs is not None and fixed is None:  # measured at start, then from serving
                 self.capacity = live_capacity(self.model, len(runners), costs)
                 self.scheduler.on_frames = self.capacity.observe
             else:
                 self.capacity = LiveCapacity(0.0, len(runners), 0.0, fixed=fixed)
-        log.info(
-            "vocoder path: %s%s",
-            self.vocoder_path,
-            f" (live capacity {self.live_capacity} sessions)" if self.live_capacity else "",
-        )
+        log.info("vocoder path: %s%s", self.vocoder_path, self._path_note())
 
     @classmethod
     def from_dir(
@@ -161,6 +165,19 @@ class Engine:
                 self.step_fallbacks += 1
                 self.report_fallback("vocoder_stream", exc)
         return self._cpu_steps(mel, position, end, state)
+
+    def _path_note(self) -> str:
+        """The stream path's live capacity and step batches, for the start log."""
+        if self.scheduler is None:
+            return ""
+        parts = [f"live capacity {self.live_capacity} sessions"] if self.live_capacity else []
+        sizes = self.scheduler.batch_sizes
+        ratio = self.step_costs.batch_ratio if self.step_costs is not None else None
+        parts.append(
+            f"step batches up to {sizes[-1]}"
+            + (f" (a batch of {PROBE_BATCH} costs {ratio:.2f}x per frame)" if ratio else "")
+        )
+        return f" ({'; '.join(parts)})"
 
     def _workers(self) -> int:
         """Step sessions (one scheduler loop each): one per core the engine may use."""

@@ -34,6 +34,12 @@ Why it is shaped so:
 - **A small fixed set of batch sizes** (:data:`BATCH_SIZES`, as the CUDA path's buckets): a
   batch takes the largest size that the queued steps of its shape fill, so every run has one
   of a few shapes (kernel plans, memory patterns) and none is padded with wasted rows.
+- **On CPU, batches only where they pay.** A batched row saves only the run's per-call
+  overhead, and every row of a batch waits for the whole batch; on the per-model HiFi-GAN V2
+  a batch of 8 cost 1.13-1.17x per frame of single steps (its working set outgrows the
+  caches), and served live sessions took 7 % more CPU with batches than without. So the
+  engine measures both at start (``step_costs.py``) and gives the scheduler its
+  ``max_batch`` (1 unless batching is clearly cheaper); the device path batches up to 32.
 - **One loop per runner, one thread per runner's session.** On CPU the engine gives it one
   single-threaded session per core, and the loops take batches from the one queue side by
   side. A session with several intra-op threads splits some convolutions (BigVGAN's grouped
@@ -101,7 +107,8 @@ class SchedulerStats:
 
 
 class StepScheduler:
-    """Batches :class:`Step` s of many streams into runs of ``run_batch``, most urgent first.
+    """Batches :class:`Step` s of many streams into runs of ``run_batch``, most urgent first,
+    at most ``max_batch`` steps a run.
 
     Hooks (for metrics; set them before steps arrive): ``on_run(batch_size, seconds,
     cpu_seconds, missed)`` after every run (``cpu_seconds``: the running thread's CPU time,
@@ -111,11 +118,18 @@ class StepScheduler:
     """
 
     def __init__(
-        self, runners: BatchRunner | Sequence[BatchRunner], name: str = "vocoder-steps"
+        self,
+        runners: BatchRunner | Sequence[BatchRunner],
+        name: str = "vocoder-steps",
+        max_batch: int = BATCH_SIZES[-1],
     ) -> None:
         runners = [runners] if callable(runners) else list(runners)
         if not runners:
             raise ValueError("the step scheduler needs at least one batch runner")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        #: the batch sizes runs may have: :data:`BATCH_SIZES` up to ``max_batch``
+        self.batch_sizes = tuple(b for b in BATCH_SIZES if b <= max_batch)
         self.on_run: Callable[[int, float, float, int], None] | None = None
         self.on_queue: Callable[[int], None] | None = None
         self.on_step: Callable[[float], None] | None = None
@@ -192,7 +206,7 @@ class StepScheduler:
             self._queue.sort(key=lambda q: (q.step.rank, q.step.deadline))
             shape = self._queue[0].step.frames
             same = [q for q in self._queue if q.step.frames == shape]
-            size = max(b for b in BATCH_SIZES if b <= len(same))
+            size = max(b for b in self.batch_sizes if b <= len(same))
             batch = same[:size]
             taken = {id(s) for s in batch}
             self._queue = [s for s in self._queue if id(s) not in taken]

@@ -137,3 +137,24 @@ def test_scheduler_counts_its_runs_cpu_time_apart_from_their_wall_time() -> None
     (_, spin_cpu), (sleep_wall, sleep_cpu) = runs
     assert spin_cpu >= 0.03 and totals[0] == spin_cpu
     assert sleep_wall >= 0.05 and sleep_cpu < 0.02 and totals[1] == sleep_cpu
+
+
+@pytest.mark.parametrize(("max_batch", "expected"), [(1, [1] * 6), (3, [2, 2, 2]), (32, [4, 2])])
+def test_max_batch_caps_every_run(max_batch: int, expected: list[int]) -> None:
+    sizes: list[int] = []
+    gate = threading.Event()
+    scheduler = StepScheduler(_echo_batches(sizes, gate), max_batch=max_batch)
+    try:
+        now = time.monotonic()
+        blocker = scheduler.submit(_step(8, 0.0, now))  # holds the loop while we queue
+        time.sleep(0.1)
+        queued = [scheduler.submit(_step(8, v, now + v)) for v in range(6)]
+        gate.set()
+        for v, f in enumerate(queued):
+            assert np.allclose(f.result(10)[0], 3.0 * v)
+        blocker.result(10)
+        assert sizes == [1, *expected]
+    finally:
+        scheduler.close()
+    with pytest.raises(ValueError, match="max_batch"):
+        StepScheduler(_echo_batches([]), max_batch=0)

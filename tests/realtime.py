@@ -1,8 +1,10 @@
 """Real-time tests run alone. A test marked ``realtime`` plays audio against the clock (the
 browser playground, the plug-in in a CLAP host, the C host, paced live sessions) and asserts
-that it kept up; beside a heavy test on the other xdist worker a 2-core machine cannot. Its
-thresholds stay as they are; instead, while it runs (setup, call and teardown) no other test
-of the run does, and it waits for the running one to end.
+that it kept up, or compares the machine's speed at two moments (the live capacity measured
+at start and while serving); beside a heavy test on the other xdist worker a 2-core machine
+cannot keep up, nor stay the same machine. Its thresholds stay as they are; instead, while it
+runs (setup, call and teardown) no other test of the run does, and it waits for the running
+one to end.
 
 A readers-writer lock across the run's processes (``fcntl.flock`` on two files): every other
 test holds the room shared, a real-time test holds it exclusively. The turnstile in front of
@@ -19,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 MARK = "realtime"
-MARKER_HELP = f"{MARK}: plays against the clock; runs while no other test does (tests/realtime.py)"
+MARKER_HELP = f"{MARK}: timed against the clock; runs while no other test does (tests/realtime.py)"
 
 
 def _lock_paths() -> tuple[Path, Path] | None:

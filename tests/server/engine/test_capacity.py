@@ -51,6 +51,9 @@ def test_a_fixed_figure_never_moves() -> None:
     assert LiveCapacity(FRAMES_PER_S, 2, 1.0, fixed=0).sessions == 0  # no limit
 
 
+# It compares the step cost measured at start with the one measured while serving: both must
+# see the same machine, not one of them a busy neighbour test (tests/realtime.py).
+@pytest.mark.realtime
 def test_a_server_started_beside_a_busy_process_recovers_while_serving(
     stand_in_bundle: Path,
 ) -> None:

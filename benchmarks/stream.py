@@ -20,6 +20,10 @@ sessions is 1 / that), then one ``distill-serve serve --vocoder-path P`` per pat
   and first audio p50 / p99 at 8 clients;
 - the batch sizes the scheduler formed and the share of steps that missed their deadline
   (from the server's Prometheus endpoint).
+
+``--step-batch auto,32`` serves the stream path once per value (``serve --step-batch``): the
+server's own choice beside batching up to 32, in the same run (results ``stream`` and
+``stream+batch32``).
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ from distill_serve.bundle import STREAM_OPEN_END
 from distill_serve.client import Client
 
 LOOKAHEAD = 0.3
-LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32)
+#: every count up to 16 (the per-model V2 bundle holds 12-13 on two cores), then in steps of 4
+LADDER = (*range(1, 17), 20, 24, 28, 32)
 CLIENTS = (1, 4, 8, 16)
 #: seconds between session starts in the staggered climb
 STAGGER_S = 0.5
@@ -203,17 +208,20 @@ def clients(target: str, n: int, window_s: float, clip_s: float) -> dict[str, An
     }
 
 
-def one_path(bundle: Path, path: str, live_s: float, window_s: float) -> dict[str, Any]:
+def one_path(
+    bundle: Path, path: str, live_s: float, window_s: float, step_batch: str = "auto"
+) -> dict[str, Any]:
     ticks = machine.cpu_ticks()
     # The server's own estimate first; then one that admits every session (--live-capacity
     # 0), so the ladder finds where sessions really underrun and the estimate can be judged.
+    chosen = () if step_batch == "auto" else ("--step-batch", step_batch)
     with (
-        e2e.server(bundle, extra_args=("--vocoder-path", path)) as (target, _pid),
+        e2e.server(bundle, extra_args=("--vocoder-path", path, *chosen)) as (target, _pid),
         Client(target, timeout=60) as c,
     ):
         estimate = c.info().live_capacity
     port = _free_port()
-    extra = ("--vocoder-path", path, "--metrics-port", str(port), "--live-capacity", "0")
+    extra = ("--vocoder-path", path, "--metrics-port", str(port), "--live-capacity", "0", *chosen)
     with e2e.server(bundle, max_concurrent=40, extra_args=extra) as (target, pid):
         with Client(target, timeout=60) as c:
             info = c.info()
@@ -253,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         "--bundle", action="append", default=None, help="bundle dir (default: demo and stand-in)"
     )
     p.add_argument("--paths", default="block,stream")
+    p.add_argument(
+        "--step-batch",
+        default="auto",
+        help="comma-separated serve --step-batch values, each served in turn on the stream "
+        "path (auto: the server's own choice; e.g. auto,32 compares it with batching)",
+    )
     p.add_argument("--live-s", type=float, default=20.0, help="seconds each live session plays")
     p.add_argument(
         "--window-s", type=float, default=10.0, help="throughput window per client count"
@@ -270,16 +284,22 @@ def main(argv: list[str] | None = None) -> int:
     for bundle in bundles:
         entry: dict[str, Any] = {"graph": graph_cost(bundle)}
         print(f"{bundle.name}: streaming graph alone: {json.dumps(entry['graph'])}", flush=True)
-        for path in args.paths.split(","):
-            entry[path] = one_path(bundle, path, args.live_s, args.window_s)
-            r = entry[path]
+        runs = [
+            (path, batch)
+            for path in args.paths.split(",")
+            for batch in (args.step_batch.split(",") if path == "stream" else ["auto"])
+        ]
+        for path, batch in runs:
+            key = path if batch == "auto" else f"{path}+batch{batch}"
+            entry[key] = one_path(bundle, path, args.live_s, args.window_s, batch)
+            r = entry[key]
             g = entry["graph"]
             best = r["live"]["at_best"]
             cpu = best.get("server_cpu_s_per_audio_s")
             overhead = best.get("serving_overhead_share")
             served = r["live"].get("served_vocoder_bound_sessions")  # the stream path only
             print(
-                f"{bundle.name} {path}: live sessions held {r['live']['held']} "
+                f"{bundle.name} {key}: live sessions held {r['live']['held']} "
                 f"({r['live']['held_staggered']} started {STAGGER_S} s apart) "
                 f"(estimate {r['live_capacity_estimate']}; vocoder-bound "
                 f"{g['batch1_vocoder_bound_sessions']:.1f} at batch 1, "
@@ -290,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"scheduler {r['scheduler']}, steal {r['steal_share']}",
                 flush=True,
             )
-            print(table(r["throughput"], f"{bundle.name} {path}: throughput"), flush=True)
+            print(table(r["throughput"], f"{bundle.name} {key}: throughput"), flush=True)
             if cpu:  # against the graph alone at batch 1 and 8 (brackets what the runs formed)
                 for b in (1, 8):
                     r[f"serving_overhead_share_vs_batch{b}"] = (

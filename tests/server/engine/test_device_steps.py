@@ -142,7 +142,11 @@ def test_live_and_fixed_length_semantics_hold_on_the_device(engine: Engine, devi
 
 
 def test_a_server_on_the_device_path_survives_ooms_under_load(stand_in_bundle: Path) -> None:
-    config = EngineConfig(use_cuda=False, fault_injection=True, live_capacity=0)
+    # Single steps: each (batch, frames) shape is a session of its own, ~0.3-0.6 GB on the
+    # stand-in here, and each injected OOM rebuilds them all; with batches of 1, 2 and 4 the
+    # worker grew to 16 GB beside the Ray tests in a fresh-clone run (their replicas then
+    # died for memory). Batched device steps are checked above.
+    config = EngineConfig(use_cuda=False, fault_injection=True, live_capacity=0, step_batch=1)
     engine = Engine.from_dir(stand_in_bundle, config)
     server = ServerThread(ServerConfig(port=0), engine)
     try:

@@ -47,8 +47,7 @@ class EngineConfig:
             measures it from the step graph's cost at start, N fixes it, 0 admits without
             limit (e.g. to measure where sessions really start to underrun).
         step_batch: the most streaming-graph steps the step scheduler runs together. None
-            (default): on the device 32; on CPU measured at start (``step_costs.py``): 32 when
-            a batched frame costs at most 0.9x a single step's, else 1.
+            (default): on the device 32; on CPU 1 (``step_costs.py`` says why).
     """
 
     use_cuda: bool = True

@@ -37,7 +37,7 @@ from distill_serve.server.engine.primary import (
 from distill_serve.server.engine.runner import RequestRunner
 from distill_serve.server.engine.scheduler import BATCH_SIZES, StepScheduler
 from distill_serve.server.engine.sessions import Graph, step_runner
-from distill_serve.server.engine.step_costs import PROBE_BATCH, StepCosts, measure_step_costs
+from distill_serve.server.engine.step_costs import CPU_STEP_BATCH, StepCosts, measure_step_costs
 from distill_serve.server.pipeline.model import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -104,13 +104,10 @@ class Engine:
             # (CUDA): one loop, whose batches run on the device worker (device_steps.py).
             runners = [self._device_steps] if self._device else [self._cpu_steps] * self._workers()
             fixed, batch = self.config.live_capacity, self.config.step_batch
-            probe = batch is None and not self._device  # does batching pay on this CPU?
-            costs = None
-            if fixed is None or probe:
-                costs = measure_step_costs(self.model, runners, batched=probe)
+            costs = measure_step_costs(self.model, runners) if fixed is None else None
             self.step_costs = costs
-            if batch is None:
-                batch = costs.cpu_batch() if probe and costs else BATCH_SIZES[-1]
+            if batch is None:  # CPU: unbatched (step_costs.py says why); the device: 32
+                batch = BATCH_SIZES[-1] if self._device else CPU_STEP_BATCH
             self.scheduler = StepScheduler(runners, max_batch=batch)
             if costs is not None and fixed is None:  # measured at start, then from serving
                 self.capacity = live_capacity(self.model, len(runners), costs)
@@ -171,12 +168,7 @@ class Engine:
         if self.scheduler is None:
             return ""
         parts = [f"live capacity {self.live_capacity} sessions"] if self.live_capacity else []
-        sizes = self.scheduler.batch_sizes
-        ratio = self.step_costs.batch_ratio if self.step_costs is not None else None
-        parts.append(
-            f"step batches up to {sizes[-1]}"
-            + (f" (a batch of {PROBE_BATCH} costs {ratio:.2f}x per frame)" if ratio else "")
-        )
+        parts.append(f"step batches up to {self.scheduler.batch_sizes[-1]}")
         return f" ({'; '.join(parts)})"
 
     def _workers(self) -> int:

@@ -37,9 +37,9 @@ Why it is shaped so:
 - **On CPU, batches only where they pay.** A batched row saves only the run's per-call
   overhead, and every row of a batch waits for the whole batch; on the per-model HiFi-GAN V2
   a batch of 8 cost 1.13-1.17x per frame of single steps (its working set outgrows the
-  caches), and served live sessions took 7 % more CPU with batches than without. So the
-  engine measures both at start (``step_costs.py``) and gives the scheduler its
-  ``max_batch`` (1 unless batching is clearly cheaper); the device path batches up to 32.
+  caches), and served live sessions took 11 % more CPU with batches than without. So on CPU
+  the engine gives the scheduler ``max_batch`` 1 (``step_costs.py``); the device path
+  batches up to 32.
 - **One loop per runner, one thread per runner's session.** On CPU the engine gives it one
   single-threaded session per core, and the loops take batches from the one queue side by
   side. A session with several intra-op threads splits some convolutions (BigVGAN's grouped

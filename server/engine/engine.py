@@ -37,7 +37,7 @@ from distill_serve.server.engine.primary import (
 from distill_serve.server.engine.runner import RequestRunner
 from distill_serve.server.engine.scheduler import BATCH_SIZES, StepScheduler
 from distill_serve.server.engine.sessions import Graph, step_runner
-from distill_serve.server.engine.step_costs import CPU_STEP_BATCH, StepCosts, measure_step_costs
+from distill_serve.server.engine.step_costs import CPU_STEP_BATCH, measure_step_costs
 from distill_serve.server.pipeline.model import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -96,20 +96,17 @@ class Engine:
         self.capacity: LiveCapacity | None = None
         #: step batches the primary path failed for memory and the CPU re-ran
         self.step_fallbacks = 0
-        #: the step graph's cost measured at start (None: nothing needed measuring)
-        self.step_costs: StepCosts | None = None
         if stream:
             # CPU: one single-threaded session, run from one scheduler loop per core (it runs
             # on its caller's thread, and onnxruntime's Run is thread-safe). A primary path
             # (CUDA): one loop, whose batches run on the device worker (device_steps.py).
             runners = [self._device_steps] if self._device else [self._cpu_steps] * self._workers()
             fixed, batch = self.config.live_capacity, self.config.step_batch
-            costs = measure_step_costs(self.model, runners) if fixed is None else None
-            self.step_costs = costs
             if batch is None:  # CPU: unbatched (step_costs.py says why); the device: 32
                 batch = BATCH_SIZES[-1] if self._device else CPU_STEP_BATCH
             self.scheduler = StepScheduler(runners, max_batch=batch)
-            if costs is not None and fixed is None:  # measured at start, then from serving
+            if fixed is None:  # measured at start, then following what serving measures
+                costs = measure_step_costs(self.model, runners)
                 self.capacity = live_capacity(self.model, len(runners), costs)
                 self.scheduler.on_frames = self.capacity.observe
             else:

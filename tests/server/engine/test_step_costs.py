@@ -33,7 +33,7 @@ def test_the_engine_runs_single_steps_on_cpu_unless_configured(stand_in_bundle: 
     bundle = load_bundle(stand_in_bundle)
     default = Engine(bundle, EngineConfig(use_cuda=False, live_capacity=0))
     assert default.scheduler is not None and default.scheduler.batch_sizes == (1,)
-    assert default.step_costs is None  # a fixed capacity: nothing to measure
+    assert default.capacity is not None and default.capacity.fixed == 0  # nothing measured
     fixed = Engine(bundle, EngineConfig(use_cuda=False, live_capacity=0, step_batch=2))
     assert fixed.scheduler is not None and fixed.scheduler.batch_sizes == (1, 2)
     for e in (default, fixed):

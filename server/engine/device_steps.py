@@ -4,12 +4,19 @@ worker, each through a session bound to its shape.
 
 Why it looks like this (server/engine/cuda.py says why the block path does the same):
 
-- **One session per batch shape, made on first use.** A batch is ``(B, n_mels, S)`` with B
-  from the scheduler's :data:`~distill_serve.server.engine.scheduler.BATCH_SIZES` and S from
-  the graph's step sizes, so there are at most 6 x 3 shapes. cuDNN rebuilds a conv's plan
-  whenever its input shape differs from the previous call's, so each shape gets its own
-  session (its plans, memory pattern and, later, CUDA graph). A GPU server warms the shapes
-  live sessions use at start (:meth:`StepSessions.warm`); the rest are made when first met.
+- **One session per batch shape, a bounded set of them.** A batch is ``(B, n_mels, S)``
+  with B from the scheduler's :data:`~distill_serve.server.engine.scheduler.BATCH_SIZES`.
+  cuDNN rebuilds a conv's plan whenever its input shape differs from the previous call's, so
+  each shape gets its own session (its plans, memory pattern and, later, CUDA graph), and
+  each session holds its own arena at its peak and its own copy of the weights: their count
+  must not grow with what clients ask. S is a step size (the bundle's ``step_frames``, the
+  live blocks' 8 and 16) or one of a stream's short steps, which
+  :func:`~distill_serve.server.pipeline.vocoder_stream.step_plan` makes powers of two (a
+  first feed's latency, a clip's tail). Steps of a step size run batched; short steps, rare
+  (a stream's start and end), run one row at a time. So the sessions are at most
+  :func:`step_shapes`: 6 x 3 + 3 = 21 on the bundles made here, all made at start on a GPU
+  (:meth:`StepSessions.warm`), so no request pays for one. (Before step_plan, first steps
+  and tails of any length made a session each: a CPU fault-injection test grew to 16 GB.)
 - **IO binding, one copy each way per batch.** A bound session's inputs and outputs live on
   the device; a batch copies its stacked inputs in and its outputs out once, whatever its
   size, and allocates nothing per run. (The stream states still travel to the host and back
@@ -22,7 +29,7 @@ Why it looks like this (server/engine/cuda.py says why the block path does the s
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +38,28 @@ import onnxruntime as ort
 
 from distill_serve.bundle import STREAM_OPEN_END
 from distill_serve.server.engine.cuda import DeviceWorker
+from distill_serve.server.engine.scheduler import BATCH_SIZES
 
-#: ``(batch, frames)`` the live sessions' steps have: warmed at start on a GPU.
-LIVE_STEP_SHAPES: tuple[tuple[int, int], ...] = tuple(
-    (b, s) for s in (8, 16) for b in (1, 2, 4, 8, 16, 32)
-)
+#: frames per step of the live blocks (``server/pipeline/live.py``: one or two normaliser
+#: segments), batched beside the bundle's ``step_frames``
+LIVE_FRAMES: tuple[int, ...] = (8, 16)
+
+
+def batched_frames(step_frames: Sequence[int]) -> frozenset[int]:
+    """The step sizes whose steps run batched: the bundle's and the live blocks'."""
+    return frozenset(step_frames) | frozenset(LIVE_FRAMES)
+
+
+def step_shapes(step_frames: Sequence[int], max_batch: int) -> tuple[tuple[int, int], ...]:
+    """Every ``(batch, frames)`` shape the device path's steps take: each batch size up to
+    ``max_batch`` at each batched step size, and one row at the powers of two below the
+    largest that are not."""
+    batched = batched_frames(step_frames)
+    short = (1 << k for k in range(max(batched).bit_length()))
+    sizes = [b for b in BATCH_SIZES if b <= max_batch]
+    return tuple((b, s) for s in sorted(batched) for b in sizes) + tuple(
+        (1, s) for s in short if s not in batched
+    )
 
 
 class BoundStepSession:
@@ -81,7 +105,8 @@ class BoundStepSession:
 
 class StepSessions:
     """The bound step sessions of one primary path, by shape, made on the device thread
-    when a shape is first met (``make_session`` opens the graph on the primary provider)."""
+    when a shape is first met (``make_session`` opens the graph on the primary provider).
+    Steps of a ``batched`` size run as one batch; others one row at a time (module doc)."""
 
     def __init__(
         self,
@@ -89,11 +114,13 @@ class StepSessions:
         make_session: Callable[[Path], ort.InferenceSession],
         worker: DeviceWorker,
         device: str,
+        batched: frozenset[int],
     ) -> None:
         self._path = path
         self._make_session = make_session
         self._worker = worker
         self._device = device
+        self._batched = batched
         self._lock = threading.Lock()  # guards _bound (read from callers, filled on the worker)
         self._bound: dict[tuple[int, int], BoundStepSession] = {}
 
@@ -110,11 +137,19 @@ class StepSessions:
     def run(
         self, mel: np.ndarray, position: np.ndarray, end: np.ndarray, state: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """A batch of steps on the device thread, through its shape's bound session."""
+        """A batch of steps on the device thread, through its shape's bound session (a short
+        step's rows one by one, through the one-row session of its size)."""
         batch, frames = int(mel.shape[0]), int(mel.shape[2])
 
         def job() -> Any:
-            return self._session(batch, frames).run(mel, position, end, state)
+            if frames in self._batched or batch == 1:
+                return self._session(batch, frames).run(mel, position, end, state)
+            one = self._session(1, frames)
+            rows = [
+                one.run(mel[i : i + 1], position[i : i + 1], end[i : i + 1], state[i : i + 1])
+                for i in range(batch)
+            ]
+            return np.concatenate([a for a, _ in rows]), np.concatenate([s for _, s in rows])
 
         audio, new_state = self._worker.call(job)
         return audio, new_state

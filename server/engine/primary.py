@@ -32,7 +32,8 @@ from distill_serve.server.engine.cuda import (
     cuda_unavailable_reason,
     vocoder_buckets,
 )
-from distill_serve.server.engine.device_steps import LIVE_STEP_SHAPES, StepSessions
+from distill_serve.server.engine.device_steps import StepSessions, batched_frames, step_shapes
+from distill_serve.server.engine.scheduler import BATCH_SIZES
 from distill_serve.server.engine.sessions import session_options, step_options
 from distill_serve.server.pipeline.model import ModelSpec
 
@@ -217,11 +218,17 @@ class PrimaryPath:
             }
         steps = None
         if self._stream is not None:
+            spec = self._model.stream
+            step_frames = spec.step_frames if spec is not None else ()
             steps = StepSessions(
-                self._stream, lambda p: self._step_session(p, providers, expected), worker, device
+                self._stream,
+                lambda p: self._step_session(p, providers, expected),
+                worker,
+                device,
+                batched_frames(step_frames),
             )
-            if provider == CUDA:  # the live steps' shapes before the first session
-                steps.warm(LIVE_STEP_SHAPES)
+            if provider == CUDA:  # every step shape before the first request (a bounded set)
+                steps.warm(step_shapes(step_frames, self._config.step_batch or BATCH_SIZES[-1]))
         return Primary(sessions, worker, provider, steps)
 
     def _step_session(

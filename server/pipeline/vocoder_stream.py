@@ -36,12 +36,24 @@ from distill_serve.server.pipeline.model import ModelSpec, StreamSpec
 from distill_serve.server.pipeline.runner import REST, Runner, Step
 
 
+def step_plan(fed: int, target: int, step: int) -> list[int]:
+    """The step sizes that feed a stream from frame ``fed`` to ``target``: whole steps of
+    ``step`` frames and the rest in powers of two (largest first), so every step has one of a
+    few sizes whatever a clip's length (the device path keeps a session per step shape:
+    server/engine/device_steps.py). A stream's first feed takes the short steps first (its
+    latency), so its whole steps end at ``target``; a later feed takes them last (a clip's
+    tail). Splitting a step changes no state, and its audio only in the last bits (~125 dB)."""
+    whole, rest = divmod(max(0, target - fed), step)
+    pieces = [1 << k for k in reversed(range(rest.bit_length())) if rest >> k & 1]
+    return pieces + [step] * whole if fed == 0 else [step] * whole + pieces
+
+
 class StreamVocoder:
     """Vocoder audio of ``sources`` (one row each), block by block, from stream states.
 
     ``total`` is the clip's length in vocoder frames (None: open-ended, live). ``step_frames``
-    is the step size fed to the graph (the first feed of a stream also makes one shorter
-    step: its latency).
+    is the step size fed to the graph (a stream's first feed, its latency, and a clip's tail
+    also make shorter steps: :func:`step_plan`).
 
     ``start`` > 0 (a timeline session primed from a later block, open-ended, blocks of
     ``step_frames``): the states start empty at the step boundary at or before ``start``
@@ -106,10 +118,7 @@ class StreamVocoder:
 
     def _feed(self, target: int, deadline: float, rank: int) -> None:
         """Feed every source's frames up to ``target`` in steps (sources batched together)."""
-        while self._fed < target:
-            n = min(self._step, target - self._fed)
-            if self._fed == 0 and n == self._step and target > n:
-                n = (target - self._fed) % self._step or self._step
+        for n in step_plan(self._fed, target, self._step):
             mels = self._fed_frames(self._fed, self._fed + n)
             steps = [
                 Step(np.ascontiguousarray(m), self._fed, state, deadline, self._end, rank)

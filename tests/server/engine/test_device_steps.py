@@ -19,8 +19,9 @@ from distill_serve.export.parity import snr_db
 from distill_serve.server.api.config import ServerConfig
 from distill_serve.server.engine.config import EngineConfig
 from distill_serve.server.engine.cuda import DeviceWorker
-from distill_serve.server.engine.device_steps import StepSessions
+from distill_serve.server.engine.device_steps import StepSessions, batched_frames, step_shapes
 from distill_serve.server.engine.engine import Engine
+from distill_serve.server.engine.scheduler import BATCH_SIZES
 from distill_serve.server.pipeline.live import LiveSession
 from distill_serve.server.pipeline.request import ChunkMode
 from distill_serve.server.pipeline.runner import LIVE, Step
@@ -88,6 +89,38 @@ def test_batched_device_steps_equal_unbatched_bit_for_bit(device: Engine, frames
         cpu = device._cpu_steps(*stacked([step]))
         np.testing.assert_array_equal(alone[0], cpu[0])
         np.testing.assert_array_equal(alone[1], cpu[1])
+
+
+def test_short_steps_run_row_by_row_and_equal_the_cpu_bit_for_bit(device: Engine) -> None:
+    primary = device.primary
+    assert primary is not None and primary.steps is not None
+    batch = steps(device, 3, frames=4, seed=4)  # a clip tail's short step, in three streams
+    audio, state = primary.steps.run(*stacked(batch))
+    assert (1, 4) in primary.steps.shapes and (3, 4) not in primary.steps.shapes
+    for i, step in enumerate(batch):
+        cpu_audio, cpu_state = device._cpu_steps(*stacked([step]))
+        np.testing.assert_array_equal(audio[i], cpu_audio[0])
+        np.testing.assert_array_equal(state[i], cpu_state[0])
+
+
+def test_the_device_paths_step_shapes_stay_within_a_fixed_set(device: Engine) -> None:
+    """Clips of any length (odd first steps and tails) and live sessions make no step
+    session outside :func:`step_shapes`: their count cannot grow with what clients ask."""
+    spec = device.model.stream
+    assert spec is not None
+    for seconds in (0.37, 0.81, 1.13, 1.61):
+        p = params(device, ChunkMode.CROSSFADE, duration_s=seconds, sample_rate=48000, seed=7)
+        generate(device, p)
+    live = LiveSession(device.runner(), device.model, params(device, ChunkMode.SLIDER), 0.3)
+    for _ in range(4):
+        live.next_block()
+    primary = device.primary
+    assert primary is not None and primary.steps is not None
+    made = set(primary.steps.shapes)
+    assert made <= set(step_shapes(spec.step_frames, BATCH_SIZES[-1])), made
+    batched = batched_frames(spec.step_frames)
+    assert {f for _, f in made} - batched  # short steps ran, one row at a time
+    assert len(step_shapes(spec.step_frames, BATCH_SIZES[-1])) == 21
 
 
 def test_the_steps_run_on_the_device_thread(stand_in_bundle: Path) -> None:
@@ -188,7 +221,9 @@ def test_step_sessions_are_made_once_per_shape(stand_in_bundle: Path) -> None:
 
     worker = DeviceWorker("test-device")
     try:
-        sessions = StepSessions(stand_in_bundle / "vocoder_stream.onnx", make, worker, "cpu")
+        sessions = StepSessions(
+            stand_in_bundle / "vocoder_stream.onnx", make, worker, "cpu", frozenset({8})
+        )
         sessions.warm(((1, 8), (2, 8)))
         assert sessions.shapes == ((1, 8), (2, 8)) and len(made) == 2
         assert sessions._session(2, 8).shape == (2, 8)

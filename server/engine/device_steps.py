@@ -11,8 +11,8 @@ Why it looks like this (server/engine/cuda.py says why the block path does the s
   each session holds its own arena at its peak and its own copy of the weights: their count
   must not grow with what clients ask. S is a step size (the bundle's ``step_frames``, the
   live blocks' 8 and 16) or one of a stream's short steps, which
-  :func:`~distill_serve.server.pipeline.vocoder_stream.step_plan` makes powers of two (a
-  first feed's latency, a clip's tail). Steps of a step size run batched; short steps, rare
+  :func:`~distill_serve.server.pipeline.vocoder_stream.step_plan` splits into powers of two
+  where the runner has ``fixed_step_shapes`` (a first feed's latency, a clip's tail). Steps of a step size run batched; short steps, rare
   (a stream's start and end), run one row at a time. So the sessions are at most
   :func:`step_shapes`: 6 x 3 + 3 = 21 on the bundles made here, all made at start on a GPU
   (:meth:`StepSessions.warm`), so no request pays for one. (Before step_plan, first steps

@@ -218,7 +218,12 @@ class Engine:
     def runner(self) -> RequestRunner:
         """A runner for one request (it stays on CPU once that request fell back)."""
         return RequestRunner(
-            self._graphs, self.primary_path, self.scheduler, self.model.stream, self.report_fallback
+            self._graphs,
+            self.primary_path,
+            self.scheduler,
+            self.model.stream,
+            self.report_fallback,
+            fixed_step_shapes=self._device,
         )
 
     def report_fallback(self, graph: str, exc: BaseException) -> None:

@@ -33,6 +33,7 @@ class RequestRunner:
         scheduler: StepScheduler | None,
         stream: StreamSpec | None,
         on_fallback: Callable[[str, BaseException], None],
+        fixed_step_shapes: bool = False,
     ) -> None:
         self._graphs = graphs
         self._faults = primary_path
@@ -42,6 +43,8 @@ class RequestRunner:
         self._on_fallback = on_fallback
         self.on_primary = self._primary is not None
         self.fallbacks = 0
+        #: the scheduler's steps run on the device path's fixed-shape sessions
+        self.fixed_step_shapes = fixed_step_shapes
 
     @property
     def provider(self) -> str:

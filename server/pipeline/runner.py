@@ -74,6 +74,12 @@ class Runner(Protocol):
         ...
 
     @property
+    def fixed_step_shapes(self) -> bool:
+        """Whether its steps run on sessions of fixed shapes (the device path): a stream then
+        splits its short steps into powers of two (``vocoder_stream.step_plan``)."""
+        ...
+
+    @property
     def provider(self) -> str:
         """The execution provider the generation runs on now."""
         ...

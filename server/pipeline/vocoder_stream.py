@@ -36,15 +36,22 @@ from distill_serve.server.pipeline.model import ModelSpec, StreamSpec
 from distill_serve.server.pipeline.runner import REST, Runner, Step
 
 
-def step_plan(fed: int, target: int, step: int) -> list[int]:
+def step_plan(fed: int, target: int, step: int, split: bool = False) -> list[int]:
     """The step sizes that feed a stream from frame ``fed`` to ``target``: whole steps of
-    ``step`` frames and the rest in powers of two (largest first), so every step has one of a
-    few sizes whatever a clip's length (the device path keeps a session per step shape:
-    server/engine/device_steps.py). A stream's first feed takes the short steps first (its
-    latency), so its whole steps end at ``target``; a later feed takes them last (a clip's
-    tail). Splitting a step changes no state, and its audio only in the last bits (~125 dB)."""
+    ``step`` frames and one short step with the rest. A stream's first feed takes the short
+    step first (its latency), so its whole steps end at ``target``; a later feed takes it
+    last (a clip's tail).
+
+    ``split``: the short step becomes powers of two (largest first), so every step has one of
+    a few sizes whatever a clip's length: where steps run on sessions of fixed shapes (the
+    device path: server/engine/device_steps.py). On CPU it does not: each extra step costs
+    the graph's fixed per-run work (first audio 8-20 % later, measured). Splitting changes no
+    state, and the audio only in the last bits (~125 dB)."""
     whole, rest = divmod(max(0, target - fed), step)
-    pieces = [1 << k for k in reversed(range(rest.bit_length())) if rest >> k & 1]
+    if split:
+        pieces = [1 << k for k in reversed(range(rest.bit_length())) if rest >> k & 1]
+    else:
+        pieces = [rest] if rest else []
     return pieces + [step] * whole if fed == 0 else [step] * whole + pieces
 
 
@@ -53,7 +60,7 @@ class StreamVocoder:
 
     ``total`` is the clip's length in vocoder frames (None: open-ended, live). ``step_frames``
     is the step size fed to the graph (a stream's first feed, its latency, and a clip's tail
-    also make shorter steps: :func:`step_plan`).
+    also make a shorter step: :func:`step_plan`).
 
     ``start`` > 0 (a timeline session primed from a later block, open-ended, blocks of
     ``step_frames``): the states start empty at the step boundary at or before ``start``
@@ -118,7 +125,7 @@ class StreamVocoder:
 
     def _feed(self, target: int, deadline: float, rank: int) -> None:
         """Feed every source's frames up to ``target`` in steps (sources batched together)."""
-        for n in step_plan(self._fed, target, self._step):
+        for n in step_plan(self._fed, target, self._step, self._runner.fixed_step_shapes):
             mels = self._fed_frames(self._fed, self._fed + n)
             steps = [
                 Step(np.ascontiguousarray(m), self._fed, state, deadline, self._end, rank)

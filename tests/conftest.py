@@ -58,7 +58,7 @@ SMALL_HIFIGAN = {
 
 #: Figures tests measure (fuzz counts, load results, bridge error, ...), shown at the end of
 #: the run, passing or not, in a "distill-serve measurements" section.
-_PREBUILD = pytest.StashKey[subprocess.Popen]()  # type: ignore[type-arg]
+_PREBUILD = pytest.StashKey[subprocess.Popen]()
 _MEASUREMENTS: list[str] = []
 
 
@@ -232,7 +232,7 @@ def demo_bundle(demo_server: ServeProcess) -> Path:
     return Path(demo_server.env["DISTILL_SERVE_CACHE"]) / demo_bundle_dir().name
 
 
-def manifest(bundle: Path) -> dict:  # type: ignore[type-arg]
+def manifest(bundle: Path) -> dict:
     """A bundle's ``manifest.json``."""
     return json.loads((bundle / "manifest.json").read_text())
 
@@ -243,14 +243,14 @@ def params(engine: Engine, mode: ChunkMode = ChunkMode.CROSSFADE, **kw: object) 
         "mode": mode,
         "duration_s": 2.0,
         "seed": 3,
-        "sample_rate": 0,  # type: ignore[type-arg]
+        "sample_rate": 0,
         "encoding": Encoding.PCM16,
         "spatial": Spatial.MONO,
     }
     if mode is ChunkMode.SLIDER:
         fields["slider_positions"] = [(0, 5)]
     fields.update(kw)
-    return validate(RawRequest(**fields), engine.model, Limits(), fallback_seed=0)  # type: ignore[arg-type]
+    return validate(RawRequest(**fields), engine.model, Limits(), fallback_seed=0)
 
 
 def generate(engine: Engine, p: GenerationParams) -> np.ndarray:
@@ -280,7 +280,7 @@ class ServerThread:
 
         async def start() -> tuple[DistillServer, int]:
             # grpc.aio binds a server to the loop it is made on: make it on ours.
-            server = DistillServer(config, engine, self.metrics, models)  # type: ignore[arg-type]
+            server = DistillServer(config, engine, self.metrics, models)
             await server.models.load_all()
             return server, await server.start()
 

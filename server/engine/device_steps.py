@@ -12,11 +12,13 @@ Why it looks like this (server/engine/cuda.py says why the block path does the s
   must not grow with what clients ask. S is a step size (the bundle's ``step_frames``, the
   live blocks' 8 and 16) or one of a stream's short steps, which
   :func:`~distill_serve.server.pipeline.vocoder_stream.step_plan` splits into powers of two
-  where the runner has ``fixed_step_shapes`` (a first feed's latency, a clip's tail). Steps of a step size run batched; short steps, rare
-  (a stream's start and end), run one row at a time. So the sessions are at most
-  :func:`step_shapes`: 6 x 3 + 3 = 21 on the bundles made here, all made at start on a GPU
-  (:meth:`StepSessions.warm`), so no request pays for one. (Before step_plan, first steps
-  and tails of any length made a session each: a CPU fault-injection test grew to 16 GB.)
+  where the runner has ``fixed_step_shapes`` (a first feed's latency, a clip's tail). Steps
+  of a step size run batched; short steps, rare (a stream's start and end), run one row at a
+  time. So the sessions are at most :func:`step_shapes`: 6 x 3 + 3 = 21 on the bundles made
+  here. A GPU server makes the ones a first request or a live session meets at start
+  (:func:`warm_shapes`, 16; each costs start time), the batches of fixed-length clips' 32
+  frames when first met. (Before step_plan, first steps and tails of any length made a
+  session each: a CPU fault-injection test grew to 16 GB.)
 - **IO binding, one copy each way per batch.** A bound session's inputs and outputs live on
   the device; a batch copies its stacked inputs in and its outputs out once, whatever its
   size, and allocates nothing per run. (The stream states still travel to the host and back
@@ -59,6 +61,13 @@ def step_shapes(step_frames: Sequence[int], max_batch: int) -> tuple[tuple[int, 
     sizes = [b for b in BATCH_SIZES if b <= max_batch]
     return tuple((b, s) for s in sorted(batched) for b in sizes) + tuple(
         (1, s) for s in short if s not in batched
+    )
+
+
+def warm_shapes(step_frames: Sequence[int], max_batch: int) -> tuple[tuple[int, int], ...]:
+    """The shapes a GPU server makes at start: every live shape, and one row of the rest."""
+    return tuple(
+        (b, s) for b, s in step_shapes(step_frames, max_batch) if b == 1 or s in LIVE_FRAMES
     )
 
 

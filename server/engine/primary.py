@@ -32,7 +32,7 @@ from distill_serve.server.engine.cuda import (
     cuda_unavailable_reason,
     vocoder_buckets,
 )
-from distill_serve.server.engine.device_steps import StepSessions, batched_frames, step_shapes
+from distill_serve.server.engine.device_steps import StepSessions, batched_frames, warm_shapes
 from distill_serve.server.engine.scheduler import BATCH_SIZES
 from distill_serve.server.engine.sessions import session_options, step_options
 from distill_serve.server.pipeline.model import ModelSpec
@@ -227,8 +227,8 @@ class PrimaryPath:
                 device,
                 batched_frames(step_frames),
             )
-            if provider == CUDA:  # every step shape before the first request (a bounded set)
-                steps.warm(step_shapes(step_frames, self._config.step_batch or BATCH_SIZES[-1]))
+            if provider == CUDA:  # the shapes first requests and live sessions meet
+                steps.warm(warm_shapes(step_frames, self._config.step_batch or BATCH_SIZES[-1]))
         return Primary(sessions, worker, provider, steps)
 
     def _step_session(

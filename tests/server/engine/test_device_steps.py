@@ -19,7 +19,12 @@ from distill_serve.export.parity import snr_db
 from distill_serve.server.api.config import ServerConfig
 from distill_serve.server.engine.config import EngineConfig
 from distill_serve.server.engine.cuda import DeviceWorker
-from distill_serve.server.engine.device_steps import StepSessions, batched_frames, step_shapes
+from distill_serve.server.engine.device_steps import (
+    StepSessions,
+    batched_frames,
+    step_shapes,
+    warm_shapes,
+)
 from distill_serve.server.engine.engine import Engine
 from distill_serve.server.engine.scheduler import BATCH_SIZES
 from distill_serve.server.pipeline.generate import audio_blocks
@@ -122,6 +127,9 @@ def test_the_device_paths_step_shapes_stay_within_a_fixed_set(device: Engine) ->
     batched = batched_frames(spec.step_frames)
     assert {f for _, f in made} - batched  # short steps ran, one row at a time
     assert len(step_shapes(spec.step_frames, BATCH_SIZES[-1])) == 21
+    warm = warm_shapes(spec.step_frames, BATCH_SIZES[-1])  # what a CUDA server makes at start
+    assert set(warm) <= set(step_shapes(spec.step_frames, BATCH_SIZES[-1])) and len(warm) == 16
+    assert {(1, 1), (1, 2), (1, 4), (1, 32), (32, 8), (32, 16)} <= set(warm)
 
 
 def test_the_steps_run_on_the_device_thread(stand_in_bundle: Path) -> None:

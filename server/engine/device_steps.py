@@ -39,7 +39,7 @@ import numpy as np
 import onnxruntime as ort
 
 from distill_serve.bundle import STREAM_OPEN_END
-from distill_serve.server.engine.cuda import DeviceWorker
+from distill_serve.server.engine.cuda import DeviceWorker, host_copy
 from distill_serve.server.engine.scheduler import BATCH_SIZES
 
 #: frames per step of the live blocks (``server/pipeline/live.py``: one or two normaliser
@@ -108,7 +108,7 @@ class BoundStepSession:
         for name, buffer in self._inputs.items():
             buffer.update_inplace(np.ascontiguousarray(given[name]))
         self.session.run_with_iobinding(self._binding)
-        audio, new_state = (np.array(b.numpy()) for b in self._outputs)
+        audio, new_state = (host_copy(b) for b in self._outputs)
         return audio, new_state
 
 

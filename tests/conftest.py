@@ -73,6 +73,11 @@ def report() -> Callable[[str], None]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", realtime.MARKER_HELP)
+    realtime.name_the_run(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    realtime.remove_locks(config)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

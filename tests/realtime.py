@@ -17,19 +17,43 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 MARK = "realtime"
 MARKER_HELP = f"{MARK}: timed against the clock; runs while no other test does (tests/realtime.py)"
 
 
-def _lock_paths() -> tuple[Path, Path] | None:
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if not run:
-        return None
+def lock_paths(run: str) -> tuple[Path, Path]:
+    """The turnstile and room files of the xdist run ``run`` (its ``testrunuid``)."""
     base = Path(tempfile.gettempdir()) / f"distill-serve-tests-{run}"
     return base.with_suffix(".turnstile"), base.with_suffix(".room")
+
+
+def _lock_paths() -> tuple[Path, Path] | None:
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    return lock_paths(run) if run else None
+
+
+def name_the_run(config: pytest.Config) -> None:
+    """On an xdist run's controller, fix the run's id before the workers start (xdist makes
+    one otherwise), so that :func:`remove_locks` knows its lock files."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", 0):
+        return
+    if getattr(config.option, "testrunuid", "") is None:
+        config.option.testrunuid = uuid.uuid4().hex
+
+
+def remove_locks(config: pytest.Config) -> None:
+    """On the controller, when the run ends: remove its lock files (empty; the workers are
+    gone by then)."""
+    run = getattr(config.option, "testrunuid", None)
+    if run and not os.environ.get("PYTEST_XDIST_WORKER"):
+        for path in lock_paths(run):
+            path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+from tests import realtime
 from tests.conftest import ROOT
 
 CONFTEST = f"""
 import sys
 sys.path.insert(0, {str(ROOT)!r})
 from tests.conftest import pytest_configure, pytest_runtest_protocol  # noqa: F401
+from tests.conftest import pytest_unconfigure  # noqa: F401
 """
 
 TESTS = """
@@ -60,12 +63,15 @@ def test_a_realtime_test_runs_while_no_other_test_does(tmp_path: Path) -> None:
     for name, text in (("conftest.py", CONFTEST), ("test_heavy.py", HEAVY)):
         (tmp_path / name).write_text(text)
     (tmp_path / "test_mixed.py").write_text(MIXED)
+    run_id = f"check-{uuid.uuid4().hex}"
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadfile",
-         "-p", "no:cacheprovider", "-c", "/dev/null", "--rootdir", str(tmp_path), str(tmp_path)],
+         "-p", "no:cacheprovider", "-c", "/dev/null", "--rootdir", str(tmp_path), str(tmp_path),
+         "--testrunuid", run_id],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
+    assert not [p for p in realtime.lock_paths(run_id) if p.exists()]  # removed at the end
     spans = {
         name: (float(t0), float(t1))
         for name, t0, t1 in (line.split() for line in (tmp_path / "log").read_text().splitlines())

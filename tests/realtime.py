@@ -41,7 +41,7 @@ def _lock_paths() -> tuple[Path, Path] | None:
 def name_the_run(config: pytest.Config) -> None:
     """On an xdist run's controller, fix the run's id before the workers start (xdist makes
     one otherwise), so that :func:`remove_locks` knows its lock files."""
-    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", 0):
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", 0):
         return
     if getattr(config.option, "testrunuid", "") is None:
         config.option.testrunuid = uuid.uuid4().hex
@@ -49,9 +49,10 @@ def name_the_run(config: pytest.Config) -> None:
 
 def remove_locks(config: pytest.Config) -> None:
     """On the controller, when the run ends: remove its lock files (empty; the workers are
-    gone by then)."""
+    gone by then). A worker is told by its ``workerinput``, not by the environment: a run
+    started from a test inherits its worker's ``PYTEST_XDIST_WORKER``."""
     run = getattr(config.option, "testrunuid", None)
-    if run and not os.environ.get("PYTEST_XDIST_WORKER"):
+    if run and not hasattr(config, "workerinput"):
         for path in lock_paths(run):
             path.unlink(missing_ok=True)
 

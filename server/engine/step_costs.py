@@ -45,15 +45,15 @@ class StepCosts:
     together: float
 
 
-def _timed(runners: Sequence[Callable[..., Any]], model: ModelSpec, batch: int, runs: int) -> float:
-    """Wall seconds per frame (per runner) of ``runs`` steps of ``batch`` rows on every
-    runner in ``runners`` at once."""
+def _timed(runners: Sequence[Callable[..., Any]], model: ModelSpec, runs: int) -> float:
+    """Wall seconds per frame (per runner) of ``runs`` single live steps on every runner in
+    ``runners`` at once."""
     spec = model.stream
     assert spec is not None
-    mel = np.full((batch, model.n_mels_voc, STEP_FRAMES), -5.0, np.float32)
-    position = np.zeros((batch, 1), np.int64)
-    end = np.full((batch, 1), STREAM_OPEN_END, np.int64)
-    state = np.zeros((batch, spec.state_size), np.float32)
+    mel = np.full((1, model.n_mels_voc, STEP_FRAMES), -5.0, np.float32)
+    position = np.zeros((1, 1), np.int64)
+    end = np.full((1, 1), STREAM_OPEN_END, np.int64)
+    state = np.zeros((1, spec.state_size), np.float32)
 
     def steps(run: Callable[..., Any]) -> None:
         for _ in range(runs):
@@ -65,12 +65,12 @@ def _timed(runners: Sequence[Callable[..., Any]], model: ModelSpec, batch: int, 
         t.start()
     for t in threads:
         t.join()
-    return (time.perf_counter() - t0) / (runs * batch * STEP_FRAMES)
+    return (time.perf_counter() - t0) / (runs * STEP_FRAMES)
 
 
 def measure_step_costs(model: ModelSpec, runners: Sequence[Callable[..., Any]]) -> StepCosts:
     """The live step's cost on ``runners`` (the step scheduler's batch runners)."""
-    _timed(runners[:1], model, 1, 1)  # warm-up
-    alone = _timed(runners[:1], model, 1, RUNS)
-    together = _timed(runners, model, 1, RUNS)
+    _timed(runners[:1], model, 1)  # warm-up
+    alone = _timed(runners[:1], model, RUNS)
+    together = _timed(runners, model, RUNS)
     return StepCosts(alone, together)

@@ -35,9 +35,9 @@ from distill_serve.server.engine.primary import (
     is_out_of_memory,
 )
 from distill_serve.server.engine.runner import RequestRunner
-from distill_serve.server.engine.scheduler import BATCH_SIZES, StepScheduler
+from distill_serve.server.engine.scheduler import StepScheduler
 from distill_serve.server.engine.sessions import Graph, step_runner
-from distill_serve.server.engine.step_costs import CPU_STEP_BATCH, measure_step_costs
+from distill_serve.server.engine.step_costs import max_step_batch, measure_step_costs
 from distill_serve.server.pipeline.model import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,9 @@ class Engine:
             # on its caller's thread, and onnxruntime's Run is thread-safe). A primary path
             # (CUDA): one loop, whose batches run on the device worker (device_steps.py).
             runners = [self._device_steps] if self._device else [self._cpu_steps] * self._workers()
-            fixed, batch = self.config.live_capacity, self.config.step_batch
-            if batch is None:  # CPU: unbatched (step_costs.py says why); the device: 32
-                batch = BATCH_SIZES[-1] if self._device else CPU_STEP_BATCH
+            fixed = self.config.live_capacity
+            # CPU: unbatched unless configured (step_costs.py says why); the device: 32
+            batch = max_step_batch(self.config, self._device)
             self.scheduler = StepScheduler(runners, max_batch=batch)
             if fixed is None:  # measured at start, then following what serving measures
                 costs = measure_step_costs(self.model, runners)

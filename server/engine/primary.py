@@ -33,8 +33,8 @@ from distill_serve.server.engine.cuda import (
     vocoder_buckets,
 )
 from distill_serve.server.engine.device_steps import StepSessions, batched_frames, warm_shapes
-from distill_serve.server.engine.scheduler import BATCH_SIZES
 from distill_serve.server.engine.sessions import session_options, step_options
+from distill_serve.server.engine.step_costs import max_step_batch
 from distill_serve.server.pipeline.model import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ class PrimaryPath:
                 batched_frames(step_frames),
             )
             if provider == CUDA:  # the shapes first requests and live sessions meet
-                steps.warm(warm_shapes(step_frames, self._config.step_batch or BATCH_SIZES[-1]))
+                steps.warm(warm_shapes(step_frames, max_step_batch(self._config, device=True)))
         return Primary(sessions, worker, provider, steps)
 
     def _step_session(

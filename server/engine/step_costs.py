@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from distill_serve.bundle import STREAM_OPEN_END
+from distill_serve.server.engine.config import EngineConfig
+from distill_serve.server.engine.scheduler import BATCH_SIZES
 from distill_serve.server.pipeline.model import ModelSpec
 
 #: The live step's frames, and the runs each runner makes of it.
@@ -34,6 +36,14 @@ STEP_FRAMES = 8
 RUNS = 12
 #: The largest batch of the CPU step scheduler unless configured (see above).
 CPU_STEP_BATCH = 1
+
+
+def max_step_batch(config: EngineConfig, device: bool) -> int:
+    """The most steps a run may batch: ``config.step_batch``, else the largest of
+    :data:`BATCH_SIZES` on the device and :data:`CPU_STEP_BATCH` on CPU."""
+    if config.step_batch is not None:
+        return config.step_batch
+    return BATCH_SIZES[-1] if device else CPU_STEP_BATCH
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ import onnxruntime as ort
 from distill_serve.bundle import STREAM_OPEN_END
 from distill_serve.server.engine.cuda import DeviceWorker, host_copy
 from distill_serve.server.engine.scheduler import BATCH_SIZES
+from distill_serve.server.engine.sessions import stacked_states
+from distill_serve.server.pipeline.runner import StreamState
 
 #: frames per step of the live blocks (``server/pipeline/live.py``: one or two normaliser
 #: segments), batched beside the bundle's ``step_frames``
@@ -144,11 +146,12 @@ class StepSessions:
             self._worker.call(lambda b=batch, s=frames: self._session(b, s))
 
     def run(
-        self, mel: np.ndarray, position: np.ndarray, end: np.ndarray, state: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, mel: np.ndarray, position: np.ndarray, end: np.ndarray, states: Sequence[StreamState]
+    ) -> tuple[np.ndarray, list[StreamState]]:
         """A batch of steps on the device thread, through its shape's bound session (a short
         step's rows one by one, through the one-row session of its size)."""
         batch, frames = int(mel.shape[0]), int(mel.shape[2])
+        state = stacked_states(states)
 
         def job() -> Any:
             if frames in self._batched or batch == 1:
@@ -161,7 +164,7 @@ class StepSessions:
             return np.concatenate([a for a, _ in rows]), np.concatenate([s for _, s in rows])
 
         audio, new_state = self._worker.call(job)
-        return audio, new_state
+        return audio, list(new_state)
 
     def _session(self, batch: int, frames: int) -> BoundStepSession:
         """The bound session of a shape (runs on the device thread)."""

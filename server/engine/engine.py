@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from distill_serve.server.engine.scheduler import StepScheduler
 from distill_serve.server.engine.sessions import Graph, step_runner
 from distill_serve.server.engine.step_costs import max_step_batch, measure_step_costs
 from distill_serve.server.pipeline.model import ModelSpec
+from distill_serve.server.pipeline.runner import StreamState
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,8 @@ class Engine:
         return (c.use_cuda and cuda_unavailable_reason() is None) or c.fault_injection
 
     def _device_steps(
-        self, mel: np.ndarray, position: np.ndarray, end: np.ndarray, state: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, mel: np.ndarray, position: np.ndarray, end: np.ndarray, states: Sequence[StreamState]
+    ) -> tuple[np.ndarray, Sequence[StreamState]]:
         """A step batch on the primary path (the scheduler's runner on a CUDA engine); on a
         device out-of-memory the same batch on CPU (its audio exact, the fallback counted,
         the primary rebuilt), and on CPU while there is no primary path."""
@@ -152,13 +153,13 @@ class Engine:
         if primary is not None and primary.steps is not None:
             try:
                 self.primary_path.take_injected_oom()
-                return primary.steps.run(mel, position, end, state)
+                return primary.steps.run(mel, position, end, states)
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
                 self.step_fallbacks += 1
                 self.report_fallback("vocoder_stream", exc)
-        return self._cpu_steps(mel, position, end, state)
+        return self._cpu_steps(mel, position, end, states)
 
     def _path_note(self) -> str:
         """The stream path's live capacity and step batches, for the start log."""

@@ -13,7 +13,7 @@ from distill_serve.server.engine.scheduler import StepScheduler
 from distill_serve.server.engine.sessions import Graph
 from distill_serve.server.pipeline.model import StreamSpec
 from distill_serve.server.pipeline.resample import Polyphase
-from distill_serve.server.pipeline.runner import Step
+from distill_serve.server.pipeline.runner import Step, StreamState
 
 
 class RequestRunner:
@@ -61,9 +61,9 @@ class RequestRunner:
         run where the engine's scheduler runs them: on the device, or on CPU."""
         return None if self._scheduler is None else self._stream
 
-    def stream_steps(self, steps: list[Step]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def stream_steps(self, steps: list[Step]) -> list[tuple[np.ndarray, StreamState]]:
         """Run streaming-vocoder steps through the engine's scheduler (batched with other
-        generations' steps); each gives ``(audio (S * hop,), state (N,))``."""
+        generations' steps); each gives ``(audio (S * hop,), the stream's next state)``."""
         if self._scheduler is None:
             raise RuntimeError("this engine serves the block vocoder path")
         return self._scheduler.run(steps)

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from distill_serve.server.pipeline.runner import Step
+from distill_serve.server.pipeline.runner import Step, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,13 @@ log = logging.getLogger(__name__)
 #: fill). Up to 32 streams share a run.
 BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 
-#: ``(mel (B, n_mels, S), position (B, 1) int64, end (B, 1) int64, state (B, N))`` ->
-#: ``(audio (B, 1, S*hop), state (B, N))``: the streaming graph's session.
+#: ``(mel (B, n_mels, S), position (B, 1) int64, end (B, 1) int64, states)`` ->
+#: ``(audio (B, 1, S*hop), next states)``: the streaming graph's session, a state per row
+#: (:data:`~distill_serve.server.pipeline.runner.StreamState`: host arrays it stacks itself,
+#: or the device pool's rows, which never leave the device: ``state_pool.py``).
 BatchRunner = Callable[
-    [np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]
+    [np.ndarray, np.ndarray, np.ndarray, Sequence[StreamState]],
+    tuple[np.ndarray, Sequence[StreamState]],
 ]
 
 
@@ -85,7 +88,7 @@ class _Queued:
 
     step: Step
     submitted: float = field(default_factory=time.monotonic)
-    future: Future[tuple[np.ndarray, np.ndarray]] = field(default_factory=Future)
+    future: Future[tuple[np.ndarray, StreamState]] = field(default_factory=Future)
 
 
 @dataclass
@@ -149,8 +152,8 @@ class StepScheduler:
             thread.start()
 
     # --- callers -------------------------------------------------------------------------
-    def submit(self, step: Step) -> Future[tuple[np.ndarray, np.ndarray]]:
-        """Queue ``step``; its future gives ``(audio (S * hop,), state (N,))``."""
+    def submit(self, step: Step) -> Future[tuple[np.ndarray, StreamState]]:
+        """Queue ``step``; its future gives ``(audio (S * hop,), the stream's next state)``."""
         with self._cond:
             if self._closed:
                 raise RuntimeError("the step scheduler is closed")
@@ -162,7 +165,7 @@ class StepScheduler:
             self.on_queue(depth)
         return queued.future
 
-    def run(self, steps: list[Step]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def run(self, steps: list[Step]) -> list[tuple[np.ndarray, StreamState]]:
         """Submit ``steps`` together (they may share a run) and wait for all of them."""
         futures = [self.submit(s) for s in steps]
         return [f.result() for f in futures]
@@ -229,7 +232,7 @@ class StepScheduler:
                     np.stack([s.mel for s in steps]),
                     np.array([[s.position] for s in steps], dtype=np.int64),
                     np.array([[s.end] for s in steps], dtype=np.int64),
-                    np.stack([s.state for s in steps]),
+                    [s.state for s in steps],
                 )
             except BaseException as exc:  # handed to every caller of the batch
                 log.exception("vocoder step batch of %d failed", len(batch))

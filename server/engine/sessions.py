@@ -3,7 +3,7 @@ streaming graph's single-threaded step runner."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,8 @@ import numpy as np
 import onnxruntime as ort
 
 from distill_serve.server.engine.config import CPU, EngineConfig
+from distill_serve.server.engine.scheduler import BatchRunner
+from distill_serve.server.pipeline.runner import StreamState
 
 
 def session_options(config: EngineConfig) -> ort.SessionOptions:
@@ -57,19 +59,29 @@ def step_options(config: EngineConfig) -> ort.SessionOptions:
     return opts
 
 
-def step_runner(path: Path, config: EngineConfig) -> Callable[..., Any]:
-    """A single-threaded session of the streaming graph as a batch runner (single-threaded
-    so that a batched row equals the same step alone, bit for bit: server/engine/scheduler.py;
-    several threads may run it at once, each on its own thread)."""
+def stacked_states(states: Sequence[StreamState]) -> np.ndarray:
+    """Host states, one per row, as the graph's ``(B, N)`` input."""
+    rows = [s for s in states if isinstance(s, np.ndarray)]
+    if len(rows) != len(states):
+        raise TypeError("the CPU step runner takes host states; read pooled rows first")
+    return np.stack(rows)
+
+
+def step_runner(path: Path, config: EngineConfig) -> BatchRunner:
+    """A single-threaded session of the streaming graph as a batch runner of host states
+    (single-threaded so that a batched row equals the same step alone, bit for bit:
+    server/engine/scheduler.py; several threads may run it at once, each on its own thread)."""
     session = ort.InferenceSession(str(path), step_options(config), providers=[CPU])
     # graphs exported before the ``end`` input (manifest without tail_frames) lack it
     takes_end = "end" in {i.name for i in session.get_inputs()}
 
-    def run(mel: np.ndarray, position: np.ndarray, end: np.ndarray, state: np.ndarray) -> Any:
-        feed = {"mel": mel, "position": position, "state": state}
+    def run(
+        mel: np.ndarray, position: np.ndarray, end: np.ndarray, states: Sequence[StreamState]
+    ) -> tuple[np.ndarray, list[StreamState]]:
+        feed = {"mel": mel, "position": position, "state": stacked_states(states)}
         if takes_end:
             feed["end"] = end
         audio, new = session.run(None, feed)
-        return audio, new
+        return audio, list(new)
 
     return run

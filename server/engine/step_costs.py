@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from distill_serve.bundle import STREAM_OPEN_END
 from distill_serve.server.engine.config import EngineConfig
-from distill_serve.server.engine.scheduler import BATCH_SIZES
+from distill_serve.server.engine.scheduler import BATCH_SIZES, BatchRunner
 from distill_serve.server.pipeline.model import ModelSpec
 
 #: The live step's frames, and the runs each runner makes of it.
@@ -55,7 +54,7 @@ class StepCosts:
     together: float
 
 
-def _timed(runners: Sequence[Callable[..., Any]], model: ModelSpec, runs: int) -> float:
+def _timed(runners: Sequence[BatchRunner], model: ModelSpec, runs: int) -> float:
     """Wall seconds per frame (per runner) of ``runs`` single live steps on every runner in
     ``runners`` at once."""
     spec = model.stream
@@ -63,11 +62,11 @@ def _timed(runners: Sequence[Callable[..., Any]], model: ModelSpec, runs: int) -
     mel = np.full((1, model.n_mels_voc, STEP_FRAMES), -5.0, np.float32)
     position = np.zeros((1, 1), np.int64)
     end = np.full((1, 1), STREAM_OPEN_END, np.int64)
-    state = np.zeros((1, spec.state_size), np.float32)
+    state = np.zeros(spec.state_size, np.float32)  # a new stream's (a host state)
 
-    def steps(run: Callable[..., Any]) -> None:
+    def steps(run: BatchRunner) -> None:
         for _ in range(runs):
-            run(mel, position, end, state)
+            run(mel, position, end, [state])
 
     threads = [threading.Thread(target=steps, args=(run,)) for run in runners]
     t0 = time.perf_counter()
@@ -78,7 +77,7 @@ def _timed(runners: Sequence[Callable[..., Any]], model: ModelSpec, runs: int) -
     return (time.perf_counter() - t0) / (runs * STEP_FRAMES)
 
 
-def measure_step_costs(model: ModelSpec, runners: Sequence[Callable[..., Any]]) -> StepCosts:
+def measure_step_costs(model: ModelSpec, runners: Sequence[BatchRunner]) -> StepCosts:
     """The live step's cost on ``runners`` (the step scheduler's batch runners)."""
     _timed(runners[:1], model, 1)  # warm-up
     alone = _timed(runners[:1], model, RUNS)

@@ -8,7 +8,7 @@ scheduler; tests implement it with numpy stand-ins. Nothing here imports the eng
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 import numpy as np
 
@@ -20,17 +20,23 @@ from distill_serve.server.pipeline.resample import Polyphase
 #: (the step scheduler serves by rank, then deadline: ``server/engine/scheduler.py``).
 LIVE, FIRST_AUDIO, REST = 0, 1, 2
 
+#: A stream's state as the runner keeps it: a host array ``(N,)`` (a new stream's zeros, the
+#: CPU path's states) or whatever handle the runner returned for it (on the device path, a
+#: row of the engine's device-resident state pool: ``server/engine/state_pool.py``). The
+#: pipeline never looks inside: it hands each step the state its previous step returned.
+StreamState: TypeAlias = object
+
 
 @dataclass
 class Step:
     """One stream's next step: ``mel (n_mels, S)``, the frames fed before it, its state
-    ``(N,)``, when its audio is needed (``time.monotonic`` seconds), the stream's clip length
-    in frames (open-ended: :data:`~distill_serve.bundle.STREAM_OPEN_END`), and its rank
-    (:data:`LIVE`, :data:`FIRST_AUDIO` or :data:`REST`)."""
+    (:data:`StreamState`), when its audio is needed (``time.monotonic`` seconds), the
+    stream's clip length in frames (open-ended: :data:`~distill_serve.bundle.
+    STREAM_OPEN_END`), and its rank (:data:`LIVE`, :data:`FIRST_AUDIO` or :data:`REST`)."""
 
     mel: np.ndarray
     position: int
-    state: np.ndarray
+    state: StreamState
     deadline: float
     end: int = STREAM_OPEN_END
     rank: int = REST
@@ -69,8 +75,8 @@ class Runner(Protocol):
         """The streaming vocoder's layout when this generation streams (None: blocks)."""
         ...
 
-    def stream_steps(self, steps: list[Step]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Streaming-vocoder steps -> ``(audio (S * hop,), state (N,))`` each."""
+    def stream_steps(self, steps: list[Step]) -> list[tuple[np.ndarray, StreamState]]:
+        """Streaming-vocoder steps -> ``(audio (S * hop,), the stream's next state)`` each."""
         ...
 
     @property

@@ -33,7 +33,7 @@ import numpy as np
 from distill_serve.bundle import STREAM_OPEN_END
 from distill_serve.server.pipeline.mel import MelSource
 from distill_serve.server.pipeline.model import ModelSpec, StreamSpec
-from distill_serve.server.pipeline.runner import REST, Runner, Step
+from distill_serve.server.pipeline.runner import REST, Runner, Step, StreamState
 
 
 def step_plan(fed: int, target: int, step: int, split: bool = False) -> list[int]:
@@ -101,7 +101,10 @@ class StreamVocoder:
             self._tail = max(head, total * self._hop - spec.delay_samples)
         self._n_mels = model.n_mels_voc
         self._context = model.context_frames
-        self._states = [np.zeros(spec.state_size, np.float32) for _ in self._sources]
+        # each source's state: zeros at first, then what its last step returned
+        self._states: list[StreamState] = [
+            np.zeros(spec.state_size, np.float32) for _ in self._sources
+        ]
         # frames fed to every state: from 0, or from a step boundary of a stream fed from 0
         self._fed = start - (start - spec.latency_frames) % step_frames if start else 0
         self._emitted = self._fed * self._hop  # stream samples out so far (+ delay_samples)

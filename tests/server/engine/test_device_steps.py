@@ -60,12 +60,13 @@ def steps(engine: Engine, count: int, frames: int = 8, seed: int = 0) -> list[St
     ]
 
 
-def stacked(batch: list[Step]) -> tuple[np.ndarray, ...]:
+def stacked(batch: list[Step]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[object]]:
+    """A batch runner's arguments, as the step scheduler gives them."""
     return (
         np.stack([s.mel for s in batch]),
         np.array([[s.position] for s in batch], np.int64),
         np.array([[s.end] for s in batch], np.int64),
-        np.stack([s.state for s in batch]),
+        [s.state for s in batch],
     )
 
 

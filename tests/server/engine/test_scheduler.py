@@ -22,7 +22,7 @@ def _echo_batches(log: list[int], gate: threading.Event | None = None):  # type:
             gate.wait(10)
         log.append(mel.shape[0])
         audio = np.repeat(mel.sum(axis=1, keepdims=True), 2, axis=2)
-        return audio, state + position.astype(np.float32)
+        return audio, list(np.stack(state) + position.astype(np.float32))
 
     return run
 

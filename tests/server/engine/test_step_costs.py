@@ -16,7 +16,7 @@ from distill_serve.server.engine.step_costs import measure_step_costs
 
 
 def _runner(per_row_s: float):  # type: ignore[no-untyped-def]
-    def run(mel: np.ndarray, position: np.ndarray, end: np.ndarray, state: np.ndarray) -> Any:
+    def run(mel: np.ndarray, position: np.ndarray, end: np.ndarray, state: list[Any]) -> Any:
         time.sleep(per_row_s * mel.shape[0])
         return np.zeros((mel.shape[0], 1, 8)), state
 

@@ -111,16 +111,20 @@ class DeviceWorker:
 
     def _loop(self) -> None:
         while (job := self._jobs.get()) is not None:
-            fn, future = job
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except BaseException as exc:  # handed to the caller
-                    future.set_exception(exc)
+            self._run(*job)
+            job = None  # nothing of a done job stays referenced while the thread waits
         while not self._jobs.empty():  # closed: refuse what came in meanwhile
             job = self._jobs.get_nowait()
             if job is not None:
                 job[1].set_exception(RuntimeError("the device worker is closed"))
+
+    @staticmethod
+    def _run(fn: Callable[[], Any], future: Future[Any]) -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the caller
+                future.set_exception(exc)
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the device thread and return its result (or raise its error)."""

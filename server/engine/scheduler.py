@@ -222,44 +222,50 @@ class StepScheduler:
 
     def _loop(self, run_batch: BatchRunner) -> None:
         while (taken := self._take()) is not None:
-            batch, busy = taken
-            started = time.monotonic()
-            cpu0 = time.thread_time()
-            steps = [q.step for q in batch]
-            missed = sum(started > s.deadline for s in steps)
-            try:
-                audio, states = run_batch(
-                    np.stack([s.mel for s in steps]),
-                    np.array([[s.position] for s in steps], dtype=np.int64),
-                    np.array([[s.end] for s in steps], dtype=np.int64),
-                    [s.state for s in steps],
-                )
-            except BaseException as exc:  # handed to every caller of the batch
-                log.exception("vocoder step batch of %d failed", len(batch))
-                with self._cond:
-                    self._busy -= 1
-                for s in batch:
-                    s.future.set_exception(exc)
-                continue
-            seconds = time.monotonic() - started
-            cpu = time.thread_time() - cpu0
-            frames = sum(s.frames for s in steps)
+            self._run(run_batch, *taken)
+            taken = None  # nothing of a done batch stays referenced while the loop waits
+
+    def _run(self, run_batch: BatchRunner, batch: list[_Queued], busy: int) -> None:
+        """One batch, its results handed to its callers. (Its own frame: no step or state of
+        it stays referenced from the loop while the loop waits for the next batch; a pooled
+        state's row goes back to the pool when its stream drops it.)"""
+        started = time.monotonic()
+        cpu0 = time.thread_time()
+        steps = [q.step for q in batch]
+        missed = sum(started > s.deadline for s in steps)
+        try:
+            audio, states = run_batch(
+                np.stack([s.mel for s in steps]),
+                np.array([[s.position] for s in steps], dtype=np.int64),
+                np.array([[s.end] for s in steps], dtype=np.int64),
+                [s.state for s in steps],
+            )
+        except BaseException as exc:  # handed to every caller of the batch
+            log.exception("vocoder step batch of %d failed", len(batch))
             with self._cond:
                 self._busy -= 1
-                st = self._stats
-                st.steps += len(batch)
-                st.runs += 1
-                st.missed += missed
-                st.batch_sizes[len(batch)] += 1
-                st.run_seconds += seconds
-                st.run_cpu_seconds += cpu
-                st.frames += frames
-            if self.on_run is not None:
-                self.on_run(len(batch), seconds, cpu, missed)
-            if self.on_frames is not None:
-                self.on_frames(frames, seconds, busy)
-            done = time.monotonic()
-            for i, q in enumerate(batch):
-                q.future.set_result((audio[i].reshape(-1), states[i]))
-                if self.on_step is not None:
-                    self.on_step(done - q.submitted)
+            for q in batch:
+                q.future.set_exception(exc)
+            return
+        seconds = time.monotonic() - started
+        cpu = time.thread_time() - cpu0
+        frames = sum(s.frames for s in steps)
+        with self._cond:
+            self._busy -= 1
+            st = self._stats
+            st.steps += len(batch)
+            st.runs += 1
+            st.missed += missed
+            st.batch_sizes[len(batch)] += 1
+            st.run_seconds += seconds
+            st.run_cpu_seconds += cpu
+            st.frames += frames
+        if self.on_run is not None:
+            self.on_run(len(batch), seconds, cpu, missed)
+        if self.on_frames is not None:
+            self.on_frames(frames, seconds, busy)
+        done = time.monotonic()
+        for i, q in enumerate(batch):
+            q.future.set_result((audio[i].reshape(-1), states[i]))
+            if self.on_step is not None:
+                self.on_step(done - q.submitted)

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import e2e, machine
-from benchmarks.cuda_scheduler import scheduler_paths
+from benchmarks.cuda_scheduler import scheduler_paths, state_pool_ab
 from distill_serve.client import Client, DistillError
 
 MODES = e2e.MODES
@@ -295,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         if bundle is not None:
             measure = lambda b=bundle: scheduler_paths(b, dry, gpu_memory_mb)  # noqa: E731
             run.step(f"scheduler_{name}", measure, cost_s=120)
+    # the streams' states on the device or carried with each batch, on the largest states
+    pool_bundle = args.full_bundle or args.demo_bundle
+    if pool_bundle is not None:
+        run.step("state_pool", lambda: state_pool_ab(pool_bundle, dry), cost_s=90)
     print(f"wrote {out}")
     return 0
 

@@ -48,6 +48,52 @@ def _batches(samples: dict[str, float]) -> dict[str, float]:
     }
 
 
+def _ladder(target: str, ladder: tuple[int, ...], seconds: float) -> dict[str, Any]:
+    """Live sessions at lookahead 0.3 s, up the ladder until a rung underruns."""
+    rows = []
+    held = 0
+    for n in ladder:
+        row = live.capacity(target, [n], LOOKAHEAD, seconds)[0]
+        rows.append(row)
+        if not row["real_time"]:
+            break
+        held = n
+    return {"ladder": rows, "held": held}
+
+
+def _pool(samples: dict[str, float]) -> dict[str, float]:
+    """The state pool's use, from its Prometheus series."""
+    return {
+        "rows": samples.get("distill_state_pool_rows", 0.0),
+        "rows_in_use": samples.get("distill_state_pool_rows_in_use", 0.0),
+        "overflow_steps": samples.get("distill_state_pool_overflow_steps_total", 0.0),
+    }
+
+
+def state_pool_ab(bundle: Path, dry_run: bool) -> dict[str, Any]:
+    """Live sessions held on the device path with the streams' states resident in the device
+    pool (the default) and carried with every batch (``--state-pool-mb 0``), side by side on
+    one bundle (the full 122 M model's 5 MB states are where it should show). The dry run
+    serves the fault-injection stand-in of the device path on CPU."""
+    ladder = DRY_LADDER if dry_run else GPU_LADDER
+    seconds = 2.0 if dry_run else 5.0
+    device = ("--fault-injection",) if dry_run else ()
+    out: dict[str, Any] = {}
+    for label, pool in (("pool", ()), ("no_pool", ("--state-pool-mb", "0"))):
+        port = _free_port()
+        args = (
+            "--vocoder-path", "stream", "--live-capacity", "0",
+            "--max-concurrent", str(max(ladder) + 40), "--metrics-port", str(port),
+            *device, *pool,
+        )  # fmt: skip
+        with e2e.server(bundle, extra_args=args, cuda=not dry_run) as (target, _):
+            with Client(target, timeout=60) as c:
+                provider = c.info().execution_provider
+            held = _ladder(target, ladder, seconds)
+            out[label] = {"provider": provider, "live": held, "pool": _pool(_scrape(port))}
+    return out
+
+
 def one_path(
     bundle: Path,
     path: str,
@@ -69,15 +115,7 @@ def one_path(
             info = c.info()
             out["provider"] = info.execution_provider
             out["vocoder_path"] = info.vocoder_path
-        rows = []
-        held = 0
-        for n in ladder:
-            row = live.capacity(target, [n], LOOKAHEAD, seconds)[0]
-            rows.append(row)
-            if not row["real_time"]:
-                break
-            held = n
-        out["live"] = {"ladder": rows, "held": held}
+        out["live"] = _ladder(target, ladder, seconds)
         out["clients"] = [clients(target, n, window_s, clip_s=2.0) for n in counts]
         out["scheduler"] = _batches(_scrape(port))
         out["gpu_memory_mb"] = gpu_memory_mb(pid)

@@ -106,6 +106,11 @@ def test_cuda_benchmark_dry_run_covers_every_step(
     for path in scheduler.values():
         assert path["live"]["held"] >= 1 and [r["clients"] for r in path["clients"]] == [1, 2]
     assert scheduler["stream"]["scheduler"]["runs"] > 0
+    pool = result["state_pool"]  # the device path's stand-in, with its state pool and without
+    assert pool["pool"]["pool"]["rows"] > 0 and pool["no_pool"]["pool"]["rows"] == 0
+    # (the stand-in's device path makes its step sessions when first met, within the first
+    # rung's sessions: what it holds on CPU says nothing; a GPU server makes them at start)
+    assert pool["pool"]["live"]["ladder"] and pool["no_pool"]["live"]["ladder"]
 
 
 def test_memory_benchmark_runs_every_variant(stand_in_bundle: Path, tmp_path: Path) -> None:

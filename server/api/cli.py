@@ -174,6 +174,12 @@ def _engine(p: argparse.ArgumentParser) -> None:
         "CPU, where batching measured no cheaper per frame and delays the first audio)",
     )  # fmt: skip
     field_option(
+        p, E, "state_pool_mb", "--state-pool-mb", type=int,
+        help="device memory (MiB) for the streams' vocoder states, a row per stream, so they "
+        "stay on the GPU between steps (default 2048: ~360 full-BigVGAN or ~2700 demo "
+        "streams; streams past it carry their states with each step; 0: no pool)",
+    )  # fmt: skip
+    field_option(
         p, E, "fault_injection", "--fault-injection", action="store_true",
         help="testing: allow injected CUDA OOMs (stand-in path without a GPU)",
     )  # fmt: skip

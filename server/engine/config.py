@@ -48,6 +48,10 @@ class EngineConfig:
             limit (e.g. to measure where sessions really start to underrun).
         step_batch: the most streaming-graph steps the step scheduler runs together. None
             (default): on the device 32; on CPU 1 (``step_costs.py`` says why).
+        state_pool_mb: device memory (MiB) for the streams' states on the device path, made
+            at start (``state_pool.py``): a row per stream (full BigVGAN 5 MB, demo 0.78 MB),
+            streams past its rows keep host states. 0: every batch carries its states to the
+            device and back.
     """
 
     use_cuda: bool = True
@@ -64,8 +68,11 @@ class EngineConfig:
     vocoder_path: str = "auto"
     live_capacity: int | None = None
     step_batch: int | None = None
+    state_pool_mb: int = 2048
 
     def __post_init__(self) -> None:
+        if self.state_pool_mb < 0:
+            raise ValueError(f"state_pool_mb must be >= 0, got {self.state_pool_mb}")
         if self.step_batch is not None and self.step_batch < 1:
             raise ValueError(f"step_batch must be >= 1 or None, got {self.step_batch}")
         if self.live_capacity is not None and self.live_capacity < 0:

@@ -19,11 +19,12 @@ Why it looks like this (server/engine/cuda.py says why the block path does the s
   (:func:`warm_shapes`, 16; each costs start time), the batches of fixed-length clips' 32
   frames when first met. (Before step_plan, first steps and tails of any length made a
   session each: a CPU fault-injection test grew to 16 GB.)
-- **IO binding, one copy each way per batch.** A bound session's inputs and outputs live on
-  the device; a batch copies its stacked inputs in and its outputs out once, whatever its
-  size, and allocates nothing per run. (The stream states still travel to the host and back
-  with each batch: keeping them resident on the device needs a per-stream slot pool, the
-  next step; see docs/gpu.md.)
+- **IO binding; the states stay on the device.** A bound session's inputs and outputs live
+  on the device; a batch copies its mel frames in and its audio out once, whatever its size,
+  and allocates nothing per run. The streams' states are rows of the engine's state pool
+  (``state_pool.py``): gathered into the bound state input and scattered back on the device,
+  so they never cross to the host (a full-model state is 5 MB). Without a pool
+  (``state_pool_mb`` 0) they travel with each batch, both ways.
 - **On the device worker.** Every run goes through the engine's one device thread, between
   the decoder's runs, so runs never interleave on the device.
 """
@@ -42,6 +43,7 @@ from distill_serve.bundle import STREAM_OPEN_END
 from distill_serve.server.engine.cuda import DeviceWorker, host_copy
 from distill_serve.server.engine.scheduler import BATCH_SIZES
 from distill_serve.server.engine.sessions import stacked_states
+from distill_serve.server.engine.state_pool import PooledState, StatePool
 from distill_serve.server.pipeline.runner import StreamState
 
 #: frames per step of the live blocks (``server/pipeline/live.py``: one or two normaliser
@@ -113,6 +115,26 @@ class BoundStepSession:
         audio, new_state = (host_copy(b) for b in self._outputs)
         return audio, new_state
 
+    def run_pooled(
+        self,
+        mel: np.ndarray,
+        position: np.ndarray,
+        end: np.ndarray,
+        rows: np.ndarray,
+        pool: StatePool,
+    ) -> np.ndarray:
+        """One batch of exactly this shape whose states are rows ``rows`` of ``pool``: they
+        are gathered into the state input and the new ones scattered back, on the device ->
+        ``audio (B, 1, S*hop)``."""
+        given = {"mel": mel, "position": position, "end": end}
+        for name, value in given.items():
+            if name in self._inputs:
+                self._inputs[name].update_inplace(np.ascontiguousarray(value))
+        pool.gather(rows, self._inputs["state"])
+        self.session.run_with_iobinding(self._binding)
+        pool.scatter(rows, self._outputs[1])
+        return host_copy(self._outputs[0])
+
 
 class StepSessions:
     """The bound step sessions of one primary path, by shape, made on the device thread
@@ -126,8 +148,10 @@ class StepSessions:
         worker: DeviceWorker,
         device: str,
         batched: frozenset[int],
+        pool: StatePool | None = None,
     ) -> None:
         self._path = path
+        self._pool = pool
         self._make_session = make_session
         self._worker = worker
         self._device = device
@@ -149,7 +173,11 @@ class StepSessions:
         self, mel: np.ndarray, position: np.ndarray, end: np.ndarray, states: Sequence[StreamState]
     ) -> tuple[np.ndarray, list[StreamState]]:
         """A batch of steps on the device thread, through its shape's bound session (a short
-        step's rows one by one, through the one-row session of its size)."""
+        step's rows one by one, through the one-row session of its size); the states as rows
+        of the pool where there is one (:meth:`_pooled`), else carried with the batch."""
+        if self._pool is not None:
+            pool = self._pool
+            return self._worker.call(lambda: self._pooled(pool, mel, position, end, states))
         batch, frames = int(mel.shape[0]), int(mel.shape[2])
         state = stacked_states(states)
 
@@ -165,6 +193,53 @@ class StepSessions:
 
         audio, new_state = self._worker.call(job)
         return audio, list(new_state)
+
+    def _pooled(
+        self,
+        pool: StatePool,
+        mel: np.ndarray,
+        position: np.ndarray,
+        end: np.ndarray,
+        states: Sequence[StreamState],
+    ) -> tuple[np.ndarray, list[StreamState]]:
+        """A batch whose states are pool rows (runs on the device thread): a host state (a
+        new stream's) claims a row and is written into it; one that finds none runs through
+        a scratch row and stays a host state (state_pool.py)."""
+        rows = np.empty(len(states), np.int64)
+        kept: list[StreamState] = list(states)
+        uploads: list[int] = []  # the batch's rows whose host states go into the pool
+        scratch: list[int] = []  # ... and of those, the ones that stay host states
+        for i, state in enumerate(states):
+            if isinstance(state, PooledState) and pool.owns(state):
+                rows[i] = state.row
+                continue
+            handle = pool.claim()
+            if handle is None:
+                rows[i] = pool.rows + len(scratch)
+                scratch.append(i)
+            else:
+                rows[i] = handle.row
+                kept[i] = handle
+            uploads.append(i)
+        if uploads:
+            pool.write(rows[uploads], stacked_states([states[i] for i in uploads]))
+        batch, frames = len(states), int(mel.shape[2])
+        if frames in self._batched or batch == 1:
+            audio = self._session(batch, frames).run_pooled(mel, position, end, rows, pool)
+        else:
+            one = self._session(1, frames)
+            audio = np.concatenate(
+                [
+                    one.run_pooled(
+                        mel[i : i + 1], position[i : i + 1], end[i : i + 1], rows[i : i + 1], pool
+                    )
+                    for i in range(batch)
+                ]
+            )
+        if scratch:
+            for i, state in zip(scratch, pool.read(rows[scratch]), strict=True):
+                kept[i] = state
+        return audio, kept
 
     def _session(self, batch: int, frames: int) -> BoundStepSession:
         """The bound session of a shape (runs on the device thread)."""

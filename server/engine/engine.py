@@ -37,6 +37,7 @@ from distill_serve.server.engine.primary import (
 from distill_serve.server.engine.runner import RequestRunner
 from distill_serve.server.engine.scheduler import StepScheduler
 from distill_serve.server.engine.sessions import Graph, step_runner
+from distill_serve.server.engine.state_pool import PoolStats
 from distill_serve.server.engine.step_costs import max_step_batch, measure_step_costs
 from distill_serve.server.pipeline.model import ModelSpec
 from distill_serve.server.pipeline.runner import StreamState
@@ -159,7 +160,8 @@ class Engine:
                     raise
                 self.step_fallbacks += 1
                 self.report_fallback("vocoder_stream", exc)
-        return self._cpu_steps(mel, position, end, states)
+        # the CPU's new host states give back the rows (the streams claim one again later)
+        return self._cpu_steps(mel, position, end, self.primary_path.host_states(states))
 
     def _path_note(self) -> str:
         """The stream path's live capacity and step batches, for the start log."""
@@ -212,6 +214,11 @@ class Engine:
     def provider_note(self) -> str:
         """Why CUDA is not serving although it was wanted ("" when it is, or was not)."""
         return self.primary_path.note
+
+    def state_pool_stats(self) -> PoolStats | None:
+        """How the device path's state pool is used (None: no pool)."""
+        pool = self.primary_path.pool
+        return pool.stats() if pool is not None else None
 
     def graph(self, name: str) -> Graph:
         return self._graphs[name]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,10 @@ from distill_serve.server.engine.cuda import (
 )
 from distill_serve.server.engine.device_steps import StepSessions, batched_frames, warm_shapes
 from distill_serve.server.engine.sessions import session_options, step_options
+from distill_serve.server.engine.state_pool import StatePool, pool_rows
 from distill_serve.server.engine.step_costs import max_step_batch
 from distill_serve.server.pipeline.model import ModelSpec
+from distill_serve.server.pipeline.runner import StreamState
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,8 @@ class PrimaryPath:
         self.current: Primary | None = None
         #: why CUDA is not serving although it was wanted ("" when it is, or was not wanted)
         self.note = ""
+        #: the streams' states on the device (state_pool.py), kept across rebuilds
+        self.pool: StatePool | None = None
 
     def build(self) -> None:
         """(Re)build the primary path; on failure serve on CPU, say why and retry later."""
@@ -226,10 +230,62 @@ class PrimaryPath:
                 worker,
                 device,
                 batched_frames(step_frames),
+                self._state_pool(worker, providers, expected, device),
             )
             if provider == CUDA:  # the shapes first requests and live sessions meet
                 steps.warm(warm_shapes(step_frames, max_step_batch(self._config, device=True)))
         return Primary(sessions, worker, provider, steps)
+
+    def _state_pool(
+        self, worker: DeviceWorker, providers: list[Any], provider: str, device: str
+    ) -> StatePool | None:
+        """The streams' states on the device, made with the first primary and kept across
+        rebuilds (state_pool.py). None: ``state_pool_mb`` leaves no row, or the device has
+        not even a quarter of it free (the states then travel with each batch)."""
+        spec = self._model.stream
+        with self._lock:
+            pool = self.pool
+        if pool is not None or spec is None:
+            return pool
+        scratch = max_step_batch(self._config, device=True)
+
+        def make(rows: int) -> StatePool:
+            return StatePool(
+                rows,
+                scratch,
+                spec.state_size,
+                device,
+                lambda path: self._checked(path, providers, provider, step_options(self._config)),
+            )
+
+        budget = self._config.state_pool_mb
+        for mb in (budget, budget // 2, budget // 4):
+            rows = pool_rows(spec.state_size, mb, scratch)
+            if rows < 1:
+                return None
+            try:
+                pool = worker.call(lambda rows=rows: make(rows))
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                log.warning("no device memory for a %d MiB state pool: trying less", mb)
+                continue
+            with self._lock:
+                self.pool = pool
+            log.info("state pool: %d streams' states on the device (%d MiB)", rows, mb)
+            return pool
+        log.warning("no state pool: the streams' states travel with each batch")
+        return None
+
+    def host_states(self, states: Sequence[StreamState]) -> list[StreamState]:
+        """``states`` with the pool's rows read into host arrays (for a CPU run)."""
+        with self._lock:
+            pool, worker = self.pool, self._worker
+        if pool is None or not any(pool.owns(s) for s in states):
+            return list(states)
+        if worker is None:
+            raise RuntimeError("the device path is closed: its streams' states are gone")
+        return worker.call(lambda: pool.host_states(states))
 
     def _step_session(
         self, path: Path, providers: list[Any], provider: str

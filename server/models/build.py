@@ -89,12 +89,18 @@ def attach_engine(metrics: Metrics, name: str, engine: Engine) -> None:
     if engine.provider_note and not engine.has_primary:
         m.primary_failures.labels(name).inc()
     if (scheduler := engine.scheduler) is not None:
+        overflow = [0]  # the pool's count at the last run
 
         def on_run(batch: int, seconds: float, cpu_seconds: float, missed: int) -> None:
             m.step_batch.labels(name).observe(batch)
             m.step_cpu.labels(name).inc(cpu_seconds)
             if missed:
                 m.step_misses.labels(name).inc(missed)
+            if (pool := engine.state_pool_stats()) is not None:
+                m.pool_rows.labels(name).set(pool.rows)
+                m.pool_in_use.labels(name).set(pool.in_use)
+                m.pool_overflow.labels(name).inc(pool.overflow_steps - overflow[0])
+                overflow[0] = pool.overflow_steps
 
         scheduler.on_run = on_run
         scheduler.on_queue = m.step_queue.labels(name).set

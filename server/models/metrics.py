@@ -122,6 +122,25 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r,
         )
+        # The device path's state pool (server/engine/state_pool.py).
+        self.pool_rows = Gauge(
+            "distill_state_pool_rows",
+            "Streams whose vocoder states the device's state pool holds at most",
+            ["model"],
+            registry=r,
+        )
+        self.pool_in_use = Gauge(
+            "distill_state_pool_rows_in_use",
+            "Streams whose vocoder states are held on the device now",
+            ["model"],
+            registry=r,
+        )
+        self.pool_overflow = Counter(
+            "distill_state_pool_overflow_steps",
+            "Device steps that found no free pool row (their states crossed to the host)",
+            ["model"],
+            registry=r,
+        )
         # The model repository (server/models/repository.py).
         self.model_state = Gauge(
             "distill_model_state",

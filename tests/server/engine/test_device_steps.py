@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,6 +71,13 @@ def stacked(batch: list[Step]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list
     )
 
 
+def host(engine: Engine, states: Sequence[object]) -> list[np.ndarray]:
+    """Step states as host arrays (the pool's rows read back)."""
+    read = engine.primary_path.host_states(states)
+    assert all(isinstance(s, np.ndarray) for s in read)
+    return [np.asarray(s) for s in read]
+
+
 def test_the_engine_streams_through_the_device(device: Engine) -> None:
     assert device.vocoder_path == "stream" and device.has_primary
     primary = device.primary
@@ -86,23 +94,25 @@ def test_batched_device_steps_equal_unbatched_bit_for_bit(device: Engine, frames
     primary = device.primary
     assert primary is not None and primary.steps is not None
     batch = steps(device, 4, frames, seed=frames)
-    together = primary.steps.run(*stacked(batch))
+    audio, states = primary.steps.run(*stacked(batch))
+    together = host(device, states)
     assert (4, frames) in primary.steps.shapes
     for i, step in enumerate(batch):
-        alone = primary.steps.run(*stacked([step]))
-        np.testing.assert_array_equal(together[0][i], alone[0][0])
-        np.testing.assert_array_equal(together[1][i], alone[1][0])
+        alone_audio, alone = primary.steps.run(*stacked([step]))
+        np.testing.assert_array_equal(audio[i], alone_audio[0])
+        np.testing.assert_array_equal(together[i], host(device, alone)[0])
         # and the CPU step session's result, which the OOM fallback gives
         cpu = device._cpu_steps(*stacked([step]))
-        np.testing.assert_array_equal(alone[0], cpu[0])
-        np.testing.assert_array_equal(alone[1], cpu[1])
+        np.testing.assert_array_equal(alone_audio, cpu[0])
+        np.testing.assert_array_equal(host(device, alone)[0], cpu[1][0])
 
 
 def test_short_steps_run_row_by_row_and_equal_the_cpu_bit_for_bit(device: Engine) -> None:
     primary = device.primary
     assert primary is not None and primary.steps is not None
     batch = steps(device, 3, frames=4, seed=4)  # a clip tail's short step, in three streams
-    audio, state = primary.steps.run(*stacked(batch))
+    audio, states = primary.steps.run(*stacked(batch))
+    state = host(device, states)
     assert (1, 4) in primary.steps.shapes and (3, 4) not in primary.steps.shapes
     for i, step in enumerate(batch):
         cpu_audio, cpu_state = device._cpu_steps(*stacked([step]))
@@ -142,13 +152,13 @@ def test_the_steps_run_on_the_device_thread(stand_in_bundle: Path) -> None:
         primary = engine.primary
         assert primary is not None and primary.steps is not None
         bound = primary.steps._session(1, 8)
-        inner = bound.run
+        inner = bound.run_pooled
 
-        def spy(*args: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def spy(*args: Any) -> np.ndarray:
             seen.add(threading.current_thread().name)
             return inner(*args)
 
-        bound.run = spy  # type: ignore[method-assign]
+        bound.run_pooled = spy  # type: ignore[method-assign]
         engine.runner().stream_steps(steps(engine, 1))
         assert seen == {"cuda-0"}
     finally:
@@ -159,16 +169,19 @@ def test_an_oom_mid_batch_is_rerun_on_cpu_and_loses_nothing(device: Engine) -> N
     batch = steps(device, 6, seed=7)
     expected = [device._cpu_steps(*stacked([s])) for s in batch]
     before = device.step_fallbacks
+    pool = device.primary_path.pool
+    assert pool is not None
     device.inject_oom(1)
     results = device.runner().stream_steps(batch)
     assert device.step_fallbacks == before + 1
     for (audio, state), (cpu_audio, cpu_state) in zip(results, expected, strict=True):
         np.testing.assert_array_equal(audio, cpu_audio.reshape(-1))
-        np.testing.assert_array_equal(state, cpu_state[0])
+        np.testing.assert_array_equal(host(device, [state])[0], cpu_state[0])
     deadline = time.monotonic() + 10  # the primary path is rebuilt and serves again
     while device.primary is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert device.primary is not None and device.primary.steps is not None
+    assert device.primary_path.pool is pool  # the streams' states outlive the rebuild
 
 
 def test_live_and_fixed_length_semantics_hold_on_the_device(engine: Engine, device: Engine) -> None:
@@ -221,6 +234,11 @@ def test_a_server_on_the_device_path_survives_ooms_under_load(stand_in_bundle: P
             for g in ("decoder", "bridge", "vocoder_stream")
         )
         assert fallbacks == 3
+        # the streams' states were rows of the device's pool, and went back with the streams
+        pool = engine.state_pool_stats()
+        assert pool is not None and server.metric("distill_state_pool_rows") == pool.rows > 0
+        assert pool.peak >= 1 and server.metric("distill_state_pool_rows_in_use") <= pool.peak
+        assert server.metric("distill_state_pool_overflow_steps_total") == 0
     finally:
         server.stop()
         engine.close()

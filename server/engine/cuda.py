@@ -126,13 +126,17 @@ class DeviceWorker:
             except BaseException as exc:  # handed to the caller
                 future.set_exception(exc)
 
-    def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the device thread and return its result (or raise its error)."""
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        """Queue ``fn`` for the device thread; its future gives its result (or error)."""
         if self._closed.is_set():
             raise RuntimeError("the device worker is closed")
         future: Future[T] = Future()
         self._jobs.put((fn, future))
-        return future.result()
+        return future
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the device thread and return its result (or raise its error)."""
+        return self.submit(fn).result()
 
     def close(self) -> None:
         self._closed.set()

@@ -33,6 +33,7 @@ from distill_serve.server.engine.cuda import (
     vocoder_buckets,
 )
 from distill_serve.server.engine.device_steps import StepSessions, batched_frames, warm_shapes
+from distill_serve.server.engine.row_batches import RowBatcher
 from distill_serve.server.engine.sessions import session_options, step_options
 from distill_serve.server.engine.state_pool import StatePool, pool_rows
 from distill_serve.server.engine.step_costs import max_step_batch
@@ -70,8 +71,21 @@ class Primary:
         self._sessions = sessions
         self._worker = worker
         self.provider = provider
+        #: the decoder's rows of every generation, coalesced into shared runs
+        decode, sizes = self._decoder_run(sessions["decoder"])
+        self.decoder = RowBatcher(decode, worker, sizes)
         #: the streaming graph's batched steps on this provider (None: no streaming graph)
         self.steps = steps
+
+    @staticmethod
+    def _decoder_run(
+        sessions: ort.InferenceSession | dict[int, BoundSession],
+    ) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, ...]]:
+        """The decoder's run on the device thread, and its fixed batch sizes (if any)."""
+        if isinstance(sessions, dict):
+            return (lambda z: sessions[len(z)].run(z)), tuple(sessions)
+        name = sessions.get_inputs()[0].name
+        return (lambda z: np.asarray(sessions.run(None, {name: z})[0])), ()
 
     @property
     def vocoder_buckets(self) -> tuple[int, ...]:
@@ -86,17 +100,13 @@ class Primary:
         return sessions is not None
 
     def run(self, name: str, x: np.ndarray) -> np.ndarray:
+        if name == "decoder":
+            return self.decoder.run(x)
         sessions = self._sessions[name]
         if not isinstance(sessions, dict):
             session = sessions
             feed = {session.get_inputs()[0].name: x}
             return self._worker.call(lambda: np.asarray(session.run(None, feed)[0]))
-        if name == "decoder":
-            n = x.shape[0]
-            batch = next(b for b in sorted(sessions) if b >= n)
-            padded = np.zeros((batch, *x.shape[1:]), np.float32)
-            padded[:n] = x
-            return self._worker.call(lambda: sessions[batch].run(padded))[:n]
         bound = sessions[x.shape[2]]
         return self._worker.call(lambda: bound.run(x))
 

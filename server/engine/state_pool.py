@@ -26,7 +26,11 @@ Why it looks like this:
 
 Concurrency: every run of the pool's graphs goes through the engine's device worker (the
 caller is on it: :mod:`~distill_serve.server.engine.device_steps`); ``_lock`` guards the
-free rows and the counters, which handles give back from any thread.
+free rows and the counters, which handles give back from any thread. Each session has its
+own CUDA stream, and a run returns only when its device work is done (onnxruntime
+synchronizes the providers at the end of every Run unless ``disable_synchronize_execution_
+providers`` is set), so a gather's rows are in place before the step session's run reads
+them.
 """
 
 from __future__ import annotations

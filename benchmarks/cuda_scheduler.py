@@ -40,9 +40,13 @@ def _batches(samples: dict[str, float]) -> dict[str, float]:
     """What the scheduler did, from its Prometheus series."""
     runs = samples.get("distill_vocoder_step_batch_size_count", 0.0)
     steps = samples.get("distill_vocoder_step_batch_size_sum", 0.0)
+    decodes = samples.get("distill_decoder_run_generations_count", 0.0)
+    served = samples.get("distill_decoder_run_generations_sum", 0.0)
     return {
         "runs": runs,
         "mean_batch": steps / runs if runs else 0.0,
+        "decoder_runs": decodes,
+        "decoder_generations_per_run": served / decodes if decodes else 0.0,
         "deadline_misses": samples.get("distill_vocoder_step_deadline_misses_total", 0.0),
         "fallbacks": sum(v for k, v in samples.items() if k.startswith("distill_cuda_fallbacks")),
     }

@@ -61,6 +61,8 @@ class Engine:
         self.on_fallback = on_fallback
         #: called with the reason each time the primary path cannot be built
         self.on_primary_failure: Callable[[str], None] | None = None
+        #: called with the generations whose decoder rows shared each device run
+        self.on_decoder_run: Callable[[int], None] | None = None
         self._closed = False
         roles = {
             "decoder": "decoder",
@@ -88,6 +90,7 @@ class Engine:
             {name: self._graphs[name].path for name in PRIMARY_GRAPHS},
             self._primary_failed,
             stream=bundle.graph("vocoder_stream") if stream and self._device else None,
+            on_decoder_run=self._decoder_ran,
         )
         if stream:  # opened before the primary is built: its retry timer starts after this
             self._cpu_steps = step_runner(bundle.graph("vocoder_stream"), self.config)
@@ -178,6 +181,10 @@ class Engine:
     def _primary_failed(self, reason: str) -> None:
         if self.on_primary_failure is not None:
             self.on_primary_failure(reason)
+
+    def _decoder_ran(self, generations: int) -> None:
+        if self.on_decoder_run is not None:
+            self.on_decoder_run(generations)
 
     # --- what the server and the runners see ---------------------------------------------
     @property

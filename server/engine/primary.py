@@ -67,13 +67,14 @@ class Primary:
         worker: DeviceWorker,
         provider: str,
         steps: StepSessions | None = None,
+        on_decoder_run: Callable[[int], None] | None = None,
     ) -> None:
         self._sessions = sessions
         self._worker = worker
         self.provider = provider
         #: the decoder's rows of every generation, coalesced into shared runs
         decode, sizes = self._decoder_run(sessions["decoder"])
-        self.decoder = RowBatcher(decode, worker, sizes)
+        self.decoder = RowBatcher(decode, worker, sizes, on_decoder_run)
         #: the streaming graph's batched steps on this provider (None: no streaming graph)
         self.steps = steps
 
@@ -115,7 +116,8 @@ class PrimaryPath:
     """Builds, rebuilds and retries the :class:`Primary` of one engine's ``graphs``
     (:data:`PRIMARY_GRAPHS` -> file), and injects faults into it for tests.
 
-    ``on_failure`` is called with the reason each time a build fails.
+    ``on_failure`` is called with the reason each time a build fails, ``on_decoder_run``
+    with the generations each device decoder run served.
     """
 
     def __init__(
@@ -125,12 +127,14 @@ class PrimaryPath:
         graphs: dict[str, Path],
         on_failure: Callable[[str], None],
         stream: Path | None = None,
+        on_decoder_run: Callable[[int], None] | None = None,
     ) -> None:
         self._config = config
         self._model = model
         self._graphs = graphs
         self._stream = stream  # the streaming vocoder graph, when steps run here
         self._on_failure = on_failure
+        self._on_decoder_run = on_decoder_run
         self._lock = threading.Lock()
         self._inject = 0
         self._init_failures = config.inject_init_failures
@@ -244,7 +248,7 @@ class PrimaryPath:
             )
             if provider == CUDA:  # the shapes first requests and live sessions meet
                 steps.warm(warm_shapes(step_frames, max_step_batch(self._config, device=True)))
-        return Primary(sessions, worker, provider, steps)
+        return Primary(sessions, worker, provider, steps, self._on_decoder_run)
 
     def _state_pool(
         self, worker: DeviceWorker, providers: list[Any], provider: str, device: str

@@ -42,8 +42,10 @@ class RowBatcher:
         run: Callable[[np.ndarray], np.ndarray],
         worker: DeviceWorker,
         sizes: tuple[int, ...] = (),
+        on_run: Callable[[int], None] | None = None,
     ) -> None:
         self._run = run
+        self._on_run = on_run  # with the calls each job served (for metrics)
         self._worker = worker
         self._sizes = tuple(sorted(sizes))
         self._max = self._sizes[-1] if self._sizes else MAX_ROWS
@@ -107,6 +109,8 @@ class RowBatcher:
         for x, future in taken:
             future.set_result(out[at : at + len(x)])
             at += len(x)
+        if self._on_run is not None:
+            self._on_run(len(taken))
 
     def _padded(self, x: np.ndarray) -> np.ndarray:
         """``x`` in runs of at most the largest size, each padded up to a size."""

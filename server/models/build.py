@@ -88,6 +88,7 @@ def attach_engine(metrics: Metrics, name: str, engine: Engine) -> None:
     engine.on_primary_failure = lambda reason: m.primary_failures.labels(name).inc()
     if engine.provider_note and not engine.has_primary:
         m.primary_failures.labels(name).inc()
+    engine.on_decoder_run = m.decoder_run.labels(name).observe
     if (scheduler := engine.scheduler) is not None:
         overflow = [0]  # the pool's count at the last run
 

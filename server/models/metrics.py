@@ -122,6 +122,14 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r,
         )
+        # The device path's decoder runs (server/engine/row_batches.py).
+        self.decoder_run = Histogram(
+            "distill_decoder_run_generations",
+            "Generations whose decoder rows shared one device run",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
         # The device path's state pool (server/engine/state_pool.py).
         self.pool_rows = Gauge(
             "distill_state_pool_rows",

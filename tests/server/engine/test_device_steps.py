@@ -239,6 +239,8 @@ def test_a_server_on_the_device_path_survives_ooms_under_load(stand_in_bundle: P
         assert pool is not None and server.metric("distill_state_pool_rows") == pool.rows > 0
         assert pool.peak >= 1 and server.metric("distill_state_pool_rows_in_use") <= pool.peak
         assert server.metric("distill_state_pool_overflow_steps_total") == 0
+        # the generations' decoder rows ran on the device, counted by the run they shared
+        assert server.metric("distill_decoder_run_generations_count") > 0
     finally:
         server.stop()
         engine.close()

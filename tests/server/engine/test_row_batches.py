@@ -111,10 +111,13 @@ def test_the_engines_device_decoder_coalesces_and_equals_the_cpu(stand_in_bundle
         dim = engine.model.latent_dim
         calls = [rng.standard_normal((n, dim)).astype(np.float32) for n in (1, 2, 1)]
         runs = primary.decoder.runs
+        served: list[int] = []
+        engine.on_decoder_run = served.append  # what the server's metrics observe
         release = held(primary._worker)
         decodes = [lambda z=z: engine.runner().decode(z) for z in calls]  # a generation each
         results = concurrently(primary.decoder, decodes, release)
         assert primary.decoder.runs == runs + 1  # three generations' rows, one run
+        assert served == [3]
         for i, z in enumerate(calls):
             np.testing.assert_array_equal(results[i], engine.graph("decoder").run(z))
     finally:

@@ -169,6 +169,7 @@ class PrimaryPath:
             if self._retry is not None:
                 self._retry.cancel()
             self.current = None
+            self.pool = None  # its device memory goes with the last stream that holds a row
             worker, self._worker = self._worker, None
         if worker is not None:
             worker.close()

@@ -172,3 +172,4 @@ def test_a_device_without_room_for_the_pool_gets_a_smaller_one(
         assert pool.rows == pool_rows(pool.state_size, 32, scratch)
     finally:
         engine.close()
+    assert engine.primary_path.pool is None  # a closed engine lets its device memory go

@@ -34,7 +34,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -43,7 +42,7 @@ from distill_serve.bundle import STREAM_OPEN_END
 from distill_serve.server.engine.cuda import DeviceWorker, host_copy
 from distill_serve.server.engine.scheduler import BATCH_SIZES
 from distill_serve.server.engine.sessions import stacked_states
-from distill_serve.server.engine.state_pool import PooledState, StatePool
+from distill_serve.server.engine.state_pool import StatePool
 from distill_serve.server.pipeline.runner import StreamState
 
 #: frames per step of the live blocks (``server/pipeline/live.py``: one or two normaliser
@@ -73,6 +72,12 @@ def warm_shapes(step_frames: Sequence[int], max_batch: int) -> tuple[tuple[int, 
     return tuple(
         (b, s) for b, s in step_shapes(step_frames, max_batch) if b == 1 or s in LIVE_FRAMES
     )
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The runs' outputs as one batch (a single run's as it is: a full model's batch of
+    states is up to 160 MB, not worth a second copy)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class BoundStepSession:
@@ -108,9 +113,7 @@ class BoundStepSession:
         self, mel: np.ndarray, position: np.ndarray, end: np.ndarray, state: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """One batch of exactly this shape -> ``(audio (B, 1, S*hop), state (B, N))``."""
-        given = {"mel": mel, "position": position, "end": end, "state": state}
-        for name, buffer in self._inputs.items():
-            buffer.update_inplace(np.ascontiguousarray(given[name]))
+        self._update({"mel": mel, "position": position, "end": end, "state": state})
         self.session.run_with_iobinding(self._binding)
         audio, new_state = (host_copy(b) for b in self._outputs)
         return audio, new_state
@@ -126,14 +129,18 @@ class BoundStepSession:
         """One batch of exactly this shape whose states are rows ``rows`` of ``pool``: they
         are gathered into the state input and the new ones scattered back, on the device ->
         ``audio (B, 1, S*hop)``."""
-        given = {"mel": mel, "position": position, "end": end}
-        for name, value in given.items():
-            if name in self._inputs:
-                self._inputs[name].update_inplace(np.ascontiguousarray(value))
+        self._update({"mel": mel, "position": position, "end": end})
         pool.gather(rows, self._inputs["state"])
         self.session.run_with_iobinding(self._binding)
         pool.scatter(rows, self._outputs[1])
         return host_copy(self._outputs[0])
+
+    def _update(self, given: dict[str, np.ndarray]) -> None:
+        """Copy the ``given`` host inputs into their bound buffers (``end`` is left out on a
+        graph without it; a pooled run's state comes from the pool)."""
+        for name, buffer in self._inputs.items():
+            if name in given:
+                buffer.update_inplace(np.ascontiguousarray(given[name]))
 
 
 class StepSessions:
@@ -178,21 +185,16 @@ class StepSessions:
         if self._pool is not None:
             pool = self._pool
             return self._worker.call(lambda: self._pooled(pool, mel, position, end, states))
-        batch, frames = int(mel.shape[0]), int(mel.shape[2])
         state = stacked_states(states)
 
-        def job() -> Any:
-            if frames in self._batched or batch == 1:
-                return self._session(batch, frames).run(mel, position, end, state)
-            one = self._session(1, frames)
-            rows = [
-                one.run(mel[i : i + 1], position[i : i + 1], end[i : i + 1], state[i : i + 1])
-                for i in range(batch)
+        def job() -> list[tuple[np.ndarray, np.ndarray]]:
+            return [
+                session.run(mel[at], position[at], end[at], state[at])
+                for session, at in self._plan(len(state), int(mel.shape[2]))
             ]
-            return np.concatenate([a for a, _ in rows]), np.concatenate([s for _, s in rows])
 
-        audio, new_state = self._worker.call(job)
-        return audio, list(new_state)
+        parts = self._worker.call(job)
+        return _joined([a for a, _ in parts]), list(_joined([s for _, s in parts]))
 
     def _pooled(
         self,
@@ -210,7 +212,7 @@ class StepSessions:
         uploads: list[int] = []  # the batch's rows whose host states go into the pool
         scratch: list[int] = []  # ... and of those, the ones that stay host states
         for i, state in enumerate(states):
-            if isinstance(state, PooledState) and pool.owns(state):
+            if pool.owns(state):
                 rows[i] = state.row
                 continue
             handle = pool.claim()
@@ -223,23 +225,25 @@ class StepSessions:
             uploads.append(i)
         if uploads:
             pool.write(rows[uploads], stacked_states([states[i] for i in uploads]))
-        batch, frames = len(states), int(mel.shape[2])
-        if frames in self._batched or batch == 1:
-            audio = self._session(batch, frames).run_pooled(mel, position, end, rows, pool)
-        else:
-            one = self._session(1, frames)
-            audio = np.concatenate(
-                [
-                    one.run_pooled(
-                        mel[i : i + 1], position[i : i + 1], end[i : i + 1], rows[i : i + 1], pool
-                    )
-                    for i in range(batch)
-                ]
-            )
+        audio = _joined(
+            [
+                session.run_pooled(mel[at], position[at], end[at], rows[at], pool)
+                for session, at in self._plan(len(states), int(mel.shape[2]))
+            ]
+        )
         if scratch:
             for i, state in zip(scratch, pool.read(rows[scratch]), strict=True):
                 kept[i] = state
         return audio, kept
+
+    def _plan(self, batch: int, frames: int) -> list[tuple[BoundStepSession, slice]]:
+        """The runs of a batch (on the device thread): the whole batch through its shape's
+        session where its step size runs batched, else each row through the one-row
+        session of its size (module doc)."""
+        if frames in self._batched or batch == 1:
+            return [(self._session(batch, frames), slice(0, batch))]
+        one = self._session(1, frames)
+        return [(one, slice(i, i + 1)) for i in range(batch)]
 
     def _session(self, batch: int, frames: int) -> BoundStepSession:
         """The bound session of a shape (runs on the device thread)."""

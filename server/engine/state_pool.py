@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 import onnxruntime as ort
@@ -134,7 +135,8 @@ class StatePool:
         with self._lock:
             self._free.append(row)
 
-    def owns(self, state: StreamState) -> bool:
+    def owns(self, state: StreamState) -> TypeGuard[PooledState]:
+        """Whether ``state`` is a row of this pool."""
         return isinstance(state, PooledState) and state.pool is self
 
     def stats(self) -> PoolStats:
@@ -175,17 +177,13 @@ class StatePool:
     def host_states(self, states: Sequence[StreamState]) -> list[StreamState]:
         """``states`` with this pool's handles read into host arrays (one read for all)."""
         host = list(states)
-        held = [i for i, s in enumerate(states) if self.owns(s)]
+        held = [(i, s.row) for i, s in enumerate(states) if self.owns(s)]
         for lo in range(0, len(held), self.scratch):  # a read fills the read buffer at most
             part = held[lo : lo + self.scratch]
-            read = self.read(np.array([self._row(states[i]) for i in part], np.int64))
-            for k, i in enumerate(part):
-                host[i] = read[k]
+            read = self.read(np.array([row for _, row in part], np.int64))
+            for (i, _), state in zip(part, read, strict=True):
+                host[i] = state
         return host
-
-    def _row(self, state: StreamState) -> int:
-        assert isinstance(state, PooledState)
-        return state.row
 
     def _binding(self, session: ort.InferenceSession, rows: np.ndarray) -> ort.IOBinding:
         binding = session.io_binding()

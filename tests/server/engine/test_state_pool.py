@@ -173,3 +173,33 @@ def test_a_device_without_room_for_the_pool_gets_a_smaller_one(
     finally:
         engine.close()
     assert engine.primary_path.pool is None  # a closed engine lets its device memory go
+
+
+def test_without_a_pool_the_states_travel_with_the_batch_and_give_the_same_bits(
+    stand_in_bundle: Path,
+) -> None:
+    config = EngineConfig(use_cuda=False, fault_injection=True, live_capacity=0, state_pool_mb=0)
+    engine = Engine.from_dir(stand_in_bundle, config)
+    try:
+        spec, primary = engine.model.stream, engine.primary
+        assert spec is not None and primary is not None and primary.steps is not None
+        assert engine.primary_path.pool is None and engine.state_pool_stats() is None
+        rng = np.random.default_rng(11)
+        for count, frames in ((4, 8), (3, 4)):  # a batched step size, and short rows
+            mel = (rng.standard_normal((count, engine.model.n_mels_voc, frames)) - 4).astype(
+                np.float32
+            )
+            position = np.full((count, 1), 16, np.int64)
+            end = np.full((count, 1), STREAM_OPEN_END, np.int64)
+            states = [
+                rng.standard_normal(spec.state_size).astype(np.float32) * 0.01 for _ in range(count)
+            ]
+            audio, new = primary.steps.run(mel, position, end, states)
+            assert all(isinstance(s, np.ndarray) for s in new)
+            for i in range(count):
+                at = slice(i, i + 1)
+                cpu_audio, cpu_new = engine._cpu_steps(mel[at], position[at], end[at], [states[i]])
+                np.testing.assert_array_equal(audio[i], cpu_audio[0])
+                np.testing.assert_array_equal(new[i], cpu_new[0])
+    finally:
+        engine.close()

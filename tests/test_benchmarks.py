@@ -79,6 +79,7 @@ def test_quick_benchmark_writes_results(
     assert live["capacity"][0]["sessions"] == 1
 
 
+@pytest.mark.realtime  # its ladders hold a live session in real time on the CPU stand-in
 def test_cuda_benchmark_dry_run_covers_every_step(
     stand_in_bundle: Path, bench_cache: Path, tmp_path: Path
 ) -> None:
